@@ -1,0 +1,1 @@
+"""Agent SDK: Agent, @tool, run loop, policy, memory, tracing (issue: agent SDK)."""

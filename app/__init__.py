@@ -1,0 +1,1 @@
+"""Settings, CLI, client, OpenAI-compatible server, integrations."""

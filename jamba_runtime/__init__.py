@@ -1,0 +1,1 @@
+"""jamba_runtime: a Jamba inference runtime (reference PyTorch path first)."""

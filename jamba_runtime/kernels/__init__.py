@@ -1,0 +1,1 @@
+"""One op a file: the float32 PyTorch reference (`<op>_ref`) now; Triton kernels land beside them."""

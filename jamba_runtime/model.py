@@ -1,0 +1,248 @@
+"""The Jamba model, top to bottom, in PyTorch.
+
+Every layer works on a packed batch: hidden states are `(num_tokens, hidden)` for all sequences of
+a step together, described by a `ForwardBatch`, with state read from and written to a `LayerCache`.
+The same layers serve a plain forward (`JambaForCausalLM.forward`), `LLM` generation on the
+contiguous `HybridCache`, and the engine's paged cache. Parameter names follow the published
+checkpoints (and `transformers`' `JambaForCausalLM.save_pretrained`), so a state dict loads as is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jamba_runtime.batch import ForwardBatch
+from jamba_runtime.cache import HybridCache, LayerCache
+from jamba_runtime.config import JambaConfig
+from jamba_runtime.kernels.attention import attention_ref
+from jamba_runtime.kernels.causal_conv1d import causal_conv1d_ref
+from jamba_runtime.kernels.moe import moe_ref
+from jamba_runtime.kernels.rmsnorm import rms_norm_ref
+from jamba_runtime.kernels.selective_scan import selective_scan_ref
+
+
+class JambaRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm_ref(x, self.weight, self.eps)
+
+
+class JambaAttention(nn.Module):
+    """Grouped-query causal attention, no positional encoding."""
+
+    def __init__(self, config: JambaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        k_all, v_all = cache.update_kv(self.layer_idx, k, v, batch)  # (batch, kv_heads, total, head_dim)
+        q_pad = batch.pad(q).transpose(1, 2)  # (batch, heads, max_query_len, head_dim)
+        ctx = torch.tensor(batch.context_lens, device=x.device)
+        out = attention_ref(q_pad, k_all.to(q.dtype), v_all.to(q.dtype), ctx, self.head_dim**-0.5)
+        out = batch.unpad(out.transpose(1, 2)).reshape(n, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class JambaMambaMixer(nn.Module):
+    """Mamba v1 selective SSM with Jamba's RMSNorms on dt, B and C."""
+
+    def __init__(self, config: JambaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        hidden, d_inner = config.hidden_size, config.mamba_d_inner
+        self.d_inner = d_inner
+        self.d_state = config.mamba_d_state
+        self.dt_rank = config.mamba_dt_rank
+        self.in_proj = nn.Linear(hidden, 2 * d_inner, bias=config.mamba_proj_bias)
+        # nn.Conv1d only to keep the checkpoint's parameter names and shapes: (d_inner, 1, d_conv).
+        self.conv1d = nn.Conv1d(
+            d_inner, d_inner, config.mamba_d_conv, groups=d_inner, bias=config.mamba_conv_bias
+        )
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * self.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(d_inner, -1).contiguous()
+        self.A_log = nn.Parameter(torch.log(a))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, hidden, bias=config.mamba_proj_bias)
+        self.dt_layernorm = JambaRMSNorm(self.dt_rank, config.rms_norm_eps)
+        self.b_layernorm = JambaRMSNorm(self.d_state, config.rms_norm_eps)
+        self.c_layernorm = JambaRMSNorm(self.d_state, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
+        xz = batch.pad(self.in_proj(x))  # (batch, L, 2 * d_inner)
+        xs, z = xz.transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
+        conv_state, ssm_state = cache.mamba_state(self.layer_idx, batch)
+        query_lens = torch.tensor(batch.query_lens, device=x.device)
+        xs, conv_state = causal_conv1d_ref(
+            xs, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, query_lens
+        )
+        dt, b, c = torch.split(self.x_proj(xs.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], -1)
+        # Key difference to Mamba: RMSNorms on dt, B and C before the scan.
+        dt = F.linear(self.dt_layernorm(dt), self.dt_proj.weight)  # bias is added inside the scan
+        b, c = self.b_layernorm(b), self.c_layernorm(c)
+        y, ssm_state = selective_scan_ref(
+            xs,
+            dt.transpose(1, 2),
+            -torch.exp(self.A_log.float()),
+            b,
+            c,
+            self.D.float(),
+            z,
+            self.dt_proj.bias,
+            ssm_state,
+            batch.query_mask(),
+        )
+        cache.set_mamba_state(self.layer_idx, batch, conv_state, ssm_state)
+        return self.out_proj(batch.unpad(y.transpose(1, 2)).to(x.dtype))
+
+
+class JambaMLP(nn.Module):
+    """Dense SwiGLU feed-forward (also the shape of one expert)."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class JambaSparseMoeBlock(nn.Module):
+    """Linear router, softmax, top-k SwiGLU experts (weights not renormalised)."""
+
+    def __init__(self, config: JambaConfig) -> None:
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            JambaMLP(config.hidden_size, config.intermediate_size) for _ in range(config.num_experts)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return moe_ref(
+            x,
+            self.router.weight,
+            [e.gate_proj.weight for e in self.experts],
+            [e.up_proj.weight for e in self.experts],
+            [e.down_proj.weight for e in self.experts],
+            self.top_k,
+        )
+
+
+class JambaDecoderLayer(nn.Module):
+    """Pre-norm block: mixer (attention or Mamba) then feed-forward (dense or MoE), each residual."""
+
+    def __init__(self, config: JambaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.is_attention = config.is_attention_layer(layer_idx)
+        if self.is_attention:
+            self.self_attn = JambaAttention(config, layer_idx)
+        else:
+            self.mamba = JambaMambaMixer(config, layer_idx)
+        self.feed_forward: nn.Module = (
+            JambaSparseMoeBlock(config)
+            if config.is_moe_layer(layer_idx)
+            else JambaMLP(config.hidden_size, config.intermediate_size)
+        )
+        self.input_layernorm = JambaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.pre_ff_layernorm = JambaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        h = self.self_attn(h, batch, cache) if self.is_attention else self.mamba(h, batch, cache)
+        x = x + h
+        return x + self.feed_forward(self.pre_ff_layernorm(x))
+
+
+class JambaModel(nn.Module):
+    def __init__(self, config: JambaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(JambaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_layernorm = JambaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, token_ids: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
+        x = self.embed_tokens(token_ids)
+        for layer in self.layers:
+            x = layer(x, batch, cache)
+        return self.final_layernorm(x)
+
+
+class JambaForCausalLM(nn.Module):
+    """Jamba with its LM head.
+
+    Example:
+        >>> model = jamba_runtime.load_model("path/to/checkpoint")
+        >>> logits = model(torch.tensor([[1, 42, 7]]))  # (batch, seq, vocab)
+    """
+
+    def __init__(self, config: JambaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = JambaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits `(batch, seq, vocab)` for a rectangular `(batch, seq)` batch with no past."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        bsz, seq = input_ids.shape
+        batch = ForwardBatch.build([seq] * bsz, device=input_ids.device)
+        cache = HybridCache(self.config, bsz, seq, dtype=self.dtype, device=input_ids.device)
+        logits = self.forward_packed(input_ids.reshape(-1), batch, cache)
+        return logits.view(bsz, seq, -1)
+
+    @torch.inference_mode()
+    def forward_packed(
+        self,
+        token_ids: torch.Tensor,
+        batch: ForwardBatch,
+        cache: LayerCache,
+        logits_indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run one step over a packed batch and return logits.
+
+        Args:
+            token_ids: `(num_tokens,)` new tokens of all sequences, in `batch` order.
+            batch: the step's layout; `cache`: where past state is read and new state written.
+            logits_indices: flat token positions whose logits are wanted (e.g.
+                `batch.last_token_indices()` when only the next token is needed); all when None.
+
+        Returns:
+            `(len(logits_indices) or num_tokens, vocab)` float logits in the model dtype.
+        """
+        hidden = self.model(token_ids, batch, cache)
+        if logits_indices is not None:
+            hidden = hidden[logits_indices]
+        return self.lm_head(hidden)

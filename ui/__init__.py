@@ -1,0 +1,1 @@
+"""The Streamlit web app (issue: web app and compose stack)."""
