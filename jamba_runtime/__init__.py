@@ -1,1 +1,39 @@
-"""jamba_runtime: a Jamba inference runtime (reference PyTorch path first)."""
+"""jamba_runtime: a Jamba inference runtime.
+
+Public API (stable):
+    load_model(path, device="cpu", dtype="float32") -> JambaForCausalLM  # model(input_ids) -> logits
+    LLM(model=path, device=..., dtype=...)  # .generate / .stream / .chat
+    SamplingParams(...)
+"""
+
+from jamba_runtime.config import JambaConfig
+from jamba_runtime.errors import (
+    CheckpointError,
+    ConfigError,
+    ContextLengthError,
+    InvalidRequestError,
+    JambaStackError,
+    ModelNotFoundError,
+    TokenizerError,
+)
+from jamba_runtime.llm import LLM
+from jamba_runtime.loader import load_model
+from jamba_runtime.model import JambaForCausalLM
+from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.sequence import RequestOutput
+
+__all__ = [
+    "LLM",
+    "CheckpointError",
+    "ConfigError",
+    "ContextLengthError",
+    "InvalidRequestError",
+    "JambaConfig",
+    "JambaForCausalLM",
+    "JambaStackError",
+    "ModelNotFoundError",
+    "RequestOutput",
+    "SamplingParams",
+    "TokenizerError",
+    "load_model",
+]

@@ -136,10 +136,14 @@ class JambaConfig:
             eos = (eos,)
         elif eos is None:
             eos = ()
-        elif isinstance(eos, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in eos):
+        elif isinstance(eos, list | tuple) and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in eos
+        ):
             eos = tuple(eos)
         else:
-            raise ConfigError(f"{source}: field 'eos_token_id' must be an integer or a list of integers, got {eos!r}")
+            raise ConfigError(
+                f"{source}: field 'eos_token_id' must be an integer or a list of integers, got {eos!r}"
+            )
         values["eos_token_id"] = eos
 
         cfg = cls(**values, extra=extra)
@@ -184,11 +188,17 @@ class JambaConfig:
                 raise ConfigError(f"{source}: field '{name}' must be a non-negative integer, got {v!r}")
         for name in ["mamba_conv_bias", "mamba_proj_bias", "tie_word_embeddings"]:
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{source}: field '{name}' must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{source}: field '{name}' must be true or false, got {getattr(self, name)!r}"
+                )
         if not isinstance(self.rms_norm_eps, int | float) or not self.rms_norm_eps > 0:
-            raise ConfigError(f"{source}: field 'rms_norm_eps' must be a positive number, got {self.rms_norm_eps!r}")
+            raise ConfigError(
+                f"{source}: field 'rms_norm_eps' must be a positive number, got {self.rms_norm_eps!r}"
+            )
         if self.hidden_act != "silu":
-            raise ConfigError(f"{source}: field 'hidden_act' is {self.hidden_act!r}; only 'silu' is supported")
+            raise ConfigError(
+                f"{source}: field 'hidden_act' is {self.hidden_act!r}; only 'silu' is supported"
+            )
         if self.attn_layer_offset >= self.attn_layer_period:
             raise ConfigError(
                 f"{source}: field 'attn_layer_offset' ({self.attn_layer_offset}) must be smaller than "

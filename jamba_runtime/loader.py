@@ -45,7 +45,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidRequestError(f"device {device!r} asked for, but no CUDA device is available: use device='cpu'")
+        raise InvalidRequestError(
+            f"device {device!r} asked for, but no CUDA device is available: use device='cpu'"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise InvalidRequestError(f"device {device!r} is not supported: use 'cpu' or 'cuda'")
     return dev
@@ -59,13 +61,17 @@ def resolve_model_path(model: str | Path, local_files_only: bool = False) -> Pat
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelNotFoundError(f"model path {path} is a file; pass the checkpoint directory that holds it")
+            raise ModelNotFoundError(
+                f"model path {path} is a file; pass the checkpoint directory that holds it"
+            )
         return path
     text = str(model)
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
     if not looks_like_hub_id:
-        raise ModelNotFoundError(f"model directory {path} does not exist: check the path, or make one with "
-                                 "`jamba-stack model make-tiny DIR`")
+        raise ModelNotFoundError(
+            f"model directory {path} does not exist: check the path, or make one with "
+            "`jamba-stack model make-tiny DIR`"
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -88,11 +94,15 @@ def checkpoint_files(directory: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from e
+            raise CheckpointError(
+                f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}"
+            ) from e
         files = [directory / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise CheckpointError(f"{index} lists shards that are missing from {directory}: {', '.join(missing)}")
+            raise CheckpointError(
+                f"{index} lists shards that are missing from {directory}: {', '.join(missing)}"
+            )
         return files
     single = directory / SINGLE_FILE
     if single.is_file():
@@ -170,7 +180,9 @@ def load_model(
     missing = sorted(set(expected) - loaded)
     if missing:
         shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
-        raise CheckpointError(f"checkpoint {directory} lacks {len(missing)} tensors the config needs: {shown}")
+        raise CheckpointError(
+            f"checkpoint {directory} lacks {len(missing)} tensors the config needs: {shown}"
+        )
     if unexpected:
         shown = ", ".join(sorted(unexpected)[:8])
         raise CheckpointError(

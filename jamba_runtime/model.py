@@ -94,7 +94,9 @@ class JambaMambaMixer(nn.Module):
         xs, conv_state = causal_conv1d_ref(
             xs, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, query_lens
         )
-        dt, b, c = torch.split(self.x_proj(xs.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], -1)
+        dt, b, c = torch.split(
+            self.x_proj(xs.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], -1
+        )
         # Key difference to Mamba: RMSNorms on dt, B and C before the scan.
         dt = F.linear(self.dt_layernorm(dt), self.dt_proj.weight)  # bias is added inside the scan
         b, c = self.b_layernorm(b), self.c_layernorm(c)

@@ -1,0 +1,202 @@
+"""The `jamba-stack` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import Settings, load_settings
+from jamba_runtime.errors import JambaStackError
+
+app = typer.Typer(
+    help="jamba-stack: a local Jamba runtime with RAG and agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Make and inspect model checkpoints.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where the stack keeps its files [env: JAMBA_STACK_DATA_DIR]."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="Checkpoint directory or hub id [env: JAMBA_STACK_MODEL]; default: the tiny model."
+    ),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda [env: JAMBA_STACK_DEVICE].")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", help="Most new tokens.")]
+Temperature = Annotated[float, typer.Option("--temperature", help="0 = greedy.")]
+TopP = Annotated[float, typer.Option("--top-p")]
+TopK = Annotated[int, typer.Option("--top-k", help="0 = off.")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Same seed, same output.")]
+Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable).")]
+
+RANDOM_WEIGHTS_NOTE = (
+    "note: this is the embedded tiny Jamba with random weights; its text is gibberish. "
+    "Pass --model DIR (or set JAMBA_STACK_MODEL) to run a real checkpoint."
+)
+
+
+def main() -> None:
+    """Console entry point: typed errors print one clear line and exit 2, no traceback."""
+    try:
+        app()
+    except JambaStackError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+def _settings(
+    data_dir: Path | None, model: str | None = None, device: str | None = None, dtype: str | None = None
+) -> Settings:
+    return load_settings(data_dir=data_dir, model=model, device=device, dtype=dtype)
+
+
+def _model_path(settings: Settings) -> str:
+    """The configured model, or the tiny model in the data dir (made on first use)."""
+    if settings.model:
+        return settings.model
+    from jamba_runtime.tiny import make_tiny_model
+
+    tiny = settings.tiny_model_dir
+    if not (tiny / "model.safetensors").is_file():
+        typer.echo(f"making the tiny random model in {tiny} (first use)...", err=True)
+        make_tiny_model(tiny)
+    typer.echo(RANDOM_WEIGHTS_NOTE, err=True)
+    return str(tiny)
+
+
+def _params(
+    max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: list[str] | None
+):  # noqa: ANN202 - SamplingParams, imported lazily
+    from jamba_runtime.sampling_params import SamplingParams
+
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=tuple(stop or ()),
+    )
+
+
+@model_app.command("make-tiny")
+def make_tiny(
+    directory: Annotated[Path, typer.Argument(help="Directory to write the checkpoint into.")],
+    seed: Annotated[int, typer.Option(help="Weights seed; the same seed writes the same files.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint.")] = False,
+) -> None:
+    """Write a deterministic tiny random Jamba (8 layers: 2 attention, 6 Mamba, MoE on 4) with a
+    locally built tokenizer and chat template. For tests and offline runs; its text is gibberish."""
+    from jamba_runtime.tiny import make_tiny_model
+
+    if (directory / "model.safetensors").exists() and not force:
+        typer.echo(f"error: {directory} already holds a checkpoint; pass --force to overwrite it", err=True)
+        raise typer.Exit(2)
+    make_tiny_model(directory, seed=seed)
+    typer.echo(f"wrote tiny random Jamba to {directory}")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Text to complete.")],
+    model: ModelOpt = None,
+    data_dir: DataDir = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_tokens: MaxTokens = 64,
+    temperature: Temperature = 0.8,
+    top_p: TopP = 0.95,
+    top_k: TopK = 0,
+    seed: Seed = None,
+    stop: Stop = None,
+) -> None:
+    """Stream a completion of PROMPT to stdout."""
+    from jamba_runtime.llm import LLM
+
+    settings = _settings(data_dir, model, device, dtype)
+    params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
+    llm = LLM(model=_model_path(settings), device=settings.device, dtype=settings.dtype)
+    for delta in llm.stream(prompt, params):
+        typer.echo(delta, nl=False)
+    typer.echo()
+
+
+@app.command()
+def chat(
+    model: ModelOpt = None,
+    data_dir: DataDir = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
+    max_tokens: MaxTokens = 256,
+    temperature: Temperature = 0.8,
+    top_p: TopP = 0.95,
+    top_k: TopK = 0,
+    seed: Seed = None,
+) -> None:
+    """Chat in the terminal. Type a message and Enter; /reset clears the history, /exit or Ctrl-D quits."""
+    from jamba_runtime.llm import LLM
+
+    settings = _settings(data_dir, model, device, dtype)
+    params = _params(max_tokens, temperature, top_p, top_k, seed, None)
+    llm = LLM(model=_model_path(settings), device=settings.device, dtype=settings.dtype)
+    base = [{"role": "system", "content": system}] if system else []
+    messages = list(base)
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo()
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return
+        if text == "/reset":
+            messages = list(base)
+            continue
+        messages.append({"role": "user", "content": text})
+        typer.echo("jamba> ", nl=False)
+        reply = ""
+        for delta in llm.stream(llm.chat_prompt_ids(messages), params):
+            reply += delta
+            typer.echo(delta, nl=False)
+        typer.echo()
+        messages.append({"role": "assistant", "content": reply})
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = None,
+    model: ModelOpt = None,
+    prompt: Annotated[str, typer.Option(help="Prompt to complete.")] = "The hybrid Mamba and attention model",
+    max_tokens: MaxTokens = 32,
+) -> None:
+    """The main job until the full stack lands: load the model (the tiny one, made on first use),
+    stream a completion and answer a chat turn."""
+    from jamba_runtime.llm import LLM
+    from jamba_runtime.sampling_params import SamplingParams
+
+    settings = _settings(data_dir, model)
+    llm = LLM(model=_model_path(settings), device=settings.device, dtype=settings.dtype)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    typer.echo(f"completion of {prompt!r}:")
+    for delta in llm.stream(prompt, params):
+        typer.echo(delta, nl=False)
+    typer.echo()
+    out = llm.chat([{"role": "user", "content": "Say hello."}], params)
+    typer.echo(f"chat reply ({len(out.token_ids)} tokens, finish_reason={out.finish_reason}): {out.text!r}")
+
+
+if __name__ == "__main__":
+    main()

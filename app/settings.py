@@ -1,0 +1,44 @@
+"""The one settings object: `JAMBA_STACK_*` env vars, a `.env` file, and CLI flags on top.
+
+Nothing else in the project reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where data lives and which model runs.
+
+    Attributes:
+        data_dir: everything the stack writes (models it makes, collections, indexes).
+        model: checkpoint directory or hub id; empty means the embedded tiny model in the data dir.
+        device, dtype: where and how the runtime runs the model.
+        api_key: when set, the API server requires it as a bearer token.
+        chroma_url: a Chroma server URL; empty means the embedded store in the data dir.
+
+    Example:
+        >>> Settings(data_dir="/srv/jamba").tiny_model_dir
+    """
+
+    model_config = SettingsConfigDict(env_prefix="JAMBA_STACK_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"))
+    model: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    api_key: str = ""
+    chroma_url: str = ""
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.data_dir / "models" / "tiny"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from env and `.env`, with non-None `overrides` (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,65 @@
+"""Next-token choice over a batch, each row with its own parameters and random generator."""
+
+from __future__ import annotations
+
+import torch
+
+from jamba_runtime.sampling_params import SamplingParams
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """`logits (vocab,)`; tokens in `seen` get positive logits divided and negative ones multiplied."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    logits = logits.clone()
+    scores = logits[seen]
+    logits[seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p: filtered-out tokens get -inf. `logits (vocab,)` float32."""
+    logits = logits / params.temperature
+    if params.top_k > 0 and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        # Drop a token when the tokens before it already reach top_p; the top token always stays.
+        drop_sorted = (cum - torch.softmax(sorted_logits, -1)) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if params.min_p > 0.0:
+        probs = torch.softmax(logits, -1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def sample(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    seen_tokens: list[torch.Tensor],
+) -> list[int]:
+    """Pick one token per row.
+
+    Args:
+        logits: `(batch, vocab)` next-token logits.
+        params, generators, seen_tokens: per row; a row's generator is its only source of
+            randomness, so its tokens do not depend on the other rows. `seen_tokens[i]` are the
+            prompt + output ids (for the repetition penalty).
+
+    Returns:
+        the chosen token id per row.
+    """
+    out: list[int] = []
+    logits = logits.float()
+    for row, p, gen, seen in zip(logits, params, generators, seen_tokens, strict=True):
+        row = apply_repetition_penalty(row, seen, p.repetition_penalty)
+        if p.greedy:
+            out.append(int(torch.argmax(row)))
+            continue
+        probs = torch.softmax(filter_logits(row, p), -1)
+        out.append(int(torch.multinomial(probs, 1, generator=gen)))
+    return out

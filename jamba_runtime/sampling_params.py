@@ -1,0 +1,88 @@
+"""Per-request sampling parameters, validated where they are made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from jamba_runtime.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop.
+
+    Attributes:
+        max_tokens: most new tokens to generate.
+        temperature: 0 picks the most likely token (greedy); higher flattens the distribution.
+        top_k: keep the k most likely tokens (0 or -1: all).
+        top_p: keep the smallest set of tokens whose probability reaches top_p (1.0: all).
+        min_p: drop tokens less likely than min_p times the most likely one (0.0: none).
+        repetition_penalty: >1 discourages tokens already in the prompt or output (1.0: off),
+            applied as in transformers (positive logits divided, negative multiplied).
+        seed: same seed, same output, whatever else runs in the batch.
+        stop: strings that end generation; the matched string is not part of the output.
+        stop_token_ids: token ids that end generation, besides the model's end-of-sequence ids.
+        ignore_eos: keep going past end-of-sequence tokens (benchmarks).
+
+    Example:
+        >>> SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9, seed=1, stop=["\\n\\n"])
+    """
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        # Accept a single string or lists (what users pass) and store tuples (hashable, immutable).
+        stop = self.stop
+        if stop is None:
+            stop = ()
+        elif isinstance(stop, str):
+            stop = (stop,)
+        object.__setattr__(self, "stop", tuple(stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        self._validate()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def _validate(self) -> None:
+        def bad(name: str, value: object, rule: str) -> InvalidRequestError:
+            return InvalidRequestError(f"{name}={value!r} is invalid: {rule}")
+
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise bad("max_tokens", self.max_tokens, "it must be an integer >= 1")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise bad("temperature", self.temperature, "it must be >= 0 (0 means greedy)")
+        if not _is_int(self.top_k) or self.top_k < -1:
+            raise bad("top_k", self.top_k, "it must be an integer >= 1, or 0 / -1 to disable")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise bad("top_p", self.top_p, "it must be in (0, 1]")
+        if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:
+            raise bad("min_p", self.min_p, "it must be in [0, 1]")
+        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", self.repetition_penalty, "it must be > 0 (1.0 disables it)")
+        if self.seed is not None and not _is_int(self.seed):
+            raise bad("seed", self.seed, "it must be an integer or None")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise bad("stop", self.stop, "it must be non-empty strings")
+        if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
+            raise bad("stop_token_ids", self.stop_token_ids, "it must be non-negative integers")
+        if not isinstance(self.ignore_eos, bool):
+            raise bad("ignore_eos", self.ignore_eos, "it must be true or false")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # v == v rejects NaN

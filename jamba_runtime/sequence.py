@@ -1,0 +1,118 @@
+"""Per-request state: prompt, output so far, detokenised text, stop checks, finish reason."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from jamba_runtime.sampling_params import SamplingParams
+
+_ids = itertools.count()
+
+
+class TextDecoder(Protocol):
+    """Turns tokens into text one at a time; `add` returns only new, complete characters."""
+
+    def add(self, token_id: int) -> str: ...
+
+    def flush(self) -> str:
+        """Whatever text is still held back (an incomplete character at the very end)."""
+        ...
+
+
+@dataclass
+class RequestOutput:
+    """What a finished (or streaming) request returns.
+
+    Attributes:
+        request_id: the request's id. text: the generated text, stop strings removed.
+        token_ids: generated ids (an end-of-sequence or stop token that ended it is included,
+            as in vLLM; its text is not). finish_reason: "stop" (end token or stop string),
+            "length" (max_tokens or the context limit), or None while running.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+@dataclass
+class Sequence:
+    """One request while it runs."""
+
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    decoder: TextDecoder
+    eos_token_ids: frozenset[int]
+    max_new_tokens: int
+    request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    output_token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    def append_token(self, token_id: int) -> str:
+        """Record a sampled token; return the text that may be shown now (stop strings held back)."""
+        self.output_token_ids.append(token_id)
+        stop_ids = set(self.params.stop_token_ids)
+        if not self.params.ignore_eos:
+            stop_ids |= self.eos_token_ids
+        if token_id in stop_ids:
+            self.finish_reason = "stop"
+            self.text += self.decoder.flush()
+            return self._flush()
+        self.text += self.decoder.add(token_id)
+        if self.params.stop:
+            # Search only where a new match can start: the text added plus the longest stop's reach.
+            start = max(0, self.emitted - max(len(s) for s in self.params.stop))
+            hits = [i for i in (self.text.find(s, start) for s in self.params.stop) if i >= 0]
+            if hits:
+                self.text = self.text[: min(hits)]
+                self.finish_reason = "stop"
+                return self._flush()
+        if len(self.output_token_ids) >= self.max_new_tokens:
+            self.finish_reason = "length"
+            self.text += self.decoder.flush()
+            return self._flush()
+        safe = len(self.text) - _held_back(self.text, self.params.stop)
+        delta = self.text[self.emitted : safe]
+        self.emitted = max(self.emitted, safe)
+        return delta
+
+    def _flush(self) -> str:
+        delta = self.text[self.emitted :]
+        self.emitted = len(self.text)
+        return delta
+
+    def output(self) -> RequestOutput:
+        return RequestOutput(
+            self.request_id, self.prompt_token_ids, self.text, list(self.output_token_ids), self.finish_reason
+        )
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that could still grow into a stop string."""
+    longest = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), longest, -1):
+            if s.startswith(text[-n:]):
+                longest = n
+                break
+    return longest

@@ -1,0 +1,26 @@
+"""Shared fixtures: the tiny model (made once per test session) and transformers' reference."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from jamba_runtime.tiny import make_tiny_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def hf_tiny(tiny_model_dir: Path):  # noqa: ANN201 - transformers model
+    """transformers' JambaForCausalLM on the tiny checkpoint, float32 (the numerical reference)."""
+    transformers = pytest.importorskip("transformers")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return transformers.JambaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
