@@ -25,6 +25,9 @@ class ForwardBatch:
         cu_seqlens: `(batch + 1,)` offsets of each sequence in the flat token tensor.
         token_seq: `(num_tokens,)` sequence index (0..batch-1) of each token.
         token_pos: `(num_tokens,)` index of each token among its sequence's new tokens.
+        block_tables: `(batch, max_blocks)` KV block ids per sequence (paged cache only).
+        slot_mapping: `(num_tokens,)` flat KV position (`block * block_size + offset`) where each
+            new token's key and value go (paged cache only).
     """
 
     query_lens: tuple[int, ...]
@@ -33,6 +36,8 @@ class ForwardBatch:
     cu_seqlens: torch.Tensor
     token_seq: torch.Tensor
     token_pos: torch.Tensor
+    block_tables: torch.Tensor | None = None
+    slot_mapping: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -41,8 +46,11 @@ class ForwardBatch:
         context_lens: list[int] | tuple[int, ...] | None = None,
         slots: list[int] | torch.Tensor | None = None,
         device: torch.device | str = "cpu",
+        block_tables: list[list[int]] | None = None,
+        block_size: int = 0,
     ) -> ForwardBatch:
-        """Build the layout; `context_lens` defaults to zeros, `slots` to `0..batch-1`."""
+        """Build the layout; `context_lens` defaults to zeros, `slots` to `0..batch-1`.
+        With `block_tables` (and `block_size`), also the paged-KV tensors."""
         query_lens = tuple(int(n) for n in query_lens)
         batch = len(query_lens)
         context_lens = tuple(int(n) for n in (context_lens if context_lens is not None else [0] * batch))
@@ -58,7 +66,17 @@ class ForwardBatch:
         cu[1:] = torch.cumsum(lens, 0)
         token_seq = torch.repeat_interleave(torch.arange(batch, device=device), lens)
         token_pos = torch.arange(int(cu[-1]), device=device) - cu[token_seq]
-        return cls(query_lens, context_lens, slots_t, cu, token_seq, token_pos)
+        if block_tables is None:
+            return cls(query_lens, context_lens, slots_t, cu, token_seq, token_pos)
+        assert block_size > 0 and len(block_tables) == batch
+        width = max(len(t) for t in block_tables)
+        tables = torch.tensor(
+            [t + [0] * (width - len(t)) for t in block_tables], dtype=torch.long, device=device
+        )
+        ctx = torch.tensor(context_lens, dtype=torch.long, device=device)
+        pos = ctx[token_seq] + token_pos  # absolute position of each new token
+        slot_mapping = tables[token_seq, pos // block_size] * block_size + pos % block_size
+        return cls(query_lens, context_lens, slots_t, cu, token_seq, token_pos, tables, slot_mapping)
 
     @property
     def batch_size(self) -> int:

@@ -55,3 +55,10 @@ class InvalidRequestError(JambaStackError):
 
     http_status = 400
     code = "invalid_request"
+
+
+class RequestNotFoundError(JambaStackError):
+    """A request id that is not running (unknown, or already finished)."""
+
+    http_status = 404
+    code = "request_not_found"

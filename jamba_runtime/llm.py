@@ -1,4 +1,4 @@
-"""The public offline API: `LLM(model=...)` with `generate`, `stream` and `chat`."""
+"""The public offline API: `LLM(model=...)` with `generate`, `stream` and `chat`, on the engine."""
 
 from __future__ import annotations
 
@@ -9,30 +9,29 @@ from typing import Any
 
 import torch
 
-from jamba_runtime.batch import ForwardBatch
-from jamba_runtime.cache import HybridCache
+from jamba_runtime.engine import EngineConfig, LLMEngine
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError
 from jamba_runtime.loader import load_model, resolve_model_path
 from jamba_runtime.model import JambaForCausalLM
-from jamba_runtime.sampler import sample
 from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.sequence import RequestOutput, Sequence
+from jamba_runtime.sequence import RequestOutput
 from jamba_runtime.tokenizer import Tokenizer
 
 Prompt = str | list[int]
 
 
 class LLM:
-    """A Jamba model with its tokenizer, ready to generate.
+    """A Jamba model with its tokenizer and engine, ready to generate.
 
     Args:
         model: checkpoint directory or hub id. device: "cpu" or "cuda". dtype: "float32",
             "bfloat16" or "float16". max_model_len: context limit in tokens (default: the
-            model's `max_position_embeddings`). tokenizer: a directory, when not the model's.
+            model's `max_position_embeddings`, capped by the cache). tokenizer: a directory, when
+            not the model's. engine: cache and batching sizes (`EngineConfig`).
 
-    A request whose prompt plus `max_tokens` would pass `max_model_len` is not refused: it stops
-    at the limit with `finish_reason="length"`. A prompt that alone reaches the limit raises
-    `ContextLengthError`.
+    All prompts of one `generate` call run as one continuous batch. A request whose prompt plus
+    `max_tokens` would pass `max_model_len` is not refused: it stops at the limit with
+    `finish_reason="length"`. A prompt that alone reaches the limit raises `ContextLengthError`.
 
     Example:
         >>> llm = LLM(model="models/tiny")
@@ -51,6 +50,7 @@ class LLM:
         max_model_len: int | None = None,
         tokenizer: str | Path | None = None,
         local_files_only: bool = False,
+        engine: EngineConfig | None = None,
     ) -> None:
         path = resolve_model_path(model, local_files_only=local_files_only)
         self.model: JambaForCausalLM = load_model(path, device=device, dtype=dtype)
@@ -59,27 +59,53 @@ class LLM:
         limit = self.config.max_position_embeddings
         if max_model_len is not None and not 0 < max_model_len <= limit:
             raise InvalidRequestError(f"max_model_len={max_model_len} is invalid: it must be in 1..{limit}")
-        self.max_model_len = max_model_len or limit
-        self.eos_token_ids = frozenset(self.config.eos_token_id) | frozenset(self.tokenizer.eos_token_ids)
+        engine_config = engine or EngineConfig()
+        if max_model_len is not None:
+            engine_config = EngineConfig(**{**engine_config.__dict__, "max_model_len": max_model_len})
+        self.engine = LLMEngine(self.model, self.tokenizer, engine_config)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self.engine.eos_token_ids
+
+    @eos_token_ids.setter
+    def eos_token_ids(self, ids: frozenset[int]) -> None:
+        self.engine.eos_token_ids = frozenset(ids)
 
     # ---- public API ------------------------------------------------------------------------------
     def generate(
         self,
         prompts: Prompt | Seq[Prompt],
         params: SamplingParams | Seq[SamplingParams] | None = None,
+        prefix_snapshot: str | None = None,
     ) -> list[RequestOutput]:
-        """Complete each prompt (text, or token ids); one output per prompt, in order."""
-        seqs = self._make_sequences(_as_prompt_list(prompts), params)
-        for _ in self._run(seqs):
-            pass
+        """Complete each prompt (text, or token ids); one output per prompt, in order.
+
+        `prefix_snapshot`: start every prompt that extends that snapshot's tokens from its saved
+        state (see `save_prefix`) instead of recomputing the prefix."""
+        seqs = self._add(_as_prompt_list(prompts), params, prefix_snapshot)
+        try:
+            while self.engine.has_unfinished():
+                self.engine.step()
+        except BaseException:
+            self._abort_unfinished(seqs)
+            raise
         return [s.output() for s in seqs]
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
         """Yield the completion of one prompt as text deltas, as tokens are generated."""
-        seqs = self._make_sequences([prompt], params)
-        for _, delta in self._run(seqs):
-            if delta:
-                yield delta
+        (seq,) = self._add([prompt], params, None)
+        try:
+            while not seq.finished:
+                for out in self.engine.step():
+                    if out.request_id == seq.request_id and out.text:
+                        yield out.text
+        finally:
+            self._abort_unfinished([seq])
 
     def chat(
         self,
@@ -103,10 +129,22 @@ class LLM:
             messages, tools=tools, documents=documents, add_generation_prompt=True
         )
 
+    def save_prefix(self, prompt: Prompt, key: str) -> None:
+        """Run `prompt` once and keep its whole state (KV blocks + Mamba state) under `key`, so
+        later prompts that extend it skip recomputing it. The state is exact only at the end of
+        `prompt`, so snapshot whole turns or documents, not arbitrary cut points."""
+        (seq,) = self._add([prompt], SamplingParams(max_tokens=1, temperature=0), None, save_snapshot=key)
+        while not seq.finished:
+            self.engine.step()
+
     # ---- internals -------------------------------------------------------------------------------
-    def _make_sequences(
-        self, prompts: list[Prompt], params: SamplingParams | Seq[SamplingParams] | None
-    ) -> list[Sequence]:
+    def _add(
+        self,
+        prompts: list[Prompt],
+        params: SamplingParams | Seq[SamplingParams] | None,
+        prefix_snapshot: str | None,
+        save_snapshot: str | None = None,
+    ) -> list:
         if params is None:
             param_list = [SamplingParams()] * len(prompts)
         elif isinstance(params, SamplingParams):
@@ -117,71 +155,27 @@ class LLM:
                 raise InvalidRequestError(
                     f"got {len(param_list)} SamplingParams for {len(prompts)} prompts: pass one, or one per prompt"
                 )
+        ids_list = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         seqs = []
-        for i, (prompt, p) in enumerate(zip(prompts, param_list, strict=True)):
-            ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-            if not ids:
-                raise InvalidRequestError(f"prompt {i} is empty: give at least one token of text")
-            if any(not 0 <= t < self.config.vocab_size for t in ids):
-                raise InvalidRequestError(
-                    f"prompt {i} has token ids outside the vocab (0..{self.config.vocab_size - 1})"
-                )
-            if len(ids) >= self.max_model_len:
-                raise ContextLengthError(
-                    f"prompt {i} has {len(ids):,} tokens, limit {self.max_model_len:,} including at least one "
-                    "new token: shorten it or raise max_model_len"
-                )
-            gen = None
-            if not p.greedy:
-                gen = torch.Generator(device=self.model.device)
-                gen.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, ()).item()))
-            seqs.append(
-                Sequence(
-                    prompt_token_ids=ids,
-                    params=p,
-                    decoder=self.tokenizer.incremental_decoder(),
-                    eos_token_ids=self.eos_token_ids,
-                    max_new_tokens=min(p.max_tokens, self.max_model_len - len(ids)),
-                    generator=gen,
-                )
-            )
+        try:
+            for i, (ids, p) in enumerate(zip(ids_list, param_list, strict=True)):
+                try:
+                    seqs.append(
+                        self.engine.add_request(
+                            ids, p, prefix_snapshot=prefix_snapshot, save_snapshot=save_snapshot
+                        )
+                    )
+                except (InvalidRequestError, ContextLengthError) as e:
+                    raise type(e)(f"prompt {i}: {e}") from e
+        except BaseException:
+            self._abort_unfinished(seqs)
+            raise
         return seqs
 
-    def _run(self, seqs: list[Sequence]) -> Iterator[tuple[int, str]]:
-        """Prefill every prompt in one packed step, then decode all running sequences together.
-        Yields `(sequence index, text delta)` after each token."""
-        device = self.model.device
-        capacity = max(len(s.prompt_token_ids) + s.max_new_tokens for s in seqs)
-        cache = HybridCache(self.config, len(seqs), capacity, dtype=self.model.dtype, device=device)
-        active = list(range(len(seqs)))
-        query = [list(s.prompt_token_ids) for s in seqs]
-        while active:
-            batch = ForwardBatch.build(
-                [len(query[i]) for i in active],
-                [seqs[i].num_tokens - len(query[i]) for i in active],
-                slots=active,
-                device=device,
-            )
-            tokens = torch.tensor([t for i in active for t in query[i]], device=device)
-            logits = self.model.forward_packed(
-                tokens, batch, cache, logits_indices=batch.last_token_indices()
-            )
-            picked = sample(
-                logits,
-                [seqs[i].params for i in active],
-                [seqs[i].generator for i in active],
-                [_seen(seqs[i], device) for i in active],
-            )
-            for i, token in zip(active, picked, strict=True):
-                yield i, seqs[i].append_token(token)
-                query[i] = [token]
-            active = [i for i in active if not seqs[i].finished]
-
-
-def _seen(seq: Sequence, device: torch.device) -> torch.Tensor:
-    if seq.params.repetition_penalty == 1.0:
-        return torch.empty(0, dtype=torch.long, device=device)
-    return torch.tensor(seq.all_token_ids(), dtype=torch.long, device=device)
+    def _abort_unfinished(self, seqs: list) -> None:
+        for s in seqs:
+            if not s.finished and s.request_id in self.engine.requests:
+                self.engine.abort(s.request_id)
 
 
 def _as_prompt_list(prompts: Prompt | Seq[Prompt]) -> list[Prompt]:

@@ -63,3 +63,16 @@ def sample(
         probs = torch.softmax(filter_logits(row, p), -1)
         out.append(int(torch.multinomial(probs, 1, generator=gen)))
     return out
+
+
+def logprobs_of(logits: torch.Tensor, token: int, top_n: int) -> dict:
+    """Log-probability of `token` and the `top_n` most likely tokens under `logits (vocab,)`."""
+    logp = torch.log_softmax(logits.float(), -1)
+    top = torch.topk(logp, top_n) if top_n > 0 else None
+    return {
+        "token_id": token,
+        "logprob": float(logp[token]),
+        "top": []
+        if top is None
+        else [(int(i), float(v)) for v, i in zip(top.values, top.indices, strict=True)],
+    }

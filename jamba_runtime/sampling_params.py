@@ -23,6 +23,8 @@ class SamplingParams:
         stop: strings that end generation; the matched string is not part of the output.
         stop_token_ids: token ids that end generation, besides the model's end-of-sequence ids.
         ignore_eos: keep going past end-of-sequence tokens (benchmarks).
+        logprobs: return the log-probability of each chosen token and of the `logprobs` most
+            likely tokens (0..20; None: none), from the model's distribution before sampling filters.
 
     Example:
         >>> SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9, seed=1, stop=["\\n\\n"])
@@ -38,6 +40,7 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # Accept a single string or lists (what users pass) and store tuples (hashable, immutable).
@@ -76,6 +79,8 @@ class SamplingParams:
             raise bad("stop", self.stop, "it must be non-empty strings")
         if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", self.stop_token_ids, "it must be non-negative integers")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= 20):
+            raise bad("logprobs", self.logprobs, "it must be an integer in 0..20, or None")
         if not isinstance(self.ignore_eos, bool):
             raise bad("ignore_eos", self.ignore_eos, "it must be true or false")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from jamba_runtime.cache_manager import CacheAllocation
 from jamba_runtime.sampling_params import SamplingParams
 
 _ids = itertools.count()
@@ -41,9 +43,20 @@ class RequestOutput:
     finish_reason: str | None
 
 
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
 @dataclass
 class Sequence:
-    """One request while it runs."""
+    """One request while it runs.
+
+    `num_computed_tokens` of its `num_tokens` (prompt + output) are in the cache; the scheduler
+    feeds the rest, in chunks, and a token is sampled when the two meet. Preemption drops the cache
+    and sets `num_computed_tokens` back to 0 (recompute); the tokens themselves are kept.
+    """
 
     prompt_token_ids: list[int]
     params: SamplingParams
@@ -56,6 +69,12 @@ class Sequence:
     emitted: int = 0
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    priority: int = 0
+    arrival: int = field(default_factory=lambda: next(_ids))
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0
+    alloc: CacheAllocation = field(default_factory=CacheAllocation)
+    num_preemptions: int = 0
 
     @property
     def finished(self) -> bool:
@@ -67,6 +86,15 @@ class Sequence:
 
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    def token_range(self, start: int, end: int) -> list[int]:
+        """Tokens `start..end-1` of prompt + output, without copying the whole history."""
+        p = len(self.prompt_token_ids)
+        if end <= p:
+            return self.prompt_token_ids[start:end]
+        if start >= p:
+            return self.output_token_ids[start - p : end - p]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
 
     def append_token(self, token_id: int) -> str:
         """Record a sampled token; return the text that may be shown now (stop strings held back)."""

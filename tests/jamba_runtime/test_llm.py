@@ -123,7 +123,7 @@ def test_context_limits(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg["max_position_embeddings"] = 32
     (small / "config.json").write_text(json.dumps(cfg))
     llm = LLM(model=small)
-    with pytest.raises(ContextLengthError, match=r"prompt 0 has 40 tokens, limit 32"):
+    with pytest.raises(ContextLengthError, match=r"prompt 0: prompt has 40 tokens, limit 32"):
         llm.generate([[7] * 40])
     # Prompt fits but prompt + max_tokens does not: stops at the limit, documented as "length".
     out = llm.generate([[7] * 28], SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))[0]

@@ -1,0 +1,361 @@
+"""The step loop: admit requests, schedule a step, run it, sample, detokenise, stop, free.
+
+`LLMEngine` is synchronous and single-threaded; `LLM` drives it to completion and `AsyncLLM`
+drives it from a background thread for many concurrent streams.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from jamba_runtime.cache_manager import CacheAllocation, CacheManager
+from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
+from jamba_runtime.model import JambaForCausalLM
+from jamba_runtime.paged_cache import PagedHybridCache, block_bytes, slot_bytes
+from jamba_runtime.runner import ModelRunner
+from jamba_runtime.sampler import logprobs_of, sample
+from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.scheduler import Scheduler, SchedulerConfig
+from jamba_runtime.sequence import Sequence
+from jamba_runtime.tokenizer import Tokenizer
+
+_GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Sizes of the engine.
+
+    Attributes:
+        max_num_seqs: most sequences running at once (one Mamba state slot each).
+        max_num_batched_tokens: token budget per step; longer prompts are prefilled in chunks.
+        block_size: tokens per KV block.
+        cache_memory_gb: memory for the cache (KV blocks + state slots). Default: 1 GiB on CPU;
+            on CUDA, `gpu_memory_utilization` of the memory free after loading the model.
+        max_model_len: longest sequence (prompt + output); default: the model's limit, capped by
+            what the cache can hold.
+        num_snapshot_slots: state slots kept for prefix snapshots.
+    """
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    cache_memory_gb: float | None = None
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    num_snapshot_slots: int = 4
+
+
+@dataclass
+class StepOutput:
+    """One request's news from one step."""
+
+    request_id: str
+    text: str  # new text (stop strings held back until they can be ruled out)
+    token_ids: list[int]  # new token ids
+    finished: bool
+    finish_reason: str | None
+    logprobs: list[dict] | None = None  # per new token: {"token_id", "logprob", "top": [(id, logprob)]}
+
+
+@dataclass
+class Snapshot:
+    """A sequence's whole state at the end of a prompt: KV blocks (shared) + a copy of its slot."""
+
+    key: str
+    token_ids: list[int]
+    alloc: CacheAllocation
+    created: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class EngineMetrics:
+    waiting: int
+    running: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    state_slots_used: int
+    state_slots_total: int
+    snapshots: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    generation_tokens_per_s: float
+    mean_time_to_first_token_s: float
+    preemptions_total: int
+
+
+class LLMEngine:
+    """Continuous batching over a paged hybrid cache.
+
+    Example:
+        >>> engine = LLMEngine(model, tokenizer, EngineConfig(max_num_seqs=16))
+        >>> engine.add_request([1, 5, 9], SamplingParams(max_tokens=8), request_id="a")
+        >>> while engine.has_unfinished():
+        ...     for out in engine.step():
+        ...         print(out.request_id, out.text, out.finished)
+    """
+
+    def __init__(
+        self, model: JambaForCausalLM, tokenizer: Tokenizer, config: EngineConfig | None = None
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = cfg = config or EngineConfig()
+        mcfg = model.config
+        budget = self._cache_budget(cfg)
+        num_slots = cfg.max_num_seqs + cfg.num_snapshot_slots
+        per_block = max(block_bytes(mcfg, cfg.block_size, model.dtype), 1)
+        num_blocks = (budget - num_slots * slot_bytes(mcfg, model.dtype)) // per_block
+        if num_blocks < 1:
+            raise InvalidRequestError(
+                f"cache budget of {budget / _GIB:.2f} GiB holds no KV block after {num_slots} state slots: "
+                "raise cache_memory_gb or lower max_num_seqs"
+            )
+        if not mcfg.attention_layers:
+            num_blocks = 1  # no attention layer: blocks cost nothing, one stands in for bookkeeping
+        self.cache_manager = CacheManager(num_blocks, cfg.block_size, num_slots)
+        self.cache = PagedHybridCache(mcfg, num_blocks, cfg.block_size, num_slots, model.dtype, model.device)
+        self.scheduler = Scheduler(
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens), self.cache_manager
+        )
+        self.runner = ModelRunner(model, self.cache)
+        capacity = num_blocks * cfg.block_size if mcfg.attention_layers else mcfg.max_position_embeddings
+        limit = min(mcfg.max_position_embeddings, capacity)
+        if cfg.max_model_len is not None:
+            if cfg.max_model_len > limit:
+                raise InvalidRequestError(
+                    f"max_model_len={cfg.max_model_len:,} is more than the model or cache holds ({limit:,} tokens): "
+                    "lower it or raise cache_memory_gb"
+                )
+            limit = cfg.max_model_len
+        self.max_model_len = limit
+        self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)
+        self.requests: dict[str, Sequence] = {}
+        self.snapshots: dict[str, Snapshot] = {}
+        self._save_snapshot_as: dict[str, str] = {}
+        self._ids = itertools.count()
+        self._arrival_time: dict[str, float] = {}
+        self._ttft: list[float] = []
+        self._prompt_tokens = 0
+        self._generated = 0
+        self._preemptions = 0
+        self._recent: list[tuple[float, int]] = []
+
+    def _cache_budget(self, cfg: EngineConfig) -> int:
+        if cfg.cache_memory_gb is not None:
+            return int(cfg.cache_memory_gb * _GIB)
+        if self.model.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.model.device)
+            return int(free * cfg.gpu_memory_utilization)
+        return _GIB
+
+    # ---- requests --------------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        priority: int = 0,
+        prefix_snapshot: str | None = None,
+        save_snapshot: str | None = None,
+    ) -> Sequence:
+        """Queue a request. Raises `InvalidRequestError` for an empty prompt, ids outside the vocab
+        or a duplicate id; `ContextLengthError` when the prompt leaves no room for a new token.
+        A request whose prompt + max_tokens passes `max_model_len` stops there ("length").
+
+        `prefix_snapshot`: start from a saved snapshot whose tokens begin this prompt (ignored when
+        they do not, or when the prompt is no longer than them). `save_snapshot`: save this
+        request's state at the end of its prompt under that key.
+        """
+        ids = [int(t) for t in prompt_token_ids]
+        if not ids:
+            raise InvalidRequestError("prompt is empty: give at least one token of text")
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"prompt has token ids outside the vocab (0..{vocab - 1})")
+        if len(ids) >= self.max_model_len:
+            raise ContextLengthError(
+                f"prompt has {len(ids):,} tokens, limit {self.max_model_len:,} including at least one new "
+                "token: shorten it or raise max_model_len"
+            )
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running: use a new id")
+        gen = None
+        if not params.greedy:
+            gen = torch.Generator(device=self.model.device)
+            gen.manual_seed(
+                params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+            )
+        seq = Sequence(
+            prompt_token_ids=ids,
+            params=params,
+            decoder=self.tokenizer.incremental_decoder(),
+            eos_token_ids=self.eos_token_ids,
+            max_new_tokens=min(params.max_tokens, self.max_model_len - len(ids)),
+            request_id=request_id,
+            generator=gen,
+            priority=priority,
+        )
+        if prefix_snapshot is not None:
+            self._restore(seq, prefix_snapshot)
+        if save_snapshot is not None:
+            self._save_snapshot_as[request_id] = save_snapshot
+        self.requests[request_id] = seq
+        self._arrival_time[request_id] = time.monotonic()
+        self._prompt_tokens += len(ids)
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks and slot now. Raises `RequestNotFoundError` for an
+        id that is not running (unknown, or already finished)."""
+        seq = self.requests.pop(request_id, None)
+        if seq is None:
+            raise RequestNotFoundError(f"no running request with id {request_id!r}")
+        seq.finish_reason = "abort"
+        self.scheduler.finish(seq)
+        self._save_snapshot_as.pop(request_id, None)
+        self._arrival_time.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step --------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        """Schedule and run one step; return what each request got from it."""
+        plan = self.scheduler.schedule()
+        while not plan.scheduled and self.scheduler.waiting and not self.scheduler.running and self.snapshots:
+            # Snapshots hold the blocks a waiting request needs: give them up, oldest first.
+            self.drop_snapshot(min(self.snapshots.values(), key=lambda s: s.created).key)
+            plan = self.scheduler.schedule()
+        self._preemptions += len(plan.preempted)
+        if not plan.scheduled:
+            assert not self.scheduler.waiting or self.scheduler.running, (
+                "add_request keeps every request admissible"
+            )
+            return []
+        to_sample, logits = self.runner.execute(plan)
+        for item in plan.scheduled:
+            item.seq.num_computed_tokens += item.num_tokens
+        outputs: list[StepOutput] = []
+        if not to_sample:
+            return outputs
+        for seq in to_sample:
+            if seq.request_id in self._save_snapshot_as and seq.num_computed_tokens == len(
+                seq.prompt_token_ids
+            ):
+                self._save(self._save_snapshot_as.pop(seq.request_id), seq)
+        tokens = sample(
+            logits,
+            [s.params for s in to_sample],
+            [s.generator for s in to_sample],
+            [_seen(s, logits.device) for s in to_sample],
+        )
+        now = time.monotonic()
+        for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
+            if not seq.output_token_ids:
+                self._ttft.append(now - self._arrival_time.get(seq.request_id, now))
+            lp = None
+            if seq.params.logprobs is not None:
+                lp = [logprobs_of(logits[row], token, seq.params.logprobs)]
+            text = seq.append_token(token)
+            self._generated += 1
+            outputs.append(StepOutput(seq.request_id, text, [token], seq.finished, seq.finish_reason, lp))
+            if seq.finished:
+                self.scheduler.finish(seq)
+                self.requests.pop(seq.request_id, None)
+                self._arrival_time.pop(seq.request_id, None)
+                self._save_snapshot_as.pop(seq.request_id, None)
+        self._recent.append((now, len(tokens)))
+        return outputs
+
+    # ---- snapshots -------------------------------------------------------------------------------
+    def _save(self, key: str, seq: Sequence) -> None:
+        """Keep `seq`'s state at the end of its prompt: share its KV blocks, copy its state slot."""
+        if key in self.snapshots:
+            self.drop_snapshot(key)
+        alloc = CacheAllocation()
+        if not self.cache_manager.allocate_slot(alloc):
+            oldest = min(self.snapshots.values(), key=lambda s: s.created, default=None)
+            if oldest is None:
+                return  # every slot runs a sequence: skip the snapshot rather than stall
+            self.drop_snapshot(oldest.key)
+            self.cache_manager.allocate_slot(alloc)
+        n = len(seq.prompt_token_ids)
+        alloc.block_table = self.cache_manager.share_blocks(
+            seq.alloc.block_table[: self.cache_manager.blocks_for(n)]
+        )
+        assert seq.alloc.slot is not None and alloc.slot is not None
+        self.cache.copy_slot(seq.alloc.slot, alloc.slot)
+        self.snapshots[key] = Snapshot(key, list(seq.prompt_token_ids), alloc)
+
+    def _restore(self, seq: Sequence, key: str) -> None:
+        snap = self.snapshots.get(key)
+        if snap is None:
+            raise InvalidRequestError(f"no prefix snapshot named {key!r}: save one first (save_snapshot=...)")
+        n = len(snap.token_ids)
+        # The Mamba state is only valid exactly at the snapshot's end, and the last prompt token
+        # must still run for its logits: the prompt must extend the snapshot.
+        if len(seq.prompt_token_ids) <= n or seq.prompt_token_ids[:n] != snap.token_ids:
+            return
+        if not self.cache_manager.allocate_slot(seq.alloc):
+            return
+        blocks = self.cache_manager.share_blocks(snap.alloc.block_table)
+        if n % self.cache_manager.block_size:
+            # Copy-on-write: the last block is partly filled and this request writes after the prefix.
+            fresh = CacheAllocation()
+            if not self.cache_manager.ensure_blocks(fresh, 1):
+                seq.alloc.block_table = blocks
+                self.cache_manager.free(seq.alloc)
+                return
+            self.cache.copy_block(blocks[-1], fresh.block_table[0])
+            self.cache_manager.free(CacheAllocation(block_table=[blocks[-1]]))
+            blocks[-1] = fresh.block_table[0]
+        seq.alloc.block_table = blocks
+        assert seq.alloc.slot is not None and snap.alloc.slot is not None
+        self.cache.copy_slot(snap.alloc.slot, seq.alloc.slot)
+        seq.num_computed_tokens = n
+
+    def drop_snapshot(self, key: str) -> None:
+        snap = self.snapshots.pop(key, None)
+        if snap is not None:
+            self.cache_manager.free(snap.alloc)
+
+    # ---- metrics ---------------------------------------------------------------------------------
+    def metrics(self) -> EngineMetrics:
+        now = time.monotonic()
+        self._recent = [(t, n) for t, n in self._recent if now - t < 10.0]
+        span = now - self._recent[0][0] if len(self._recent) > 1 else 0.0
+        rate = sum(n for _, n in self._recent[1:]) / span if span > 0 else 0.0
+        cm = self.cache_manager
+        return EngineMetrics(
+            waiting=len(self.scheduler.waiting),
+            running=len(self.scheduler.running),
+            kv_blocks_used=cm.num_used_blocks,
+            kv_blocks_total=cm.num_blocks,
+            state_slots_used=cm.num_used_slots,
+            state_slots_total=cm.num_slots,
+            snapshots=len(self.snapshots),
+            prompt_tokens_total=self._prompt_tokens,
+            generation_tokens_total=self._generated,
+            generation_tokens_per_s=rate,
+            mean_time_to_first_token_s=sum(self._ttft) / len(self._ttft) if self._ttft else 0.0,
+            preemptions_total=self._preemptions,
+        )
+
+    def check_cache(self) -> None:
+        """Assert exact cache counts against every holder (running sequences and snapshots)."""
+        holders = [s.alloc for s in self.scheduler.running + self.scheduler.waiting]
+        holders += [s.alloc for s in self.snapshots.values()]
+        self.cache_manager.check(holders)
+
+
+def _seen(seq: Sequence, device: torch.device) -> torch.Tensor:
+    if seq.params.repetition_penalty == 1.0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.tensor(seq.all_token_ids(), dtype=torch.long, device=device)

@@ -1,0 +1,126 @@
+"""The engine's cache tensors: paged KV blocks for attention layers, state slots for Mamba layers.
+
+It implements `LayerCache` (see `cache.py`) with the step's block tables, slot mapping and slot
+indices from `ForwardBatch`, so the model's layers run on it unchanged. Which block or slot belongs
+to whom is decided by `CacheManager`; this class only holds and moves the numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from jamba_runtime.batch import ForwardBatch
+from jamba_runtime.config import JambaConfig
+
+_MIB = 1 << 20
+
+
+def block_bytes(config: JambaConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one KV block across all attention layers (keys and values)."""
+    per_token = 2 * config.num_key_value_heads * config.head_dim * _itemsize(dtype)
+    return len(config.attention_layers) * block_size * per_token
+
+
+def slot_bytes(config: JambaConfig, dtype: torch.dtype, ssm_dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of one Mamba state slot across all Mamba layers (conv window + SSM state)."""
+    d = config.mamba_d_inner
+    per_layer = d * (config.mamba_d_conv - 1) * _itemsize(dtype) + d * config.mamba_d_state * _itemsize(
+        ssm_dtype
+    )
+    return len(config.mamba_layers) * per_layer
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class PagedHybridCache:
+    """KV in `(num_blocks * block_size, kv_heads, head_dim)` per attention layer; conv
+    `(num_slots, d_inner, d_conv - 1)` and SSM `(num_slots, d_inner, d_state)` (float32) per Mamba layer."""
+
+    def __init__(
+        self,
+        config: JambaConfig,
+        num_blocks: int,
+        block_size: int,
+        num_slots: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        ssm_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.config = config
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.num_slots = num_slots
+        g, d = config.num_key_value_heads, config.head_dim
+        d_inner = config.mamba_d_inner
+        positions = num_blocks * block_size
+        self.keys = {
+            i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
+        }
+        self.values = {
+            i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
+        }
+        self.conv = {
+            i: torch.zeros(num_slots, d_inner, config.mamba_d_conv - 1, dtype=dtype, device=device)
+            for i in config.mamba_layers
+        }
+        self.ssm = {
+            i: torch.zeros(num_slots, d_inner, config.mamba_d_state, dtype=ssm_dtype, device=device)
+            for i in config.mamba_layers
+        }
+
+    def nbytes(self) -> int:
+        tensors = [*self.keys.values(), *self.values.values(), *self.conv.values(), *self.ssm.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # ---- LayerCache ------------------------------------------------------------------------------
+    def update_kv(
+        self, layer_idx: int, key: torch.Tensor, value: torch.Tensor, batch: ForwardBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert batch.block_tables is not None and batch.slot_mapping is not None, (
+            "paged cache needs block tables"
+        )
+        kbuf, vbuf = self.keys[layer_idx], self.values[layer_idx]
+        kbuf[batch.slot_mapping] = key.to(kbuf.dtype)
+        vbuf[batch.slot_mapping] = value.to(vbuf.dtype)
+        length = max(batch.total_lens())
+        return self._gather(kbuf, batch.block_tables, length), self._gather(vbuf, batch.block_tables, length)
+
+    def _gather(self, buf: torch.Tensor, tables: torch.Tensor, length: int) -> torch.Tensor:
+        """`(batch, kv_heads, length, head_dim)`: each sequence's positions 0..length-1 via its blocks.
+        Reference path; the GPU issue replaces it with attention that reads blocks in place."""
+        nblk = -(-length // self.block_size)
+        offs = torch.arange(self.block_size, device=buf.device)
+        idx = (tables[:, :nblk, None] * self.block_size + offs).reshape(tables.shape[0], -1)[:, :length]
+        return buf[idx].transpose(1, 2)
+
+    def mamba_state(self, layer_idx: int, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        conv = self.conv[layer_idx][batch.slots]
+        ssm = self.ssm[layer_idx][batch.slots]
+        fresh = [i for i, c in enumerate(batch.context_lens) if c == 0]
+        if fresh:
+            conv[fresh] = 0
+            ssm[fresh] = 0
+        return conv, ssm
+
+    def set_mamba_state(
+        self, layer_idx: int, batch: ForwardBatch, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> None:
+        self.conv[layer_idx][batch.slots] = conv_state.to(self.conv[layer_idx].dtype)
+        self.ssm[layer_idx][batch.slots] = ssm_state.to(self.ssm[layer_idx].dtype)
+
+    # ---- snapshots -------------------------------------------------------------------------------
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Copy every Mamba layer's state from slot `src` to slot `dst`."""
+        for i in self.conv:
+            self.conv[i][dst] = self.conv[i][src]
+            self.ssm[i][dst] = self.ssm[i][src]
+
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy one KV block (all attention layers), for copy-on-write of a shared partial block."""
+        s = slice(src * self.block_size, (src + 1) * self.block_size)
+        d = slice(dst * self.block_size, (dst + 1) * self.block_size)
+        for i in self.keys:
+            self.keys[i][d] = self.keys[i][s]
+            self.values[i][d] = self.values[i][s]

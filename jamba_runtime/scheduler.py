@@ -1,0 +1,124 @@
+"""Which sequences run in the next step, and how many of their tokens. Pure bookkeeping: no torch.
+
+Each step has a token budget (`max_num_batched_tokens`). Running decodes are served first, then
+prefills already under way, then waiting requests by (priority, arrival): so a long prompt is fed
+in chunks across steps and never stalls the decodes. A prefill chunk carries the Mamba state in the
+sequence's slot to the next chunk. When blocks run out, the lowest-priority, latest-arrived running
+sequence is preempted: its cache is freed and it is recomputed later from its tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jamba_runtime.cache_manager import CacheManager
+from jamba_runtime.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """max_num_seqs: most sequences running at once. max_num_batched_tokens: token budget per
+    step (prefill chunks + decodes)."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_tokens: int  # new tokens of this sequence in the step
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]
+    preempted: list[Sequence]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    """FCFS by default; a lower `Sequence.priority` number runs first (and is preempted last)."""
+
+    def __init__(self, config: SchedulerConfig, cache: CacheManager) -> None:
+        self.config = config
+        self.cache = cache
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+        self.waiting.sort(key=_order)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledSeq] = []
+        preempted: list[Sequence] = []
+        # Decodes first, then prefills under way; each by priority, then arrival.
+        order = sorted(self.running, key=lambda s: (s.num_tokens - s.num_computed_tokens > 1, *_order(s)))
+        for seq in order:
+            if seq.status is not SequenceStatus.RUNNING or budget == 0:
+                continue
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.cache.ensure_blocks(seq.alloc, seq.num_computed_tokens + n):
+                victim = self._victim(exclude=seq)
+                if victim is None:
+                    break
+                self._preempt(victim)
+                preempted.append(victim)
+                scheduled = [s for s in scheduled if s.seq is not victim]
+            else:
+                scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+                continue
+            self._preempt(seq)  # nothing left to take blocks from: it waits for the others to finish
+            preempted.append(seq)
+        budget = self.config.max_num_batched_tokens - sum(s.num_tokens for s in scheduled)
+        # Admit waiting requests only when nothing was preempted: a preempted one would come back
+        # straight away and thrash.
+        while self.waiting and budget > 0 and not preempted and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if self.cache.num_free_slots == 0 and seq.alloc.slot is None:
+                break
+            if not self.cache.can_grow(seq.alloc, seq.num_computed_tokens + n):
+                break
+            self.waiting.pop(0)
+            self.cache.allocate_slot(seq.alloc)
+            self.cache.ensure_blocks(seq.alloc, seq.num_computed_tokens + n)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+        return SchedulerOutput(scheduled, preempted)
+
+    def finish(self, seq: Sequence) -> None:
+        """Free a finished or aborted sequence's cache, wherever it is."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.cache.free(seq.alloc)
+        seq.status = SequenceStatus.FINISHED
+
+    def _victim(self, exclude: Sequence) -> Sequence | None:
+        candidates = [s for s in self.running if s is not exclude]
+        return max(candidates, key=_order) if candidates else None
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.cache.free(seq.alloc)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        self.add(seq)
+
+
+def _order(seq: Sequence) -> tuple[int, int]:
+    return (seq.priority, seq.arrival)
