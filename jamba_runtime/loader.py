@@ -161,6 +161,8 @@ def load_model(
             ) from e
         with handle:
             for name in handle.keys():
+                if name == "lm_head.weight" and config.tie_word_embeddings:
+                    continue  # some exporters write the tied head anyway; the embedding is the source
                 if name not in expected:
                     unexpected.append(name)
                     continue
