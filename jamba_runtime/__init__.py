@@ -2,18 +2,23 @@
 
 Public API (stable):
     load_model(path, device="cpu", dtype="float32") -> JambaForCausalLM  # model(input_ids) -> logits
-    LLM(model=path, device=..., dtype=...)  # .generate / .stream / .chat
+    LLM(model=path, device=..., dtype=...)  # .generate / .stream / .chat / .save_prefix
+    AsyncLLM(model=path)  # .add_request -> async stream, .abort, .metrics
     SamplingParams(...)
 """
 
+from jamba_runtime.async_llm import AsyncLLM
 from jamba_runtime.config import JambaConfig
+from jamba_runtime.engine import EngineConfig, LLMEngine
 from jamba_runtime.errors import (
     CheckpointError,
     ConfigError,
     ContextLengthError,
+    EngineStoppedError,
     InvalidRequestError,
     JambaStackError,
     ModelNotFoundError,
+    RequestNotFoundError,
     TokenizerError,
 )
 from jamba_runtime.llm import LLM
@@ -24,6 +29,11 @@ from jamba_runtime.sequence import RequestOutput
 
 __all__ = [
     "LLM",
+    "AsyncLLM",
+    "EngineConfig",
+    "EngineStoppedError",
+    "LLMEngine",
+    "RequestNotFoundError",
     "CheckpointError",
     "ConfigError",
     "ContextLengthError",

@@ -7,6 +7,7 @@ drives it from a background thread for many concurrent streams.
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from jamba_runtime.sequence import Sequence
 from jamba_runtime.tokenizer import Tokenizer
 
 _GIB = 1 << 30
+_RATE_WINDOW_S = 10.0  # generation tokens/s is measured over this trailing window
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ class LLMEngine:
         self._save_snapshot_as: dict[str, str] = {}
         self._ids = itertools.count()
         self._arrival_time: dict[str, float] = {}
-        self._ttft: list[float] = []
+        self._ttft_sum = 0.0
+        self._ttft_count = 0
         self._prompt_tokens = 0
         self._generated = 0
         self._preemptions = 0
@@ -154,24 +157,23 @@ class LLMEngine:
         return _GIB
 
     # ---- requests --------------------------------------------------------------------------------
-    def add_request(
-        self,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        request_id: str | None = None,
-        priority: int = 0,
-        prefix_snapshot: str | None = None,
-        save_snapshot: str | None = None,
-    ) -> Sequence:
-        """Queue a request. Raises `InvalidRequestError` for an empty prompt, ids outside the vocab
-        or a duplicate id; `ContextLengthError` when the prompt leaves no room for a new token.
-        A request whose prompt + max_tokens passes `max_model_len` stops there ("length").
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """Tokenize (text) or check (ids) a prompt as `add_request` will take it. Reads no engine
+        state that steps change, so another thread may call it.
 
-        `prefix_snapshot`: start from a saved snapshot whose tokens begin this prompt (ignored when
-        they do not, or when the prompt is no longer than them). `save_snapshot`: save this
-        request's state at the end of its prompt under that key.
-        """
-        ids = [int(t) for t in prompt_token_ids]
+        Raises `InvalidRequestError` for empty text or ids, non-integer ids or ids outside the
+        vocab; `ContextLengthError` when the prompt leaves no room for a new token."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt is empty: give at least one token of text")
+            ids = self.tokenizer.encode(prompt)
+        else:
+            try:
+                ids = [operator.index(t) for t in prompt]
+            except TypeError:
+                raise InvalidRequestError(
+                    "prompt must be text or a list of integer token ids: encode it with the tokenizer"
+                ) from None
         if not ids:
             raise InvalidRequestError("prompt is empty: give at least one token of text")
         vocab = self.model.config.vocab_size
@@ -182,6 +184,26 @@ class LLMEngine:
                 f"prompt has {len(ids):,} tokens, limit {self.max_model_len:,} including at least one new "
                 "token: shorten it or raise max_model_len"
             )
+        return ids
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        priority: int = 0,
+        prefix_snapshot: str | None = None,
+        save_snapshot: str | None = None,
+    ) -> Sequence:
+        """Queue a request (text or token ids). Raises what `prompt_ids` raises, and
+        `InvalidRequestError` for a duplicate id.
+        A request whose prompt + max_tokens passes `max_model_len` stops there ("length").
+
+        `prefix_snapshot`: start from a saved snapshot whose tokens begin this prompt (ignored when
+        they do not, or when the prompt is no longer than them). `save_snapshot`: save this
+        request's state at the end of its prompt under that key.
+        """
+        ids = self.prompt_ids(prompt)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running: use a new id")
@@ -229,11 +251,17 @@ class LLMEngine:
     def step(self) -> list[StepOutput]:
         """Schedule and run one step; return what each request got from it."""
         plan = self.scheduler.schedule()
-        while not plan.scheduled and self.scheduler.waiting and not self.scheduler.running and self.snapshots:
-            # Snapshots hold the blocks a waiting request needs: give them up, oldest first.
-            self.drop_snapshot(min(self.snapshots.values(), key=lambda s: s.created).key)
-            plan = self.scheduler.schedule()
         self._preemptions += len(plan.preempted)
+        while not plan.scheduled and self.scheduler.waiting and not self.scheduler.running:
+            # Nothing runs, so the blocks or slots the first waiting request needs are held by
+            # snapshots or by requests restored from them that wait behind it. Give up snapshots,
+            # oldest first, then those requests' restored prefixes (they are recomputed).
+            if self.snapshots:
+                self.drop_snapshot(min(self.snapshots.values(), key=lambda s: s.created).key)
+            elif not self._release_waiting_prefixes():
+                break
+            plan = self.scheduler.schedule()
+            self._preemptions += len(plan.preempted)
         if not plan.scheduled:
             assert not self.scheduler.waiting or self.scheduler.running, (
                 "add_request keeps every request admissible"
@@ -259,7 +287,8 @@ class LLMEngine:
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
             if not seq.output_token_ids:
-                self._ttft.append(now - self._arrival_time.get(seq.request_id, now))
+                self._ttft_sum += now - self._arrival_time.get(seq.request_id, now)
+                self._ttft_count += 1
             lp = None
             if seq.params.logprobs is not None:
                 lp = [logprobs_of(logits[row], token, seq.params.logprobs)]
@@ -272,6 +301,8 @@ class LLMEngine:
                 self._arrival_time.pop(seq.request_id, None)
                 self._save_snapshot_as.pop(seq.request_id, None)
         self._recent.append((now, len(tokens)))
+        while now - self._recent[0][0] > _RATE_WINDOW_S:
+            self._recent.pop(0)
         return outputs
 
     # ---- snapshots -------------------------------------------------------------------------------
@@ -321,6 +352,16 @@ class LLMEngine:
         self.cache.copy_slot(snap.alloc.slot, seq.alloc.slot)
         seq.num_computed_tokens = n
 
+    def _release_waiting_prefixes(self) -> bool:
+        """Free the cache of waiting requests restored from a snapshot; True if any held some."""
+        released = False
+        for seq in self.scheduler.waiting:
+            if seq.alloc.block_table or seq.alloc.slot is not None:
+                self.cache_manager.free(seq.alloc)
+                seq.num_computed_tokens = 0
+                released = True
+        return released
+
     def drop_snapshot(self, key: str) -> None:
         snap = self.snapshots.pop(key, None)
         if snap is not None:
@@ -328,10 +369,10 @@ class LLMEngine:
 
     # ---- metrics ---------------------------------------------------------------------------------
     def metrics(self) -> EngineMetrics:
-        now = time.monotonic()
-        self._recent = [(t, n) for t, n in self._recent if now - t < 10.0]
-        span = now - self._recent[0][0] if len(self._recent) > 1 else 0.0
-        rate = sum(n for _, n in self._recent[1:]) / span if span > 0 else 0.0
+        """Counts and rates now. Changes nothing (the rate window is trimmed by `step`)."""
+        recent = list(self._recent)
+        span = recent[-1][0] - recent[0][0] if len(recent) > 1 else 0.0
+        rate = sum(n for _, n in recent[1:]) / span if span > 0 else 0.0
         cm = self.cache_manager
         return EngineMetrics(
             waiting=len(self.scheduler.waiting),
@@ -344,7 +385,7 @@ class LLMEngine:
             prompt_tokens_total=self._prompt_tokens,
             generation_tokens_total=self._generated,
             generation_tokens_per_s=rate,
-            mean_time_to_first_token_s=sum(self._ttft) / len(self._ttft) if self._ttft else 0.0,
+            mean_time_to_first_token_s=self._ttft_sum / self._ttft_count if self._ttft_count else 0.0,
             preemptions_total=self._preemptions,
         )
 

@@ -62,3 +62,11 @@ class RequestNotFoundError(JambaStackError):
 
     http_status = 404
     code = "request_not_found"
+
+
+class EngineStoppedError(JambaStackError):
+    """The engine loop no longer runs: the `AsyncLLM` was closed, or a step raised (that exception
+    is this one's `__cause__`). Make a new `AsyncLLM`."""
+
+    http_status = 503
+    code = "engine_stopped"

@@ -155,10 +155,9 @@ class LLM:
                 raise InvalidRequestError(
                     f"got {len(param_list)} SamplingParams for {len(prompts)} prompts: pass one, or one per prompt"
                 )
-        ids_list = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         seqs = []
         try:
-            for i, (ids, p) in enumerate(zip(ids_list, param_list, strict=True)):
+            for i, (ids, p) in enumerate(zip(prompts, param_list, strict=True)):
                 try:
                     seqs.append(
                         self.engine.add_request(

@@ -7,7 +7,9 @@ on the meta device, so a checkpoint is never held twice in RAM. Every problem wi
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -145,8 +147,7 @@ def load_model(
     directory = resolve_model_path(path, local_files_only=local_files_only)
     config = JambaConfig.from_file(directory)
     files = checkpoint_files(directory)
-    with torch.device("meta"):
-        model = JambaForCausalLM(config)
+    model = empty_model(config)
     expected = {name: p for name, p in model.named_parameters()}
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -194,6 +195,27 @@ def load_model(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def empty_model(config: JambaConfig) -> JambaForCausalLM:
+    """The model's structure on the meta device: shapes and names, no memory, no init."""
+    with torch.device("meta"), _skip_init():
+        return JambaForCausalLM(config)
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    # Weights come from the checkpoint, so random init is wasted work; on the meta device
+    # `normal_` even pulls in torch's compile stack (~3 s on the first load).
+    names = ["normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_"]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
 
 
 def _param_dtype(name: str, dtype: torch.dtype) -> torch.dtype:

@@ -68,18 +68,17 @@ class Scheduler:
                 continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.cache.ensure_blocks(seq.alloc, seq.num_computed_tokens + n):
-                victim = self._victim(exclude=seq)
-                if victim is None:
-                    break
+                # The victim is chosen among all running sequences, `seq` included: a decode is
+                # served before an earlier or higher-priority prefill, but must not evict it.
+                victim = self._victim()
                 self._preempt(victim)
                 preempted.append(victim)
+                if victim is seq:
+                    break  # it waits for the others to finish
                 scheduled = [s for s in scheduled if s.seq is not victim]
             else:
                 scheduled.append(ScheduledSeq(seq, n))
                 budget -= n
-                continue
-            self._preempt(seq)  # nothing left to take blocks from: it waits for the others to finish
-            preempted.append(seq)
         budget = self.config.max_num_batched_tokens - sum(s.num_tokens for s in scheduled)
         # Admit waiting requests only when nothing was preempted: a preempted one would come back
         # straight away and thrash.
@@ -108,9 +107,9 @@ class Scheduler:
         self.cache.free(seq.alloc)
         seq.status = SequenceStatus.FINISHED
 
-    def _victim(self, exclude: Sequence) -> Sequence | None:
-        candidates = [s for s in self.running if s is not exclude]
-        return max(candidates, key=_order) if candidates else None
+    def _victim(self) -> Sequence:
+        """The lowest-priority, latest-arrived running sequence."""
+        return max(self.running, key=_order)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.model import JambaForCausalLM
+from jamba_runtime.loader import empty_model
 from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer
 
 TINY_VOCAB_SIZE = 1024
@@ -50,8 +50,7 @@ def random_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Random weights with sensible scales (activations stay O(1), logits spread out), from `seed`."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        shapes = {name: tuple(p.shape) for name, p in JambaForCausalLM(config).named_parameters()}
+    shapes = {name: tuple(p.shape) for name, p in empty_model(config).named_parameters()}
     out: dict[str, torch.Tensor] = {}
     for name, shape in shapes.items():
         out[name] = _init(name, shape, config, gen).to(dtype)

@@ -1,0 +1,534 @@
+"""Many concurrent streams on one engine: `AsyncLLM` steps an `LLMEngine` in one background thread
+and hands each request's outputs to asyncio as they are made.
+
+Threading: `LLMEngine` is not thread-safe, so exactly one thread (the engine loop, started on the
+first request) ever touches it. Callers enqueue commands (add, abort, check) under a condition
+variable; between steps the loop runs them, steps while anything is unfinished, and otherwise sleeps
+on the condition. Each request's deltas go to an `asyncio.Queue` owned by the event loop that added
+it, through `loop.call_soon_threadsafe` (one call per event loop per step, not per token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import uuid
+import weakref
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from jamba_runtime.engine import EngineConfig, EngineMetrics, LLMEngine, StepOutput
+from jamba_runtime.errors import (
+    EngineStoppedError,
+    InvalidRequestError,
+    RequestNotFoundError,
+)
+from jamba_runtime.llm import LLM, Prompt
+from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.sequence import RequestOutput
+from jamba_runtime.tokenizer import Tokenizer
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one request, as in OpenAI's `usage`. `completion_tokens` counts every
+    generated token, an end token that stopped it included."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class RequestOutputDelta:
+    """What one engine step added to one request.
+
+    Attributes:
+        request_id: the request's id. text: new text (stop strings held back until ruled out).
+        token_ids: new token ids. finished: True on the last item only. finish_reason: "stop",
+            "length" or "abort" on the last item, else None. usage: on the last item only.
+        logprobs: per new token `{"token_id", "logprob", "top"}`, when the params asked for them.
+    """
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+    usage: Usage | None = None
+    logprobs: list[dict] | None = None
+
+
+@dataclass
+class GenerateOutput(RequestOutput):
+    """`RequestOutput` of a whole request, with its `usage` and (when asked) its `logprobs`."""
+
+    usage: Usage | None = None
+    logprobs: list[dict] | None = None
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One request as both threads see it. `completion_tokens` is the loop thread's alone;
+    `finished` is set by the loop thread once the request's last item (or error) is queued."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutputDelta | BaseException]
+    completion_tokens: int = 0
+    finished: bool = False
+    finalizer: weakref.finalize | None = None
+
+
+_Command = tuple[Callable[[], Any], "Future[Any] | None"]
+
+
+class AsyncLLM:
+    """A Jamba model served to many concurrent asyncio consumers, each with its own stream.
+
+    Args: as `LLM` (model, device, dtype, max_model_len, tokenizer, local_files_only, engine),
+    which loads the model; or wrap a loaded one with `AsyncLLM.from_llm(llm)`.
+
+    Requests run as one continuous batch in a background thread. A stream that its consumer stops
+    reading (breaks out, or its task is cancelled: a client that went away) is aborted, freeing its
+    cache. Wrap `add_request` in `contextlib.aclosing` to make that happen at once on `break`
+    rather than when the stream is garbage-collected. One `AsyncLLM` may serve several event
+    loops (each stream belongs to the loop that added it); `metrics()` never blocks.
+
+    Example:
+        >>> async def main() -> None:
+        ...     async with AsyncLLM(model="models/tiny") as llm:
+        ...         params = SamplingParams(max_tokens=32, temperature=0)
+        ...         async for delta in llm.add_request("Once upon", params, request_id="a"):
+        ...             print(delta.text, end="", flush=True)
+        ...         out = await llm.generate("Hello", params)
+        ...         print(out.text, out.finish_reason, out.usage)
+        >>> asyncio.run(main())
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        max_model_len: int | None = None,
+        tokenizer: str | Path | None = None,
+        local_files_only: bool = False,
+        engine: EngineConfig | None = None,
+    ) -> None:
+        llm = LLM(
+            model,
+            device=device,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            tokenizer=tokenizer,
+            local_files_only=local_files_only,
+            engine=engine,
+        )
+        self._setup(llm)
+
+    @classmethod
+    def from_llm(cls, llm: LLM) -> AsyncLLM:
+        """Serve an already loaded `LLM`. They share one engine: do not use `llm` itself until this
+        `AsyncLLM` is closed."""
+        obj = cls.__new__(cls)
+        obj._setup(llm)
+        return obj
+
+    def _setup(self, llm: LLM) -> None:
+        self.llm = llm
+        self.engine: LLMEngine = llm.engine
+        self.tokenizer: Tokenizer = llm.tokenizer
+        # Guards _commands, _streams, _thread, _closing, _dead. Reentrant: a stream's GC finalizer
+        # may run on any thread, the engine loop's included, while it holds the lock.
+        self._cond = threading.Condition(threading.RLock())
+        self._commands: deque[_Command] = deque()
+        self._batch: deque[_Command] = deque()  # the commands the loop is running now
+        self._results: list[tuple[Future, Any, BaseException | None]] = []  # theirs, not yet given
+        self._streams: dict[str, _Stream] = {}  # added and not finished
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._dead: BaseException | None = None
+        # Loop thread only: items to hand to each event loop at the end of a round.
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        self._metrics = self.engine.metrics()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    # ---- public API ------------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        prefix_snapshot: str | None = None,
+        save_snapshot: str | None = None,
+    ) -> AsyncGenerator[RequestOutputDelta, None]:
+        """Queue a request and return the stream of its outputs (call from a coroutine).
+
+        The request is queued now, whether or not the stream is read (an unread one is aborted
+        when garbage-collected, or when its event loop closes). Each item is one step's
+        delta; the last has `finished=True`, its `finish_reason` and `usage`. `prompt`: text or
+        token ids. `priority`: lower runs first. `prefix_snapshot` / `save_snapshot`: as
+        `LLMEngine.add_request`.
+
+        Raises at the call, before iteration: `InvalidRequestError` (empty prompt, ids outside the
+        vocab, an id already running, an unknown snapshot, params not a `SamplingParams`),
+        `ContextLengthError` (prompt reaches `max_model_len`), `EngineStoppedError` (closed or
+        failed), `RuntimeError` (no running event loop). While iterating: `EngineStoppedError` if
+        the engine loop fails, or `InvalidRequestError` if the engine refuses the request (a
+        snapshot dropped between the call and the engine taking the request).
+        """
+        stream = self._add(prompt, params, request_id, priority, prefix_snapshot, save_snapshot)
+        iterator = self._iterate(stream)
+        # An unread stream never runs its `finally`: abort when it is garbage-collected instead.
+        stream.finalizer = weakref.finalize(iterator, self._abort_soon, stream)
+        stream.finalizer.atexit = False
+        return iterator
+
+    async def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        prefix_snapshot: str | None = None,
+        save_snapshot: str | None = None,
+    ) -> GenerateOutput:
+        """Run one request to the end and return all of it; arguments and errors as
+        `add_request`. Cancelling the awaiting task aborts the request."""
+        stream = self._add(prompt, params, request_id, priority, prefix_snapshot, save_snapshot)
+        text: list[str] = []
+        token_ids: list[int] = []
+        logprobs: list[dict] = []
+        last: RequestOutputDelta | None = None
+        async with contextlib.aclosing(self._iterate(stream)) as deltas:
+            async for last in deltas:
+                text.append(last.text)
+                token_ids.extend(last.token_ids)
+                logprobs.extend(last.logprobs or ())
+        assert last is not None and last.finished, "a stream ends with its finished item"
+        return GenerateOutput(
+            request_id=stream.request_id,
+            prompt_token_ids=stream.prompt_token_ids,
+            text="".join(text),
+            token_ids=token_ids,
+            finish_reason=last.finish_reason,
+            usage=last.usage,
+            logprobs=logprobs if (params is not None and params.logprobs is not None) else None,
+        )
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request: when this returns its blocks and state slot are free, and its stream
+        ends with a `finish_reason="abort"` item. Raises `RequestNotFoundError` for an id that is
+        not running (unknown, finished, or aborted already)."""
+        stream = self._streams.get(request_id)
+        if stream is None or stream.finished:
+            raise _not_found(request_id)
+
+        def abort() -> None:
+            if self._streams.get(request_id) is not stream:
+                raise _not_found(request_id)  # it finished while this command waited
+            self.engine.abort(request_id)
+            self._end_aborted(stream)
+
+        await asyncio.wrap_future(self._submit(abort))
+
+    def metrics(self) -> EngineMetrics:
+        """The engine's metrics as of its last step or command (a copy; never blocks). Taken
+        before that round's outputs and command results are handed out, so a consumer that saw
+        its request end, or an `abort` that returned, sees it counted."""
+        return dataclasses.replace(self._metrics)
+
+    def check_cache(self) -> None:
+        """Run `LLMEngine.check_cache` on the engine thread (after every command queued before
+        it, GC-triggered aborts included); raises its `AssertionError`. Blocks for up to a step."""
+        self._on_engine(self.engine.check_cache)
+
+    def shutdown(self) -> None:
+        """Stop the engine loop and wait for it; requests still running end with
+        `finish_reason="abort"` and their cache is freed. Idempotent. Blocks for up to a step."""
+        with self._cond:
+            self._closing = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    async def aclose(self) -> None:
+        """`shutdown` without blocking the event loop."""
+        await asyncio.to_thread(self.shutdown)
+
+    async def __aenter__(self) -> AsyncLLM:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- caller side -----------------------------------------------------------------------------
+    def _add(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None,
+        request_id: str | None,
+        priority: int,
+        prefix_snapshot: str | None,
+        save_snapshot: str | None,
+    ) -> _Stream:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "AsyncLLM.add_request needs a running event loop: call it from a coroutine "
+                "(or use LLM for synchronous code)"
+            ) from None
+        if params is None:
+            params = SamplingParams()
+        elif not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params={params!r} is invalid: pass a SamplingParams")
+        ids = self.engine.prompt_ids(prompt)  # a bad prompt fails here, at the call
+        # Best effort, for an error at the call: the engine thread may still drop the snapshot
+        # before it takes the request (then the stream raises). A dict lookup is atomic.
+        if prefix_snapshot is not None and prefix_snapshot not in self.engine.snapshots:
+            raise InvalidRequestError(
+                f"no prefix snapshot named {prefix_snapshot!r}: save one first (save_snapshot=...)"
+            )
+        rid = request_id if request_id is not None else f"req-{uuid.uuid4().hex}"
+        stream = _Stream(rid, ids, loop, asyncio.Queue())
+
+        def add() -> None:
+            try:
+                self.engine.add_request(
+                    ids,
+                    params,
+                    request_id=rid,
+                    priority=priority,
+                    prefix_snapshot=prefix_snapshot,
+                    save_snapshot=save_snapshot,
+                )
+            except Exception as e:  # refused after all: the stream raises it
+                self._forget(stream)
+                self._emit(stream, e)
+
+        with self._cond:
+            self._raise_if_stopped()
+            if rid in self._streams:
+                raise InvalidRequestError(f"request id {rid!r} is already running: use a new id")
+            self._streams[rid] = stream
+            self._enqueue((add, None))
+        return stream
+
+    async def _iterate(self, stream: _Stream) -> AsyncGenerator[RequestOutputDelta, None]:
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            # Reached on break (at aclose / GC), cancellation, or the consumer's own error.
+            if stream.finalizer is not None:
+                stream.finalizer.detach()
+            self._abort_soon(stream)
+
+    def _abort_soon(self, stream: _Stream) -> None:
+        """Abort `stream`'s request on the engine thread without waiting; nothing if it ended."""
+        if stream.finished:
+            return
+
+        def abort() -> None:
+            if self._streams.get(stream.request_id) is stream:
+                with contextlib.suppress(RequestNotFoundError):
+                    self.engine.abort(stream.request_id)
+                self._end_aborted(stream)
+
+        with self._cond:
+            if self._closing or self._dead is not None:
+                return  # the loop aborts (or failed) every request itself
+            self._enqueue((abort, None))
+
+    def _submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        with self._cond:
+            self._raise_if_stopped()
+            self._enqueue((fn, future))
+        return future
+
+    def _on_engine(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread and wait; or here, when no engine thread runs."""
+        while True:
+            with self._cond:
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    return fn()  # holding the lock: no thread can start meanwhile
+                if not self._closing and self._dead is None:
+                    future: Future[T] = Future()
+                    self._enqueue((fn, future))
+                    break
+            thread.join()  # it is stopping: wait, then run here
+        return future.result()
+
+    def _enqueue(self, command: _Command) -> None:
+        """Queue a command and wake the loop, starting it if need be (holding `_cond`)."""
+        self._commands.append(command)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="jamba-engine-loop", daemon=True)
+            self._thread.start()
+        self._cond.notify()
+
+    def _raise_if_stopped(self) -> None:
+        if self._dead is not None:
+            raise self._stopped_error()
+        if self._closing:
+            raise EngineStoppedError("this AsyncLLM is closed: make a new one")
+
+    def _stopped_error(self) -> EngineStoppedError:
+        err = EngineStoppedError(
+            f"the engine loop stopped after an error ({type(self._dead).__name__}: {self._dead}): "
+            "make a new AsyncLLM"
+        )
+        err.__cause__ = self._dead
+        return err
+
+    # ---- engine thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        busy = False
+        try:
+            while True:
+                with self._cond:
+                    while not (self._commands or self._closing or busy):
+                        self._cond.wait()
+                    self._batch, self._commands = self._commands, deque()
+                    closing = self._closing
+                if self._batch:
+                    self._run_commands()
+                if closing:
+                    for stream in list(self._streams.values()):
+                        with contextlib.suppress(RequestNotFoundError):
+                            self.engine.abort(stream.request_id)
+                        self._end_aborted(stream)
+                    self._hand_out()
+                    return
+                if self.engine.has_unfinished():
+                    for out in self.engine.step():
+                        self._route(out)
+                    self._hand_out()
+                busy = self.engine.has_unfinished()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _run_commands(self) -> None:
+        # Results wait until the metrics are published: whoever waits on one then sees its effect.
+        while self._batch:
+            fn, future = self._batch.popleft()
+            try:
+                result = fn()
+            except Exception as e:
+                if future is None:
+                    raise  # fire-and-forget commands handle their own errors: this is a bug
+                self._results.append((future, None, e))
+            else:
+                if future is not None:
+                    self._results.append((future, result, None))
+        self._hand_out()
+        results, self._results = self._results, []
+        for future, result, exc in results:
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def _route(self, out: StepOutput) -> None:
+        stream = self._streams.get(out.request_id)
+        if stream is None:
+            return  # added to the engine directly, not through this AsyncLLM
+        stream.completion_tokens += len(out.token_ids)
+        usage = _usage(stream) if out.finished else None
+        delta = RequestOutputDelta(
+            out.request_id, out.text, out.token_ids, out.finished, out.finish_reason, usage, out.logprobs
+        )
+        if out.finished:
+            self._forget(stream)
+        self._emit(stream, delta)
+
+    def _end_aborted(self, stream: _Stream) -> None:
+        self._forget(stream)
+        self._emit(stream, RequestOutputDelta(stream.request_id, "", [], True, "abort", _usage(stream)))
+
+    def _forget(self, stream: _Stream) -> None:
+        with self._cond:
+            if self._streams.get(stream.request_id) is stream:
+                del self._streams[stream.request_id]
+        stream.finished = True
+
+    def _emit(self, stream: _Stream, item: RequestOutputDelta | BaseException) -> None:
+        self._outbox.setdefault(stream.loop, []).append((stream.queue, item))
+
+    def _hand_out(self) -> None:
+        """Publish metrics, then give each event loop its items in one call."""
+        self._metrics = self.engine.metrics()
+        outbox, self._outbox = self._outbox, {}
+        orphaned = False
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that event loop is closed: nobody can read its streams
+                for stream in [s for s in self._streams.values() if s.loop is loop]:
+                    self.engine.abort(stream.request_id)
+                    self._forget(stream)
+                    orphaned = True
+        if orphaned:
+            self._metrics = self.engine.metrics()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The loop is dying: fail every stream and every waiting command, so nothing hangs."""
+        with self._cond:
+            self._dead = exc
+            pending = [future for _, future in [*self._batch, *self._commands] if future is not None]
+            pending += [future for future, _, _ in self._results]
+            self._batch, self._commands, self._results = deque(), deque(), []
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            stream.finished = True
+            self._emit(stream, self._stopped_error())
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            with contextlib.suppress(RuntimeError):  # a closed event loop has no one to tell
+                loop.call_soon_threadsafe(_put_all, items)
+        for future in pending:
+            future.set_exception(self._stopped_error())
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+def _usage(stream: _Stream) -> Usage:
+    return Usage(len(stream.prompt_token_ids), stream.completion_tokens)
+
+
+def _not_found(request_id: str) -> RequestNotFoundError:
+    return RequestNotFoundError(
+        f"no running request with id {request_id!r}: it finished, was aborted, or was never added"
+    )
