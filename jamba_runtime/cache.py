@@ -40,7 +40,54 @@ class LayerCache(Protocol):
         ...
 
 
-class HybridCache:
+class MambaStateSlots:
+    """Conv window + SSM state per slot for every Mamba layer: the constant-size part of a
+    sequence's state. Both caches keep Mamba state this way; they differ only in KV layout."""
+
+    def __init__(
+        self,
+        config: JambaConfig,
+        num_slots: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        ssm_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        d_inner, n, k = config.mamba_d_inner, config.mamba_d_state, config.mamba_d_conv
+        # (num_slots, d_inner, d_conv - 1) in the model dtype; (num_slots, d_inner, d_state) in float32.
+        self.conv = {
+            i: torch.zeros(num_slots, d_inner, k - 1, dtype=dtype, device=device) for i in config.mamba_layers
+        }
+        self.ssm = {
+            i: torch.zeros(num_slots, d_inner, n, dtype=ssm_dtype, device=device) for i in config.mamba_layers
+        }
+
+    def mamba_state(self, layer_idx: int, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        conv = self.conv[layer_idx][batch.slots]
+        ssm = self.ssm[layer_idx][batch.slots]
+        fresh = [i for i, c in enumerate(batch.context_lens) if c == 0]
+        if fresh:
+            # A new sequence never sees a previous occupant's state, whatever the slot held.
+            conv[fresh] = 0
+            ssm[fresh] = 0
+        return conv, ssm
+
+    def set_mamba_state(
+        self, layer_idx: int, batch: ForwardBatch, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> None:
+        self.conv[layer_idx][batch.slots] = conv_state.to(self.conv[layer_idx].dtype)
+        self.ssm[layer_idx][batch.slots] = ssm_state.to(self.ssm[layer_idx].dtype)
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Copy every Mamba layer's state from slot `src` to slot `dst`."""
+        for i in self.conv:
+            self.conv[i][dst] = self.conv[i][src]
+            self.ssm[i][dst] = self.ssm[i][src]
+
+    def state_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.conv.values(), *self.ssm.values()])
+
+
+class HybridCache(MambaStateSlots):
     """Contiguous hybrid cache: `num_slots` rows, each holding one sequence of up to `capacity` tokens.
 
     Memory per slot: attention layers keep `2 * kv_heads * head_dim * capacity` values each; Mamba
@@ -61,25 +108,18 @@ class HybridCache:
         device: torch.device | str = "cpu",
         ssm_dtype: torch.dtype = torch.float32,
     ) -> None:
+        super().__init__(config, num_slots, dtype, device, ssm_dtype)
         self.config = config
         self.num_slots = num_slots
         self.capacity = capacity
         g, d = config.num_key_value_heads, config.head_dim
-        d_inner, n, k = config.mamba_d_inner, config.mamba_d_state, config.mamba_d_conv
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-        self.conv: dict[int, torch.Tensor] = {}
-        self.ssm: dict[int, torch.Tensor] = {}
-        for i in config.attention_layers:
-            self.keys[i] = torch.zeros(num_slots, g, capacity, d, dtype=dtype, device=device)
-            self.values[i] = torch.zeros(num_slots, g, capacity, d, dtype=dtype, device=device)
-        for i in config.mamba_layers:
-            self.conv[i] = torch.zeros(num_slots, d_inner, k - 1, dtype=dtype, device=device)
-            self.ssm[i] = torch.zeros(num_slots, d_inner, n, dtype=ssm_dtype, device=device)
+        shape = (num_slots, g, capacity, d)
+        self.keys = {i: torch.zeros(shape, dtype=dtype, device=device) for i in config.attention_layers}
+        self.values = {i: torch.zeros(shape, dtype=dtype, device=device) for i in config.attention_layers}
 
     def nbytes(self) -> int:
-        tensors = [*self.keys.values(), *self.values.values(), *self.conv.values(), *self.ssm.values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        kv = [*self.keys.values(), *self.values.values()]
+        return sum(t.numel() * t.element_size() for t in kv) + self.state_nbytes()
 
     def update_kv(
         self, layer_idx: int, key: torch.Tensor, value: torch.Tensor, batch: ForwardBatch
@@ -94,19 +134,3 @@ class HybridCache:
         vbuf[rows, :, pos] = value.to(vbuf.dtype)
         length = max(totals)
         return kbuf[batch.slots, :, :length], vbuf[batch.slots, :, :length]
-
-    def mamba_state(self, layer_idx: int, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        conv = self.conv[layer_idx][batch.slots]
-        ssm = self.ssm[layer_idx][batch.slots]
-        fresh = [i for i, c in enumerate(batch.context_lens) if c == 0]
-        if fresh:
-            # A new sequence never sees a previous occupant's state, whatever the slot held.
-            conv[fresh] = 0
-            ssm[fresh] = 0
-        return conv, ssm
-
-    def set_mamba_state(
-        self, layer_idx: int, batch: ForwardBatch, conv_state: torch.Tensor, ssm_state: torch.Tensor
-    ) -> None:
-        self.conv[layer_idx][batch.slots] = conv_state.to(self.conv[layer_idx].dtype)
-        self.ssm[layer_idx][batch.slots] = ssm_state.to(self.ssm[layer_idx].dtype)

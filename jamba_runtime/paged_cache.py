@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from jamba_runtime.batch import ForwardBatch
+from jamba_runtime.cache import MambaStateSlots
 from jamba_runtime.config import JambaConfig
 
 _MIB = 1 << 20
@@ -34,7 +35,7 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-class PagedHybridCache:
+class PagedHybridCache(MambaStateSlots):
     """KV in `(num_blocks * block_size, kv_heads, head_dim)` per attention layer; conv
     `(num_slots, d_inner, d_conv - 1)` and SSM `(num_slots, d_inner, d_state)` (float32) per Mamba layer."""
 
@@ -48,12 +49,12 @@ class PagedHybridCache:
         device: torch.device | str,
         ssm_dtype: torch.dtype = torch.float32,
     ) -> None:
+        super().__init__(config, num_slots, dtype, device, ssm_dtype)
         self.config = config
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.num_slots = num_slots
         g, d = config.num_key_value_heads, config.head_dim
-        d_inner = config.mamba_d_inner
         positions = num_blocks * block_size
         self.keys = {
             i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
@@ -61,18 +62,10 @@ class PagedHybridCache:
         self.values = {
             i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
         }
-        self.conv = {
-            i: torch.zeros(num_slots, d_inner, config.mamba_d_conv - 1, dtype=dtype, device=device)
-            for i in config.mamba_layers
-        }
-        self.ssm = {
-            i: torch.zeros(num_slots, d_inner, config.mamba_d_state, dtype=ssm_dtype, device=device)
-            for i in config.mamba_layers
-        }
 
     def nbytes(self) -> int:
-        tensors = [*self.keys.values(), *self.values.values(), *self.conv.values(), *self.ssm.values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        kv = [*self.keys.values(), *self.values.values()]
+        return sum(t.numel() * t.element_size() for t in kv) + self.state_nbytes()
 
     # ---- LayerCache ------------------------------------------------------------------------------
     def update_kv(
@@ -95,28 +88,7 @@ class PagedHybridCache:
         idx = (tables[:, :nblk, None] * self.block_size + offs).reshape(tables.shape[0], -1)[:, :length]
         return buf[idx].transpose(1, 2)
 
-    def mamba_state(self, layer_idx: int, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        conv = self.conv[layer_idx][batch.slots]
-        ssm = self.ssm[layer_idx][batch.slots]
-        fresh = [i for i, c in enumerate(batch.context_lens) if c == 0]
-        if fresh:
-            conv[fresh] = 0
-            ssm[fresh] = 0
-        return conv, ssm
-
-    def set_mamba_state(
-        self, layer_idx: int, batch: ForwardBatch, conv_state: torch.Tensor, ssm_state: torch.Tensor
-    ) -> None:
-        self.conv[layer_idx][batch.slots] = conv_state.to(self.conv[layer_idx].dtype)
-        self.ssm[layer_idx][batch.slots] = ssm_state.to(self.ssm[layer_idx].dtype)
-
-    # ---- snapshots -------------------------------------------------------------------------------
-    def copy_slot(self, src: int, dst: int) -> None:
-        """Copy every Mamba layer's state from slot `src` to slot `dst`."""
-        for i in self.conv:
-            self.conv[i][dst] = self.conv[i][src]
-            self.ssm[i][dst] = self.ssm[i][src]
-
+    # ---- snapshots (copy_slot comes from MambaStateSlots) ------------------------------------------
     def copy_block(self, src: int, dst: int) -> None:
         """Copy one KV block (all attention layers), for copy-on-write of a shared partial block."""
         s = slice(src * self.block_size, (src + 1) * self.block_size)
