@@ -1,0 +1,614 @@
+"""Prefill and decode speed of our runtime vs transformers' `JambaForCausalLM`, float32 on CPU.
+
+Both sides load the same checkpoint files; for each shape (the tiny test model and a ~100M random
+Jamba) the bench prints tokens/s side by side with the ratio ours/transformers and the hardware
+limit, and writes everything to JSON.
+
+    python bench/runtime_cpu.py                 # defaults: prompt 512, 64 new tokens (~10 min on 2 cores)
+    python bench/runtime_cpu.py --quick         # smoke run (~1 min)
+    python bench/runtime_cpu.py --threads 1 --prompt-len 256 --out /tmp/r.json
+
+Method (also printed and stored in the JSON):
+  prefill  one forward over a batch-1 prompt of P tokens: ours `model(input_ids)` (full logits),
+           transformers `model(input_ids).logits`, both under `torch.inference_mode()`;
+           tokens/s = P / median time.
+  decode   greedy generation of N new tokens after a P-token prompt; decode time = median time of
+           an N-token generate minus median time of a 1-token generate (prefill + first token), so
+           tokens/s = batch * (N - 1) / (T_N - T_1). Ours: `LLM.generate` with token-id prompts and
+           `SamplingParams(max_tokens=N, temperature=0, ignore_eos=True)`; transformers:
+           `model.generate(..., do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the
+           generation config's `eos_token_id` cleared (the equivalent of `ignore_eos`: with an
+           eos id set, `min_new_tokens` would mask eos logits and change greedy picks).
+  Measurements of the two sides alternate, after one warm-up call each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import transformers  # noqa: E402
+from transformers import JambaForCausalLM as HFJambaForCausalLM  # noqa: E402
+
+from jamba_runtime.config import JambaConfig  # noqa: E402
+from jamba_runtime.loader import load_model  # noqa: E402
+from jamba_runtime.tiny import make_tiny_model, write_random_checkpoint  # noqa: E402
+from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
+
+DEFAULT_OUT = REPO / "bench" / "results" / "runtime_cpu.json"
+
+# A Jamba-like ~100M shape: Jamba's 1:7 attention:Mamba ratio (one attention layer in 8), MoE on
+# every other layer with top-2 routing, Mamba d_state 16 / d_conv 4 / expand 2, grouped-query
+# attention. Scaled down: 8 experts instead of 16, intermediate 2x hidden instead of 3.5x, and a
+# 32k vocab (65k would put half the parameters in the embedding and LM head).
+SHAPE_100M: dict[str, Any] = {
+    "model_type": "jamba",
+    "architectures": ["JambaForCausalLM"],
+    "vocab_size": 32768,
+    "hidden_size": 512,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "attn_layer_period": 8,
+    "attn_layer_offset": 4,
+    "expert_layer_period": 2,
+    "expert_layer_offset": 1,
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "mamba_d_state": 16,
+    "mamba_d_conv": 4,
+    "mamba_expand": 2,
+    "mamba_dt_rank": 32,
+    "mamba_conv_bias": True,
+    "mamba_proj_bias": False,
+    "max_position_embeddings": 262144,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+}
+
+METHOD = {
+    "prefill": "P / median time of one batch-1 forward over P tokens (full logits), after a warm-up",
+    "decode": (
+        "batch * (N - 1) / (median T(generate N tokens) - median T(generate 1 token)); greedy, eos "
+        "ignored (ours ignore_eos=True; transformers eos_token_id cleared, min_new_tokens=N)"
+    ),
+    "order": "the two sides alternate call by call, after one warm-up call each",
+    "bound_prefill": "matmul FLOPs per token (2 x active matmul params + causal attention) / measured fp32 matmul rate",
+    "bound_decode": (
+        "batch / (bytes read per step (active weights + expected distinct experts + KV + Mamba "
+        "state) / measured read bandwidth)"
+    ),
+}
+
+
+@dataclass
+class Row:
+    shape: str
+    metric: str
+    ours: float
+    transformers: float
+    bound: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.transformers if self.transformers > 0 else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": self.shape,
+            "metric": self.metric,
+            "unit": "tokens/s",
+            "ours": self.ours,
+            "transformers": self.transformers,
+            "ratio_ours_over_transformers": self.ratio,
+            "hardware_bound": self.bound,
+            "ours_fraction_of_bound": self.ours / self.bound if self.bound else None,
+            **self.detail,
+        }
+
+
+# ---- hardware ------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Contention:
+    """How much of the machine other processes used over an interval, from /proc/stat.
+
+    The bench machine may be shared; PyTorch's OpenMP threads spin-wait for each other, so a run
+    whose threads compete with other busy processes can slow down several-fold. Each row records
+    the share of all cores other processes used while it was measured.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            fields_ = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = sum(fields_) - fields_[3] - (fields_[4] if len(fields_) > 4 else 0)  # minus idle, iowait
+        own = os.times()
+        return time.perf_counter(), busy / tick, own.user + own.system
+
+    def others_share(self) -> float | None:
+        """Core-seconds used by other processes / (wall seconds * cores), since construction."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        wall = end[0] - self.start[0]
+        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(0.0, others) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_hardware(quick: bool) -> dict[str, float]:
+    """fp32 matmul rate (GFLOP/s) and read bandwidth (GB/s) at the current thread count."""
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = median_time(lambda: torch.mm(a, b), 3 if quick else 5)
+    gflops = 2 * n**3 / t / 1e9
+    # 512 MiB, well past any cache; a sum reads every byte once.
+    x = torch.ones((128 if quick else 512) * 2**20 // 4)
+    t = median_time(lambda: x.sum(), 3 if quick else 5)
+    gbs = x.numel() * 4 / t / 1e9
+    return {
+        "matmul_gflops": gflops,
+        "read_bandwidth_gb_s": gbs,
+        "matmul_n": n,
+        "bandwidth_bytes": x.numel() * 4,
+    }
+
+
+# ---- model accounting ----------------------------------------------------------------------------
+def param_counts(model: torch.nn.Module, config: JambaConfig) -> dict[str, int]:
+    """Total parameters, one expert's, the embedding's, and the matmul parameters a token uses."""
+    total = sum(p.numel() for p in model.parameters())
+    embed = config.vocab_size * config.hidden_size
+    expert = 3 * config.hidden_size * config.intermediate_size
+    n_moe = len(config.moe_layers)
+    all_experts = n_moe * config.num_experts * expert
+    # Matmul weights only: no norms, A_log, D, conv taps or biases (elementwise work, not FLOPs that
+    # the matmul rate bounds); the embedding is a gather.
+    small = 0
+    for name, p in model.named_parameters():
+        if p.dim() < 2 or "conv1d" in name or name.endswith("A_log"):
+            small += p.numel()
+    if config.tie_word_embeddings:
+        dense_matmul = total - small - all_experts
+    else:
+        dense_matmul = total - small - all_experts - embed
+    return {
+        "total": total,
+        "embedding": embed,
+        "per_expert": expert,
+        "moe_layers": n_moe,
+        "dense_matmul": dense_matmul,
+        "active_matmul_per_token": dense_matmul + n_moe * config.num_experts_per_tok * expert,
+    }
+
+
+def prefill_bound(
+    config: JambaConfig, counts: dict[str, int], prompt_len: int, hw: dict[str, float]
+) -> float:
+    attn = (
+        len(config.attention_layers)
+        * 2
+        * 2
+        * config.num_attention_heads
+        * config.head_dim
+        * (prompt_len + 1)
+        / 2
+    )
+    flops_per_token = 2 * counts["active_matmul_per_token"] + attn
+    return hw["matmul_gflops"] * 1e9 / flops_per_token
+
+
+def decode_bound(
+    config: JambaConfig, counts: dict[str, int], batch: int, context: int, hw: dict[str, float]
+) -> float:
+    e, k = config.num_experts, config.num_experts_per_tok
+    # Distinct experts a step reads when `batch` tokens route independently and uniformly.
+    distinct = e * (1 - (1 - k / e) ** batch)
+    # Every weight is read once a step except the embedding (one row per token; it is the LM head
+    # too when tied) and the experts no token routed to.
+    weights = counts["total"] - counts["moe_layers"] * (e - distinct) * counts["per_expert"]
+    if not config.tie_word_embeddings:
+        weights -= counts["embedding"]
+    kv = len(config.attention_layers) * 2 * config.num_key_value_heads * config.head_dim * context * batch
+    # Mamba state is read and written every step.
+    state = (
+        2
+        * len(config.mamba_layers)
+        * config.mamba_d_inner
+        * (config.mamba_d_state + config.mamba_d_conv - 1)
+        * batch
+    )
+    step_bytes = 4 * (weights + kv + state)
+    return batch * hw["read_bandwidth_gb_s"] * 1e9 / step_bytes
+
+
+# ---- the two sides -------------------------------------------------------------------------------
+def prompts(vocab_size: int, batch: int, length: int, seed: int) -> torch.Tensor:
+    """Random ids above the 20 special tokens of the tiny tokenizer."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(20, vocab_size, (batch, length), generator=gen)
+
+
+class Ours:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.model = load_model(directory, dtype="float32")
+        self._llm: Any = None
+
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            # Imported here: the public API may be newer than the layers.
+            from jamba_runtime import LLM
+
+            self._llm = LLM(model=str(self.directory), dtype="float32")
+        return self._llm
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(ids)
+
+    def generate(self, ids: torch.Tensor, n: int) -> list[list[int]]:
+        from jamba_runtime import SamplingParams
+
+        params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+        outs = self.llm.generate([row.tolist() for row in ids], params)
+        return [list(o.token_ids) for o in outs]
+
+
+class Theirs:
+    def __init__(self, directory: Path) -> None:
+        self.model = HFJambaForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+        # Key difference to ours: there is no ignore_eos; with no eos id, nothing stops or masks.
+        self.model.generation_config.eos_token_id = None
+        self.pad_token_id = self.model.config.pad_token_id or 0
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(ids).logits
+
+    def generate(self, ids: torch.Tensor, n: int) -> list[list[int]]:
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=self.pad_token_id,
+            )
+        return out[:, ids.shape[1] :].tolist()
+
+
+def alternate(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
+    """Warm each fn up once, then time them in turn `repeats` times; returns times per fn."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def bench_shape(
+    name: str, directory: Path, args: argparse.Namespace, hw: dict[str, float], log: Callable[[str], None]
+) -> tuple[list[Row], dict[str, Any]]:
+    config = JambaConfig.from_file(directory)
+    ours, theirs = Ours(directory), Theirs(directory)
+    counts = param_counts(ours.model, config)
+    hf_total = sum(p.numel() for p in theirs.model.parameters())
+    log(
+        f"[{name}] parameters: {counts['total']:,} (ours; transformers {hf_total:,}), "
+        f"active matmul params per token {counts['active_matmul_per_token']:,}"
+    )
+    p, n, reps = args.prompt_len, args.new_tokens, args.repeats
+    rows: list[Row] = []
+    info: dict[str, Any] = {
+        "config": config.to_dict(),
+        "parameters": counts,
+        "transformers_parameters": hf_total,
+    }
+
+    ids = prompts(config.vocab_size, 1, p, seed=1)
+    watch = Contention()
+    with torch.inference_mode():
+        max_diff = float((ours.prefill(ids) - theirs.prefill(ids)).abs().max())
+    info["prefill_logits_max_abs_diff"] = max_diff
+    t_ours, t_hf = alternate([lambda: ours.prefill(ids), lambda: theirs.prefill(ids)], reps)
+    rows.append(
+        Row(
+            name,
+            f"prefill b=1 P={p}",
+            p / statistics.median(t_ours),
+            p / statistics.median(t_hf),
+            prefill_bound(config, counts, p, hw),
+            {"ours_times_s": t_ours, "transformers_times_s": t_hf, "others_cpu_share": watch.others_share()},
+        )
+    )
+    log(
+        f"[{name}] {rows[-1].metric}: ours {rows[-1].ours:.1f}, transformers {rows[-1].transformers:.1f} tok/s"
+    )
+
+    for batch in (1, 4):
+        ids = prompts(config.vocab_size, batch, p, seed=2 + batch)
+        tokens: dict[str, list[list[int]]] = {}
+        watch = Contention()
+
+        def run(side: Any, key: str, k: int) -> None:
+            tokens[key] = side.generate(ids, k)
+
+        t1_ours, t1_hf, tn_ours, tn_hf = alternate(
+            [
+                lambda: run(ours, "ours1", 1),
+                lambda: run(theirs, "hf1", 1),
+                lambda: run(ours, "ours", n),
+                lambda: run(theirs, "hf", n),
+            ],
+            reps,
+        )
+
+        def rate(t1: list[float], tn: list[float]) -> float:
+            dt = statistics.median(tn) - statistics.median(t1)
+            return batch * (n - 1) / dt if dt > 0 else math.nan
+
+        same = tokens["ours"] == tokens["hf"]
+        agree = [_common_prefix(a, b) for a, b in zip(tokens["ours"], tokens["hf"], strict=True)]
+        rows.append(
+            Row(
+                name,
+                f"decode b={batch} N={n}",
+                rate(t1_ours, tn_ours),
+                rate(t1_hf, tn_hf),
+                decode_bound(config, counts, batch, p + n // 2, hw),
+                {
+                    "ours_t1_s": t1_ours,
+                    "ours_tn_s": tn_ours,
+                    "transformers_t1_s": t1_hf,
+                    "transformers_tn_s": tn_hf,
+                    "ttft_ours_s": statistics.median(t1_ours),
+                    "ttft_transformers_s": statistics.median(t1_hf),
+                    "greedy_match": same,
+                    "greedy_agreeing_prefix": agree,
+                    "others_cpu_share": watch.others_share(),
+                },
+            )
+        )
+        info[f"greedy_match_b{batch}"] = same
+        log(
+            f"[{name}] {rows[-1].metric}: ours {rows[-1].ours:.1f}, transformers {rows[-1].transformers:.1f} "
+            f"tok/s; greedy tokens {'match' if same else 'differ (agreeing prefix ' + str(agree) + ')'}"
+        )
+    gc.collect()
+    return rows, info
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ---- output --------------------------------------------------------------------------------------
+def format_table(rows: list[Row]) -> str:
+    head = (
+        "shape",
+        "metric (tokens/s)",
+        "ours",
+        "transformers",
+        "ours/tf",
+        "hw bound",
+        "ours/bound",
+        "others' CPU",
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            (
+                r.shape,
+                r.metric,
+                f"{r.ours:,.1f}",
+                f"{r.transformers:,.1f}",
+                f"{r.ratio:.2f}",
+                f"{r.bound:,.0f}" if r.bound else "-",
+                f"{r.ours / r.bound:.1%}" if r.bound else "-",
+                f"{r.detail['others_cpu_share']:.0%}"
+                if r.detail.get("others_cpu_share") is not None
+                else "-",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for j, line in enumerate(lines):
+        out.append(
+            "| "
+            + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            + " |"
+        )
+        if j == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)"
+    )
+    ap.add_argument("--prompt-len", type=int, default=512, help="prompt tokens P (default 512)")
+    ap.add_argument("--new-tokens", type=int, default=64, help="generated tokens N (default 64)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per measurement after the warm-up (default 3)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)})"
+    )
+    ap.add_argument("--shapes", default="tiny,100m", help="comma-separated subset of: tiny, 100m")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: P=64, N=16, 1 repeat, small hardware probes"
+    )
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.prompt_len, args.new_tokens, args.repeats = 64, 16, 1
+    if args.new_tokens < 2:
+        ap.error("--new-tokens must be at least 2: decode time is T(N tokens) - T(1 token)")
+    if args.prompt_len < 1 or args.repeats < 1 or args.threads < 1:
+        ap.error("--prompt-len, --repeats and --threads must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = set(shapes) - {"tiny", "100m"}
+    if unknown:
+        print(f"unknown shape(s) {sorted(unknown)}: use tiny and/or 100m", file=sys.stderr)
+        return 2
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)
+
+    load_start = os.getloadavg()
+    hw = measure_hardware(args.quick)
+    hardware = {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        **hw,
+    }
+    software = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    log(
+        f"{hardware['cpu_model']}, {hardware['threads']} threads; fp32 matmul {hw['matmul_gflops']:.1f} GFLOP/s, "
+        f"read bandwidth {hw['read_bandwidth_gb_s']:.1f} GB/s; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
+    log(f"P={args.prompt_len}, N={args.new_tokens}, {args.repeats} timed repeat(s) after a warm-up")
+
+    rows: list[Row] = []
+    shape_info: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="jamba-bench-") as tmp:
+        for shape in shapes:
+            directory = Path(tmp) / shape
+            if shape == "tiny":
+                make_tiny_model(directory)
+            else:
+                config = JambaConfig.from_dict({**SHAPE_100M, **tiny_model_token_ids()}, source="100m shape")
+                write_random_checkpoint(directory, config, seed=0)
+                # LLM needs a tokenizer even for token-id prompts (it detokenises the output).
+                write_tiny_tokenizer(directory, vocab_size=config.vocab_size)
+            rows_, info = bench_shape(shape, directory, args, hw, log)
+            rows += rows_
+            shape_info[shape] = info
+
+    elapsed = time.perf_counter() - start
+    table = format_table(rows)
+    print()
+    print(table)
+    print()
+    if "tiny" in shape_info:
+        match = shape_info["tiny"]["greedy_match_b1"] and shape_info["tiny"]["greedy_match_b4"]
+        print(
+            f"greedy match: {'yes' if match else 'no'} (tiny model, batch 1 and 4, {args.new_tokens} tokens)"
+        )
+    for shape, info in shape_info.items():
+        c = info["parameters"]
+        print(
+            f"{shape}: {c['total']:,} parameters, {c['active_matmul_per_token']:,} active matmul params/token, "
+            f"prefill logits max |ours - transformers| = {info['prefill_logits_max_abs_diff']:.2e}"
+        )
+    print(
+        f"hardware: {hardware['cpu_model']}, {hardware['threads']} threads, fp32 matmul {hw['matmul_gflops']:.1f} GFLOP/s, "
+        f"read bandwidth {hw['read_bandwidth_gb_s']:.1f} GB/s"
+    )
+    print("method:")
+    for k, v in METHOD.items():
+        print(f"  {k}: {v}")
+    print(f"total time {elapsed:.0f}s")
+
+    result = {
+        "bench": "runtime_cpu",
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {
+            "dtype": "float32",
+            "device": "cpu",
+            "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "quick": args.quick,
+        },
+        "hardware": hardware,
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "software": software,
+        "method": METHOD,
+        "shapes": shape_info,
+        "rows": [r.to_json() for r in rows],
+        "table": table,
+        "elapsed_s": elapsed,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
