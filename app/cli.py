@@ -176,6 +176,64 @@ def chat(
 
 
 @app.command()
+def serve(
+    model: ModelOpt = None,
+    data_dir: DataDir = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind [env: JAMBA_STACK_HOST]; default 127.0.0.1.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port [env: JAMBA_STACK_PORT]; default 8000.")
+    ] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option("--served-model-name", help="Name(s) clients pass as `model`, comma-separated."),
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option("--max-model-len", help="Context limit in tokens.")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option("--max-num-seqs", help="Most sequences running at once.")
+    ] = None,
+    cache_memory_gb: Annotated[
+        float | None, typer.Option("--cache-memory-gb", help="Memory for KV blocks + Mamba state slots.")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option("--max-body-bytes", help="Largest request body; larger gets 413.")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
+    path. Set JAMBA_STACK_API_KEY to require a bearer key."""
+    from app.server.app import serve as run_server
+    from jamba_runtime.async_llm import AsyncLLM
+    from jamba_runtime.engine import EngineConfig
+
+    settings = load_settings(
+        data_dir=data_dir,
+        model=model,
+        device=device,
+        dtype=dtype,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        max_body_bytes=max_body_bytes,
+    )
+    sizes = {"max_num_seqs": max_num_seqs, "cache_memory_gb": cache_memory_gb}
+    engine = EngineConfig(**{k: v for k, v in sizes.items() if v is not None})
+    llm = AsyncLLM(
+        model=_model_path(settings),
+        device=settings.device,
+        dtype=settings.dtype,
+        max_model_len=max_model_len,
+        engine=engine,
+    )
+    run_server(llm, settings, log_level=log_level)
+
+
+@app.command()
 def demo(
     data_dir: DataDir = None,
     model: ModelOpt = None,

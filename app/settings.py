@@ -19,6 +19,11 @@ class Settings(BaseSettings):
         model: checkpoint directory or hub id; empty means the embedded tiny model in the data dir.
         device, dtype: where and how the runtime runs the model.
         api_key: when set, the API server requires it as a bearer token.
+        host, port: where `jamba-stack serve` listens (loopback by default: set host to 0.0.0.0,
+            and an api_key, to serve other machines).
+        max_body_bytes: the largest request body the server reads (larger: 413).
+        served_model_name: the model name(s) the server answers to, comma-separated; empty: the
+            model as configured.
         chroma_url: a Chroma server URL; empty means the embedded store in the data dir.
 
     Example:
@@ -32,6 +37,10 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: str = "float32"
     api_key: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 16 * 1024 * 1024
+    served_model_name: str = ""
     chroma_url: str = ""
 
     @property

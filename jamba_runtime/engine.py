@@ -7,7 +7,9 @@ drives it from a background thread for many concurrent streams.
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +24,10 @@ from jamba_runtime.sampler import logprobs_of, sample
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.scheduler import Scheduler, SchedulerConfig
 from jamba_runtime.sequence import Sequence
+from jamba_runtime.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 from jamba_runtime.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 _GIB = 1 << 30
 _RATE_WINDOW_S = 10.0  # generation tokens/s is measured over this trailing window
@@ -147,6 +152,8 @@ class LLMEngine:
         self._generated = 0
         self._preemptions = 0
         self._recent: list[tuple[float, int]] = []
+        self._grammars: GrammarCompiler | None = None
+        self._grammars_lock = threading.Lock()
 
     def _cache_budget(self, cfg: EngineConfig) -> int:
         if cfg.cache_memory_gb is not None:
@@ -157,12 +164,33 @@ class LLMEngine:
         return _GIB
 
     # ---- requests --------------------------------------------------------------------------------
-    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
-        """Tokenize (text) or check (ids) a prompt as `add_request` will take it. Reads no engine
-        state that steps change, so another thread may call it.
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """The structured-output compiler for this engine's tokenizer and vocab (made on first use;
+        any thread)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(
+                    self.tokenizer, self.model.config.vocab_size, self.eos_token_ids
+                )
+            return self._grammars
+
+    def check_structured(self, spec: StructuredOutput) -> None:
+        """Compile `spec` now (cached for the request that uses it). Any thread may call it, so a
+        server can refuse a request before queuing it. Raises `InvalidRequestError` naming what
+        constrained decoding cannot enforce (e.g. an unsupported JSON Schema keyword)."""
+        self.grammars.check(spec)
+
+    def prompt_ids(self, prompt: str | list[int], params: SamplingParams | None = None) -> list[int]:
+        """Tokenize (text) or check (ids) a prompt as `add_request` will take it; with `params`,
+        also compile its structured-output spec (`check_structured`). Reads no engine state that
+        steps change, so another thread may call it.
 
         Raises `InvalidRequestError` for empty text or ids, non-integer ids or ids outside the
-        vocab; `ContextLengthError` when the prompt leaves no room for a new token."""
+        vocab, or a structured-output spec that cannot be enforced; `ContextLengthError` when the
+        prompt leaves no room for a new token."""
+        if params is not None and params.structured is not None:
+            self.check_structured(params.structured)
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("prompt is empty: give at least one token of text")
@@ -196,7 +224,8 @@ class LLMEngine:
         save_snapshot: str | None = None,
     ) -> Sequence:
         """Queue a request (text or token ids). Raises what `prompt_ids` raises, and
-        `InvalidRequestError` for a duplicate id.
+        `InvalidRequestError` for a duplicate id or a structured-output spec that cannot be
+        enforced (compiled here, once per spec).
         A request whose prompt + max_tokens passes `max_model_len` stops there ("length").
 
         `prefix_snapshot`: start from a saved snapshot whose tokens begin this prompt (ignored when
@@ -207,6 +236,8 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running: use a new id")
+        spec = params.structured
+        grammar = self.grammars.matcher(spec) if spec is not None else None
         gen = None
         if not params.greedy:
             gen = torch.Generator(device=self.model.device)
@@ -216,12 +247,16 @@ class LLMEngine:
         seq = Sequence(
             prompt_token_ids=ids,
             params=params,
-            decoder=self.tokenizer.incremental_decoder(),
+            # With tools, keep special tokens: the <tool_calls> tag stays in the text (parse_tool_calls).
+            decoder=self.tokenizer.incremental_decoder(
+                skip_special_tokens=spec is None or spec.tools is None
+            ),
             eos_token_ids=self.eos_token_ids,
             max_new_tokens=min(params.max_tokens, self.max_model_len - len(ids)),
             request_id=request_id,
             generator=gen,
             priority=priority,
+            grammar=grammar,
         )
         if prefix_snapshot is not None:
             self._restore(seq, prefix_snapshot)
@@ -278,14 +313,25 @@ class LLMEngine:
                 seq.prompt_token_ids
             ):
                 self._save(self._save_snapshot_as.pop(seq.request_id), seq)
+        # On CUDA the forward is still running here (nothing has synchronised): the masks are
+        # filled on the CPU meanwhile, and `sample` waits for the logits.
+        bitmask, mask_rows, broken = self._fill_masks(to_sample)
         tokens = sample(
             logits,
             [s.params for s in to_sample],
             [s.generator for s in to_sample],
             [_seen(s, logits.device) for s in to_sample],
+            bitmask=bitmask,
+            mask_rows=mask_rows,
         )
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
+            if seq.grammar is not None:
+                # The grammar may replace the token to finish within max_tokens (grammar_closing).
+                token = -1 if row in broken else seq.grammar.take(token, seq.max_new_tokens - len(seq.output_token_ids))
+                if token < 0:
+                    self._end_broken_grammar(seq, outputs)
+                    continue
             if not seq.output_token_ids:
                 self._ttft_sum += now - self._arrival_time.get(seq.request_id, now)
                 self._ttft_count += 1
@@ -304,6 +350,40 @@ class LLMEngine:
         while now - self._recent[0][0] > _RATE_WINDOW_S:
             self._recent.pop(0)
         return outputs
+
+    def _fill_masks(self, to_sample: list[Sequence]) -> tuple[torch.Tensor | None, list[int], set[int]]:
+        """The token bitmask of each constrained row of this step: `(bitmask, rows, broken)`,
+        `bitmask[i]` for row `rows[i]`; `broken` are rows whose matcher is in error."""
+        constrained: list[tuple[GrammarMatcher, int, int]] = []
+        rows: list[int] = []
+        for row, seq in enumerate(to_sample):
+            if seq.grammar is None:
+                continue
+            if seq.grammar.num_accepted != len(seq.output_token_ids):
+                # A matcher that missed tokens (never the case today: preemption keeps it) is
+                # rebuilt by replaying the output.
+                seq.grammar.rebuild(seq.output_token_ids)
+            remaining = seq.max_new_tokens - len(seq.output_token_ids)
+            constrained.append((seq.grammar, len(rows), remaining))
+            rows.append(row)
+        if not constrained:
+            return None, [], set()
+        bitmask = self.grammars.allocate_bitmask(len(rows))
+        self.grammars.fill_bitmasks(constrained, bitmask)
+        broken = {rows[i] for i, (m, _, _) in enumerate(constrained) if m.is_error()}
+        return bitmask, rows, broken
+
+    def _end_broken_grammar(self, seq: Sequence, outputs: list[StepOutput]) -> None:
+        """A matcher in error (an llguidance limit or bug): end that request ("abort") rather
+        than emit a token the grammar did not allow; the others go on."""
+        assert seq.grammar is not None
+        logger.error("request %s: structured output stopped: %s", seq.request_id, seq.grammar.error())
+        seq.finish_reason = "abort"
+        outputs.append(StepOutput(seq.request_id, "", [], True, "abort"))
+        self.scheduler.finish(seq)
+        self.requests.pop(seq.request_id, None)
+        self._arrival_time.pop(seq.request_id, None)
+        self._save_snapshot_as.pop(seq.request_id, None)
 
     # ---- snapshots -------------------------------------------------------------------------------
     def _save(self, key: str, seq: Sequence) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.structured import apply_token_bitmask
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -41,20 +42,30 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     seen_tokens: list[torch.Tensor],
+    bitmask: torch.Tensor | None = None,
+    mask_rows: list[int] | None = None,
 ) -> list[int]:
     """Pick one token per row.
 
     Args:
-        logits: `(batch, vocab)` next-token logits.
+        logits: `(batch, vocab)` next-token logits (not modified).
         params, generators, seen_tokens: per row; a row's generator is its only source of
             randomness, so its tokens do not depend on the other rows. `seen_tokens[i]` are the
             prompt + output ids (for the repetition penalty).
+        bitmask, mask_rows: structured output: `bitmask[i]` (int32 words, one bit per token) is
+            the set of tokens allowed in row `mask_rows[i]`; the others get -inf before any other
+            processing, so top-k / top-p / min-p choose among allowed tokens only. Rows not listed
+            are untouched.
 
     Returns:
         the chosen token id per row.
     """
     out: list[int] = []
     logits = logits.float()
+    if bitmask is not None and mask_rows:
+        # A copy: the caller's logits still give logprobs of the unmasked distribution.
+        logits = logits.clone()
+        apply_token_bitmask(logits, bitmask, mask_rows)
     for row, p, gen, seen in zip(logits, params, generators, seen_tokens, strict=True):
         row = apply_repetition_penalty(row, seen, p.repetition_penalty)
         if p.greedy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from jamba_runtime.errors import InvalidRequestError
+from jamba_runtime.structured import StructuredOutput
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,11 @@ class SamplingParams:
         stop_token_ids: token ids that end generation, besides the model's end-of-sequence ids.
         ignore_eos: keep going past end-of-sequence tokens (benchmarks).
         logprobs: return the log-probability of each chosen token and of the `logprobs` most
-            likely tokens (0..20; None: none), from the model's distribution before sampling filters.
+            likely tokens (0..20; None: none), from the model's distribution before sampling filters
+            (and before a structured-output mask).
+        structured: constrain the output to JSON, a JSON Schema, a regex, a choice or tool calls
+            (`StructuredOutput`). The grammar decides where the output ends: stop strings and
+            stop token ids do not apply inside the constrained part, and `ignore_eos` is refused.
 
     Example:
         >>> SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9, seed=1, stop=["\\n\\n"])
@@ -41,6 +46,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     logprobs: int | None = None
+    structured: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         # Accept a single string or lists (what users pass) and store tuples (hashable, immutable).
@@ -83,6 +89,15 @@ class SamplingParams:
             raise bad("logprobs", self.logprobs, "it must be an integer in 0..20, or None")
         if not isinstance(self.ignore_eos, bool):
             raise bad("ignore_eos", self.ignore_eos, "it must be true or false")
+        if self.structured is not None:
+            if not isinstance(self.structured, StructuredOutput):
+                raise bad("structured", self.structured, "it must be a StructuredOutput or None")
+            if self.ignore_eos:
+                raise bad(
+                    "ignore_eos",
+                    self.ignore_eos,
+                    "it cannot be combined with structured output (the grammar decides where it ends)",
+                )
 
 
 def _is_int(v: object) -> bool:

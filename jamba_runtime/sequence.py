@@ -11,6 +11,7 @@ import torch
 
 from jamba_runtime.cache_manager import CacheAllocation
 from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.structured import GrammarMatcher
 
 _ids = itertools.count()
 
@@ -75,6 +76,7 @@ class Sequence:
     num_computed_tokens: int = 0
     alloc: CacheAllocation = field(default_factory=CacheAllocation)
     num_preemptions: int = 0
+    grammar: GrammarMatcher | None = None
 
     @property
     def finished(self) -> bool:
@@ -96,10 +98,23 @@ class Sequence:
             return self.output_token_ids[start - p : end - p]
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
 
+    @property
+    def stops_apply(self) -> bool:
+        """Whether stop strings and stop token ids may end the output now: always without a
+        grammar; with one, only in the free text before a tool-call block (the grammar ends the
+        constrained part, so a stop can never cut it short)."""
+        if self.grammar is None:
+            return True
+        spec = self.params.structured
+        return spec is not None and spec.free_text_first and not self.grammar.in_block
+
     def append_token(self, token_id: int) -> str:
-        """Record a sampled token; return the text that may be shown now (stop strings held back)."""
+        """Record a sampled token (a grammar has taken it already); return the text that may be
+        shown now (stop strings held back). With a grammar, the output ends ("stop") at an
+        end-of-sequence token or as soon as the grammar is complete."""
         self.output_token_ids.append(token_id)
-        stop_ids = set(self.params.stop_token_ids)
+        stops_apply = self.stops_apply
+        stop_ids = set(self.params.stop_token_ids) if stops_apply else set()
         if not self.params.ignore_eos:
             stop_ids |= self.eos_token_ids
         if token_id in stop_ids:
@@ -107,7 +122,12 @@ class Sequence:
             self.text += self.decoder.flush()
             return self._flush()
         self.text += self.decoder.add(token_id)
-        if self.params.stop:
+        if self.grammar is not None and self.grammar.is_terminated():
+            # Nothing but end-of-sequence could follow: end now rather than spend a step on it.
+            self.finish_reason = "stop"
+            self.text += self.decoder.flush()
+            return self._flush()
+        if self.params.stop and stops_apply:
             # Search only where a new match can start: the text added plus the longest stop's reach.
             start = max(0, self.emitted - max(len(s) for s in self.params.stop))
             hits = [i for i in (self.text.find(s, start) for s in self.params.stop) if i >= 0]
@@ -119,7 +139,7 @@ class Sequence:
             self.finish_reason = "length"
             self.text += self.decoder.flush()
             return self._flush()
-        safe = len(self.text) - _held_back(self.text, self.params.stop)
+        safe = len(self.text) - (_held_back(self.text, self.params.stop) if stops_apply else 0)
         delta = self.text[self.emitted : safe]
         self.emitted = max(self.emitted, safe)
         return delta

@@ -95,7 +95,7 @@ class _NoTextTokenizer:
 
     eos_token_ids: list[int] = []
 
-    def incremental_decoder(self) -> _Decoder:
+    def incremental_decoder(self, skip_special_tokens: bool = True) -> _Decoder:
         return _Decoder()
 
 

@@ -1,0 +1,400 @@
+"""Chat requests in OpenAI's shape, turned into what the runtime takes, and model output turned back.
+
+Shared by `app.client` (in-process chat) and `app.server` (the HTTP API), so both render the same
+prompt, constrain the same way and parse tool calls the same way:
+
+- `ChatInputs.render(tokenizer)`: messages (text parts joined, `developer` as `system`), tools
+  (left out under `tool_choice="none"`), AI21-style documents and JSON mode through the chat
+  template.
+- `ChatInputs.structured()`: the grammar constraint (`jamba_runtime.structured.StructuredOutput`)
+  for JSON mode, a JSON schema or tools; schemas and tool definitions are checked first, so a bad
+  one is a 400 that names it.
+- `ToolCallSplitter`: one choice's stream split into content (streamed as it comes) and tool
+  calls (parsed at the end from the `<tool_calls>[...]</tool_calls>` block).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jamba_runtime.errors import InvalidRequestError
+from jamba_runtime.tokenizer import Tokenizer
+
+try:  # constrained decoding lands in its own change; until then JSON mode and forced tools are refused
+    from jamba_runtime import structured as _structured
+except ImportError:  # pragma: no cover - depends on the runtime version
+    _structured = None
+
+TOOL_CALLS_START = "<tool_calls>"
+TOOL_CALLS_END = "</tool_calls>"
+JSON_MODE_KNOBS = {"is_set": True, "response_format": "json_object"}
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def structured_available() -> bool:
+    """True when the runtime has constrained decoding (`jamba_runtime.structured`)."""
+    return _structured is not None
+
+
+class InvalidParameterError(InvalidRequestError):
+    """A request parameter is invalid; `param` names it as the API spells it (e.g. "tools[0]")."""
+
+    code = "invalid_value"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model made. `arguments` is the parsed JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_openai(self) -> dict[str, Any]:
+        """The call as OpenAI writes it in an assistant message (arguments as a JSON string)."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
+        }
+
+
+def new_tool_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass(frozen=True)
+class ChatInputs:
+    """A chat request's content and output format, in OpenAI's shapes (plain dicts).
+
+    Attributes:
+        messages: [{"role", "content", ...}]; content a string or a list of {"type": "text"} parts.
+        tools: OpenAI tool definitions ({"type": "function", "function": {name, parameters}}).
+        tool_choice: "none", "auto", "required" or {"type": "function", "function": {"name"}}.
+        documents: AI21's {"content", "id", "metadata"} or the template's {"text", "title", ...}.
+        response_format: {"type": "text" | "json_object"} or {"type": "json_schema",
+            "json_schema": {"name", "schema", "strict"}}.
+    """
+
+    messages: Sequence[Mapping[str, Any]]
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    documents: Sequence[Mapping[str, Any]] | None = None
+    response_format: Mapping[str, Any] | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the model is offered the tools (and its output parsed for tool calls)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def format_type(self) -> str:
+        return (self.response_format or {}).get("type") or "text"
+
+    def check(self) -> None:
+        """Validate tools, tool_choice, response_format and documents.
+
+        Raises `InvalidParameterError` naming the bad parameter."""
+        _check_tools(self.tools, self.tool_choice)
+        fmt = self.format_type
+        if fmt not in ("text", "json_object", "json_schema"):
+            raise InvalidParameterError(
+                f"response_format type {fmt!r} is not supported: use text, json_object or json_schema",
+                "response_format.type",
+            )
+        if fmt == "json_schema":
+            schema = ((self.response_format or {}).get("json_schema") or {}).get("schema")
+            if not isinstance(schema, Mapping):
+                raise InvalidParameterError(
+                    "response_format json_schema needs json_schema.schema, a JSON Schema object",
+                    "response_format.json_schema.schema",
+                )
+            check_json_schema(schema, "response_format.json_schema.schema")
+        if self.uses_tools and fmt != "text":
+            raise InvalidParameterError(
+                "tools and response_format json_object/json_schema cannot be combined: pick one, or "
+                "pass tool_choice='none'",
+                "response_format",
+            )
+        template_documents(self.documents)
+
+    def render(self, tokenizer: Tokenizer) -> list[int]:
+        """The prompt's token ids: the chat template with messages, tools, documents and JSON mode.
+
+        Raises `InvalidParameterError` for bad inputs, `InvalidRequestError` when the template
+        refuses the conversation."""
+        self.check()
+        kwargs: dict[str, Any] = {}
+        if self.format_type != "text":
+            kwargs["knobs"] = JSON_MODE_KNOBS
+        return tokenizer.encode_chat(
+            chat_messages(self.messages),
+            tools=[dict(t) for t in self.tools] if self.uses_tools else None,
+            documents=template_documents(self.documents) or None,
+            add_generation_prompt=True,
+            **kwargs,
+        )
+
+    def structured(self) -> Any:
+        """The `StructuredOutput` that constrains decoding, or None for free text (and for
+        `tool_choice="auto"` without constrained decoding, where tool calls are parsed as written).
+
+        Raises `InvalidParameterError` when the request needs constrained decoding and the runtime
+        lacks it."""
+        self.check()
+        fmt = self.format_type
+        if not self.uses_tools and fmt == "text":
+            return None
+        if _structured is None:
+            if self.uses_tools and self.tool_choice in (None, "auto"):
+                return None
+            param = "response_format" if fmt != "text" else "tool_choice"
+            raise InvalidParameterError(
+                "this jamba_runtime has no constrained decoding (jamba_runtime.structured), so "
+                f"{param} cannot be guaranteed: upgrade jamba-stack, or use tool_choice='auto' / plain text",
+                param,
+            )
+        if self.uses_tools:
+            choice = self.tool_choice if self.tool_choice is not None else "auto"
+            return _structured.StructuredOutput(
+                tools=tuple(dict(t) for t in self.tools or ()),
+                tool_choice=dict(choice) if isinstance(choice, Mapping) else choice,
+            )
+        if fmt == "json_object":
+            return _structured.StructuredOutput(json_object=True)
+        schema = dict(self.response_format["json_schema"]["schema"])  # type: ignore[index]
+        return _structured.StructuredOutput(json_schema=schema)
+
+
+def chat_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them: text parts joined, `developer` turns as `system`,
+    None values dropped. Raises `InvalidParameterError` for non-text content parts."""
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        msg = {k: v for k, v in dict(message).items() if v is not None}
+        if msg.get("role") == "developer":
+            msg["role"] = "system"
+        content = msg.get("content")
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if not isinstance(part, Mapping) or part.get("type") != "text":
+                    kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                    raise InvalidParameterError(
+                        f"messages[{i}].content[{j}] is a {kind!r} part: only text parts are supported",
+                        f"messages[{i}].content",
+                    )
+                texts.append(str(part.get("text") or ""))
+            msg["content"] = "".join(texts)
+        out.append(msg)
+    return out
+
+
+def template_documents(documents: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Documents as Jamba's template renders them: {"title"?, "text", other keys as metadata}.
+
+    Takes AI21's API form {"content", "id"?, "metadata"?: {key: value} or [{"key", "value"}]} or the
+    template's own {"text", "title"?, ...}. The `id` is not rendered: the template numbers documents
+    from 0, and citations refer to those numbers.
+
+    Raises `InvalidParameterError` for a document without text."""
+    out: list[dict[str, Any]] = []
+    for i, doc in enumerate(documents or ()):
+        if not isinstance(doc, Mapping):
+            raise InvalidParameterError(f"documents[{i}] must be an object with 'content'", f"documents[{i}]")
+        text = doc.get("content", doc.get("text"))
+        if not isinstance(text, str):
+            raise InvalidParameterError(
+                f"documents[{i}] needs 'content' (a string), as in AI21's API", f"documents[{i}].content"
+            )
+        metadata = doc.get("metadata") or {}
+        if isinstance(metadata, list):  # AI21's older form: [{"key": ..., "value": ...}]
+            metadata = {str(m.get("key")): m.get("value") for m in metadata if isinstance(m, Mapping)}
+        if not isinstance(metadata, Mapping):
+            raise InvalidParameterError(
+                f"documents[{i}].metadata must be an object", f"documents[{i}].metadata"
+            )
+        rendered: dict[str, Any] = {}
+        title = doc.get("title", metadata.get("title"))
+        if title is not None:
+            rendered["title"] = title
+        extra = {k: v for k, v in doc.items() if k not in ("content", "text", "title", "id", "metadata")}
+        for key, value in {**metadata, **extra}.items():
+            if key != "title" and value is not None:
+                rendered[str(key)] = value
+        rendered["text"] = text
+        out.append(rendered)
+    return out
+
+
+def check_json_schema(schema: Mapping[str, Any], param: str) -> None:
+    """Raise `InvalidParameterError` when `schema` is not a valid JSON Schema (by its metaschema)."""
+    # Imported here: with its optional format checkers installed, `import jsonschema` takes seconds.
+    import jsonschema
+
+    try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        raise InvalidParameterError(
+            f"{param} is not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else ""),
+            param,
+        ) from None
+
+
+def _check_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> None:
+    names: set[str] = set()
+    for i, tool in enumerate(tools or ()):
+        if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
+            raise InvalidParameterError(
+                f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", f"tools[{i}]"
+            )
+        fn = tool.get("function")
+        name = fn.get("name") if isinstance(fn, Mapping) else None
+        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+            raise InvalidParameterError(
+                f"tools[{i}].function.name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.'",
+                f"tools[{i}].function.name",
+            )
+        if name in names:
+            raise InvalidParameterError(
+                f"tools[{i}]: the name {name!r} is used twice", f"tools[{i}].function.name"
+            )
+        names.add(name)
+        params = fn.get("parameters")
+        if params is not None:
+            if not isinstance(params, Mapping) or params.get("type", "object") != "object":
+                raise InvalidParameterError(
+                    f"tools[{i}].function.parameters must be a JSON Schema of type object",
+                    f"tools[{i}].function.parameters",
+                )
+            check_json_schema(params, f"tools[{i}].function.parameters")
+    if tool_choice in (None, "none", "auto"):
+        return
+    if tool_choice == "required":
+        if not names:
+            raise InvalidParameterError(
+                "tool_choice 'required' needs at least one tool in tools", "tool_choice"
+            )
+        return
+    fn = tool_choice.get("function") if isinstance(tool_choice, Mapping) else None
+    name = fn.get("name") if isinstance(fn, Mapping) else None
+    if name is None:
+        raise InvalidParameterError(
+            f"tool_choice {tool_choice!r} is invalid: use 'none', 'auto', 'required' or "
+            "{'type': 'function', 'function': {'name': ...}}",
+            "tool_choice",
+        )
+    if name not in names:
+        raise InvalidParameterError(
+            f"tool_choice names {name!r}, which is not in tools ({sorted(names)})", "tool_choice"
+        )
+
+
+def parse_tool_calls(text: str, tool_names: set[str]) -> list[ToolCall]:
+    """The calls in a `<tool_calls>[{"name", "arguments"}, ...]</tool_calls>` block, with fresh ids.
+
+    Raises `ValueError` when the block is not a list of calls to known tools with object arguments
+    (possible only without constrained decoding, or when `max_tokens` cut the block)."""
+    if _structured is not None:
+        _, raw = _structured.parse_tool_calls(text)
+    else:
+        start = text.find(TOOL_CALLS_START)
+        if start < 0:
+            return []
+        body = text[start + len(TOOL_CALLS_START) :]
+        end = body.find(TOOL_CALLS_END)
+        raw = json.loads(body[:end] if end >= 0 else body)
+    if not isinstance(raw, list):
+        raise ValueError("the tool-call block is not a JSON list")
+    calls = []
+    for item in raw:
+        name = item.get("name") if isinstance(item, dict) else None
+        arguments = item.get("arguments", {}) if isinstance(item, dict) else None
+        if isinstance(arguments, str):
+            arguments = json.loads(arguments)
+        if name not in tool_names or not isinstance(arguments, dict):
+            raise ValueError(f"not a call to a known tool: {item!r}")
+        calls.append(ToolCall(new_tool_call_id(), name, arguments))
+    return calls
+
+
+class ToolCallSplitter:
+    """Splits one choice's output into content and tool calls while it streams.
+
+    `feed` each engine delta and send on the content it returns: text before the tool-call block
+    streams as it comes, the block is held back. `finish` parses the block; when it does not parse
+    (cut by `max_tokens`, or unconstrained output) its text is returned as content instead, so
+    nothing the model wrote is lost.
+
+    The block starts at the `<tool_calls>` special token. With constrained tools the engine keeps
+    special tokens in the text, so the tag arrives as text; without, it is decoded away and only
+    its id shows. Both are handled; a tag that arrives as plain text split over deltas too.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, tools: Sequence[Mapping[str, Any]] | None) -> None:
+        self._tokenizer = tokenizer
+        self._names = {t["function"]["name"] for t in tools or ()}
+        self._active = bool(self._names)
+        self._start_id = tokenizer.token_to_id(TOOL_CALLS_START)
+        self._eos = set(tokenizer.eos_token_ids)
+        self.token_ids: list[int] = []
+        self._held: list[str] = []
+        self._pending = ""  # a tail that may be the start of the tag
+        self._in_block = False
+
+    def feed(self, text: str, token_ids: Sequence[int]) -> str:
+        """Take one delta; return the content to send now."""
+        self.token_ids.extend(token_ids)
+        if not self._active:
+            return text
+        if self._in_block:
+            self._held.append(text)
+            return ""
+        text, self._pending = self._pending + text, ""
+        at = text.find(TOOL_CALLS_START)
+        if at >= 0:
+            self._in_block = True
+            self._held.append(text[at:])
+            return text[:at]
+        if self._start_id is not None and self._start_id in token_ids:
+            self._in_block = True  # the tag was decoded away: all of `text` precedes it
+            return text
+        keep = _partial_tag(text)
+        if keep:
+            self._pending = text[-keep:]
+            return text[:-keep]
+        return text
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """At the end: (content still to send, the tool calls)."""
+        if not self._in_block:
+            rest, self._pending = self._pending, ""
+            return rest, []
+        ids = list(self.token_ids)
+        while ids and ids[-1] in self._eos:
+            ids.pop()
+        raw = self._tokenizer.decode(ids, skip_special_tokens=False)
+        try:
+            calls = parse_tool_calls(raw, self._names)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            calls = []
+        return ("" if calls else "".join(self._held)), calls
+
+
+def _partial_tag(text: str) -> int:
+    """Length of the longest end of `text` that is a proper start of the tool-call tag."""
+    for n in range(min(len(text), len(TOOL_CALLS_START) - 1), 0, -1):
+        if TOOL_CALLS_START.startswith(text[-n:]):
+            return n
+    return 0

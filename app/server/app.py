@@ -1,0 +1,250 @@
+"""The OpenAI-compatible HTTP server: `create_app(settings, llm=...)` builds the FastAPI app,
+`serve(...)` runs it under uvicorn (what `jamba-stack serve` calls).
+
+Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models[/{id}]`, AI21's
+`POST /studio/v1/chat/completions` (the `ai21` SDK with `api_host="http://HOST:PORT/studio/v1"`),
+`GET /health`, `GET /metrics` (Prometheus). With an API key set, `/v1/*` and `/studio/*` need
+`Authorization: Bearer KEY`; `/health` and `/metrics` stay open for probes and scrapers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import secrets
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.server.chat import create_chat_completion
+from app.server.completions import create_completion
+from app.server.errors import (
+    AuthenticationError,
+    RequestTooLargeError,
+    error_of,
+    install_error_handlers,
+    logger,
+)
+from app.server.metrics import CONTENT_TYPE, ServerMetrics
+from app.server.models import get_model, list_models
+from app.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from app.server.serving import ClientDisconnected, ServerState
+from app.settings import Settings
+from jamba_runtime.async_llm import AsyncLLM
+from jamba_runtime.errors import EngineStoppedError, ModelNotFoundError
+
+_PROTECTED_PREFIXES = ("/v1/", "/studio/")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def served_model_names(settings: Settings) -> tuple[str, ...]:
+    """`served_model_name` (comma-separated aliases), else the model as configured."""
+    names = [n.strip() for n in settings.served_model_name.split(",") if n.strip()]
+    return tuple(names) or (settings.model or "jamba-tiny",)
+
+
+def create_app(
+    settings: Settings, llm: AsyncLLM | None = None, model_names: Sequence[str] | None = None
+) -> FastAPI:
+    """Build the API over `llm` (its owner shuts it down), or over a model loaded from
+    `settings.model`, which the app then owns and shuts down with its lifespan.
+
+    `model_names`: the names requests may use (default `served_model_names(settings)`); any other
+    name is a 404. Raises `ModelNotFoundError` when neither `llm` nor `settings.model` is given.
+    """
+    owned = llm is None
+    if llm is None:
+        if not settings.model:
+            raise ModelNotFoundError("no model to serve: pass llm=, or set JAMBA_STACK_MODEL / --model")
+        llm = AsyncLLM(model=settings.model, device=settings.device, dtype=settings.dtype)
+    state = ServerState(llm, tuple(model_names or served_model_names(settings)), ServerMetrics(llm))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Warm up in the background: with its optional format checkers, `import jsonschema` takes
+        # seconds, which the first request with a schema would otherwise wait for.
+        threading.Thread(target=importlib.import_module, args=("jsonschema",), daemon=True).start()
+        yield
+        if owned:
+            await state.llm.aclose()
+
+    app = FastAPI(title="jamba-stack", summary="OpenAI-compatible Jamba API", lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+    app.include_router(_routes(state))
+    app.add_middleware(
+        _EdgeMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes, state=state
+    )
+    return app
+
+
+def _routes(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await _guarded(request, create_chat_completion(state, body, request))
+
+    @router.post("/studio/v1/chat/completions", response_model=None)
+    async def ai21_chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await _guarded(request, create_chat_completion(state, body, request, ai21=True))
+
+    @router.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await _guarded(request, create_completion(state, body, request))
+
+    @router.get("/v1/models")
+    async def models() -> ModelList:
+        return list_models(state)
+
+    @router.get("/v1/models/{name:path}")
+    async def model(name: str) -> ModelCard:
+        return get_model(state, name)
+
+    @router.get("/health")
+    async def health() -> JSONResponse:
+        if state.engine_error is not None:
+            return JSONResponse({"status": "error", "error": state.engine_error}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+async def _guarded(request: Request, work: Any) -> Response:
+    """Run a handler; note a dead engine for /health, and answer a client that left with 499
+    (nobody reads it; the log and the metrics do)."""
+    state: ServerState = request.app.state.server
+    try:
+        return await work
+    except EngineStoppedError as exc:
+        state.engine_error = str(exc)
+        raise
+    except ClientDisconnected:
+        return Response(status_code=499)
+
+
+class _EdgeMiddleware:
+    """Before any route: count the request for /metrics, check the API key (401) and the body
+    size (413). A plain ASGI middleware, not `BaseHTTPMiddleware`, so streaming responses and
+    disconnect notices pass straight through.
+
+    The body is read here, at most `max_body_bytes` of it, then replayed to the app; after it,
+    `receive` is the server's own, so the app still hears `http.disconnect`."""
+
+    def __init__(self, app: ASGIApp, api_key: str, max_body_bytes: int, state: ServerState) -> None:
+        self.app = app
+        self.api_key = api_key.encode()
+        self.max_body_bytes = max_body_bytes
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        counted = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start" and not counted:
+                counted = True
+                route = scope.get("route")
+                path = getattr(route, "path", None) or "other"
+                self.state.metrics.http_requests.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        path: str = scope["path"]
+        if self.api_key and path.startswith(_PROTECTED_PREFIXES) and not self._authorized(scope):
+            exc = AuthenticationError(
+                "missing or wrong API key: send the server's key as 'Authorization: Bearer KEY' "
+                "(the server reads it from JAMBA_STACK_API_KEY)"
+            )
+            await _send_error(counting_send, exc, {"www-authenticate": "Bearer"})
+            return
+        if scope["method"] in _BODY_METHODS:
+            body = await self._read_body(scope, receive)
+            if body is None:
+                await _send_error(
+                    counting_send,
+                    RequestTooLargeError(
+                        f"the request body is larger than {self.max_body_bytes:,} bytes: send less, or raise "
+                        "the server's limit (--max-body-bytes / JAMBA_STACK_MAX_BODY_BYTES)"
+                    ),
+                )
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, counting_send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.api_key)
+        return False
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> list[Message] | None:
+        """The body's messages, or None when it passes the limit (by header or by count)."""
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                return None
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages  # disconnected: let the app see it
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _send_error(send: Send, exc: Exception, headers: dict[str, str] | None = None) -> None:
+    status, body = error_of(exc)
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+def serve(
+    llm: AsyncLLM,
+    settings: Settings,
+    model_names: Sequence[str] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve `llm` on `settings.host:settings.port` until interrupted, then shut the engine down."""
+    import uvicorn
+
+    app = create_app(settings, llm=llm, model_names=model_names)
+    logger.info("serving %s on http://%s:%d", app.state.server.model_names, settings.host, settings.port)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        llm.shutdown()

@@ -1,0 +1,202 @@
+"""`POST /v1/completions`: OpenAI's (legacy) text completions on `AsyncLLM`, streaming or not.
+
+A prompt is text or token ids, or a list of either; each gets `n` choices, numbered
+`prompt_index * n + j` as OpenAI does. `echo` puts the prompt before the text. Not supported
+(400): `suffix`, `best_of` other than `n`, and `echo` with `logprobs` (prompt logprobs are not
+computed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from app.server.errors import UnsupportedParameterError, sse_error
+from app.server.protocol import CompletionRequest
+from app.server.serving import (
+    RequestTimer,
+    ServerState,
+    add_choices,
+    merge,
+    resolve_max_tokens,
+    sampling_params,
+    until_disconnect,
+    usage_dict,
+)
+from app.server.sse import DONE, SSEResponse, event
+from jamba_runtime.async_llm import RequestOutputDelta
+from jamba_runtime.errors import JambaStackError
+
+_MIN_LOGPROB = -9999.0
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return [prompt]  # type: ignore[list-item] - one prompt of token ids
+    return list(prompt)  # type: ignore[arg-type]
+
+
+async def create_completion(state: ServerState, body: CompletionRequest, request: Request) -> Response:
+    model = state.check_model(body.model)
+    if body.suffix:
+        raise UnsupportedParameterError("suffix is not supported by this server: leave it out", "suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise UnsupportedParameterError(
+            "best_of is not supported: leave it out or set it equal to n", "best_of"
+        )
+    if body.echo and body.logprobs is not None:
+        raise UnsupportedParameterError(
+            "echo with logprobs needs prompt logprobs, which this server does not compute: drop one", "echo"
+        )
+    prompts = _prompts(body.prompt)
+    if not prompts:
+        raise UnsupportedParameterError("prompt is empty: give at least one prompt", "prompt")
+    reply = _Reply(state, body, model)
+    streams: list[AsyncIterator[RequestOutputDelta]] = []
+    try:
+        for p, prompt in enumerate(prompts):
+            try:
+                ids = await asyncio.to_thread(state.llm.engine.prompt_ids, prompt)  # off the event loop
+            except JambaStackError as exc:
+                exc.param = "prompt"  # type: ignore[attr-defined]
+                raise
+            max_tokens = resolve_max_tokens(state, body.max_tokens, len(ids), "prompt")
+            params = sampling_params(body, max_tokens, body.logprobs, None, body.n)
+            reply.prompt_tokens += len(ids)
+            reply.echo_text.append(
+                (prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)) if body.echo else ""
+            )
+            streams += add_choices(state, ids, params, f"{reply.id}-{p}")
+    except BaseException:
+        streams.clear()  # unread streams abort when collected
+        raise
+    if body.stream:
+        return SSEResponse(reply.stream(streams))
+    return JSONResponse(await until_disconnect(request, reply.collect(streams)))
+
+
+class _Reply:
+    def __init__(self, state: ServerState, body: CompletionRequest, model: str) -> None:
+        self.state = state
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.n = body.n
+        self.with_logprobs = body.logprobs is not None
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.prompt_tokens = 0
+        self.echo_text: list[str] = []
+        self.timer = RequestTimer(state.metrics)
+
+    def _logprobs(self, entries: list[dict] | None, offset: int) -> dict[str, Any]:
+        tokens, token_logprobs, top, offsets = [], [], [], []
+        for e in entries or ():
+            token = self.state.token_text(e["token_id"])
+            tokens.append(token)
+            token_logprobs.append(max(e["logprob"], _MIN_LOGPROB))
+            top.append({self.state.token_text(i): max(lp, _MIN_LOGPROB) for i, lp in e["top"]})
+            offsets.append(offset)
+            offset += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
+
+    async def collect(self, streams: list[AsyncIterator[RequestOutputDelta]]) -> dict[str, Any]:
+        count = len(streams)
+        texts: list[list[str]] = [[self.echo_text[i // self.n]] for i in range(count)]
+        entries: list[list[dict]] = [[] for _ in range(count)]
+        finish: list[str | None] = [None] * count
+        completion_tokens = 0
+        self.state.metrics.in_flight.inc()
+        try:
+            async for i, delta in merge(streams):
+                self.timer.on_delta(delta)
+                texts[i].append(delta.text)
+                entries[i].extend(delta.logprobs or ())
+                if delta.finished:
+                    finish[i] = delta.finish_reason
+                    completion_tokens += delta.usage.completion_tokens if delta.usage else 0
+        finally:
+            self.state.metrics.in_flight.dec()
+            self.timer.done()
+        choices = [
+            {
+                "index": i,
+                "text": "".join(texts[i]),
+                "logprobs": self._logprobs(entries[i], len(self.echo_text[i // self.n]))
+                if self.with_logprobs
+                else None,
+                "finish_reason": finish[i],
+            }
+            for i in range(count)
+        ]
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage_dict(self.prompt_tokens, completion_tokens),
+            "system_fingerprint": None,
+        }
+
+    def _chunk(self, index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> str:
+        return event(
+            {
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [
+                    {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+                ],
+            }
+        )
+
+    async def stream(self, streams: list[AsyncIterator[RequestOutputDelta]]) -> AsyncIterator[str]:
+        self.state.metrics.in_flight.inc()
+        completion_tokens = 0
+        offsets = [len(self.echo_text[i // self.n]) for i in range(len(streams))]
+        try:
+            for i in range(len(streams)):
+                if self.echo_text[i // self.n]:
+                    yield self._chunk(i, self.echo_text[i // self.n])
+            async with contextlib.aclosing(merge(streams)) as deltas:
+                async for i, delta in deltas:
+                    self.timer.on_delta(delta)
+                    lps = self._logprobs(delta.logprobs, offsets[i]) if self.with_logprobs else None
+                    offsets[i] += sum(len(t) for t in (lps or {}).get("tokens", ()))
+                    if delta.text or lps:
+                        yield self._chunk(i, delta.text, logprobs=lps)
+                    if delta.finished:
+                        completion_tokens += delta.usage.completion_tokens if delta.usage else 0
+                        yield self._chunk(i, "", finish_reason=delta.finish_reason)
+            if self.include_usage:
+                yield event(
+                    {
+                        "id": self.id,
+                        "object": "text_completion",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": usage_dict(self.prompt_tokens, completion_tokens),
+                    }
+                )
+        except Exception as exc:  # noqa: BLE001 - the client gets it as an error event
+            yield sse_error(exc)
+        finally:
+            self.state.metrics.in_flight.dec()
+            self.timer.done()
+        yield DONE

@@ -1,0 +1,138 @@
+"""Every error leaves the server as an OpenAI error body, `{"error": {"message", "type", "param",
+"code"}}`, with the status of the typed error that caused it (`JambaStackError.http_status`).
+
+Mapping: typed runtime errors keep their status and code (a too-long prompt is 400
+`context_length_exceeded`); request validation (FastAPI's 422, malformed JSON included) is 400;
+a wrong API key 401; an unknown route 404; an oversized body 413; anything unexpected 500 with a
+generic message (the traceback goes to the log, not the client).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jamba_runtime.errors import JambaStackError
+
+logger = logging.getLogger("jamba_stack.server")
+
+# pydantic's names for the branches of a union, which it puts in an error's location
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+class AuthenticationError(JambaStackError):
+    """The request's bearer token is missing or is not the server's API key."""
+
+    http_status = 401
+    code = "invalid_api_key"
+
+
+class RequestTooLargeError(JambaStackError):
+    """The request body is larger than the server accepts (`max_body_bytes`)."""
+
+    http_status = 413
+    code = "request_too_large"
+
+
+class UnsupportedParameterError(JambaStackError):
+    """A parameter that would change the output and that this server cannot honour."""
+
+    http_status = 400
+    code = "unsupported_parameter"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def error_type(status: int) -> str:
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_of(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The (status, body) an exception is answered with."""
+    if isinstance(exc, JambaStackError):
+        status = exc.http_status
+        message = str(exc) if status < 500 or status == 503 else "internal error: see the server log"
+        return status, error_body(status, message, exc.code, getattr(exc, "param", None))
+    return 500, error_body(500, "internal error: see the server log", "internal_error")
+
+
+def error_response(exc: BaseException, headers: dict[str, str] | None = None) -> JSONResponse:
+    status, body = error_of(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def sse_error(exc: BaseException) -> str:
+    """An error as an SSE event, for errors after a stream has started (its status is already 200)."""
+    return f"data: {json.dumps(error_of(exc)[1])}\n\n"
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts: list[str] = []
+    for item in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in _UNION_TAGS or not str(item).isidentifier():
+            break
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or None
+
+
+def validation_error(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
+        message = f"the request body is not valid JSON ({detail}): send a JSON object"
+        return JSONResponse(error_body(400, message, "invalid_json"), status_code=400)
+    first = errors[0] if errors else {}
+    param = _param(tuple(first.get("loc", ())))
+    seen: list[str] = []
+    for e in errors:
+        where = _param(tuple(e.get("loc", ()))) or "body"
+        text = f"{where}: {e.get('msg', 'invalid value')}"
+        if text not in seen:
+            seen.append(text)
+    message = "; ".join(seen[:3]) or "invalid request"
+    return JSONResponse(error_body(400, message, "invalid_value", param), status_code=400)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error with an OpenAI error body."""
+
+    @app.exception_handler(JambaStackError)
+    async def _typed(request: Request, exc: JambaStackError) -> JSONResponse:
+        if exc.http_status >= 500:
+            logger.error("request failed: %s", exc, exc_info=exc)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(
+            error_body(exc.status_code, str(exc.detail), code),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s", request.url.path, exc_info=exc)
+        return error_response(exc)

@@ -1,0 +1,263 @@
+"""What the completion endpoints share: the server's state, sampling parameters from a request,
+adding a request's choices to the engine, reading them as one stream, and client disconnects.
+
+Cancellation is how a request ends early: when the client goes away, Starlette cancels the SSE
+generator (or `until_disconnect` cancels a non-streaming handler), `merge` cancels its readers,
+and each reader's `aclosing` closes its `AsyncLLM` stream, which aborts the sequence and frees
+its KV blocks and state slot on the engine's next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from app.chat_format import InvalidParameterError
+from app.server.errors import UnsupportedParameterError
+from app.server.metrics import ServerMetrics
+from app.server.protocol import SamplingFields
+from jamba_runtime.async_llm import AsyncLLM, RequestOutputDelta
+from jamba_runtime.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
+from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.tokenizer import Tokenizer
+
+T = TypeVar("T")
+_PARAM_IN_MESSAGE = re.compile(r"^(\w+)=")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its non-streaming response was ready."""
+
+
+@dataclass
+class ServerState:
+    """What every handler needs; one per app (`app.state.server`)."""
+
+    llm: AsyncLLM
+    model_names: tuple[str, ...]
+    metrics: ServerMetrics
+    created: int = field(default_factory=lambda: int(time.time()))
+    engine_error: str | None = None  # set when a request found the engine loop dead (/health: 503)
+    _token_text: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.llm.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.llm.max_model_len
+
+    def check_model(self, name: str) -> str:
+        """Raise `ModelNotFoundError` (404) unless `name` is served here."""
+        if name not in self.model_names:
+            raise _with_param(
+                ModelNotFoundError(
+                    f"the model {name!r} does not exist here: this server serves {list(self.model_names)} "
+                    "(GET /v1/models); pass one of those as `model`"
+                ),
+                "model",
+            )
+        return name
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text (special tokens included), for logprobs."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+
+def _with_param(exc: Exception, param: str) -> Exception:
+    exc.param = param  # type: ignore[attr-defined] - read by errors.error_of
+    return exc
+
+
+def resolve_max_tokens(state: ServerState, max_tokens: int | None, prompt_len: int, prompt_param: str) -> int:
+    """The request's `max_tokens`, or all the context the prompt leaves.
+
+    Raises `ContextLengthError` (400) when the prompt alone fills the context, or when the prompt
+    plus `max_tokens` passes it (as OpenAI and vLLM answer; the runtime itself would stop there)."""
+    limit = state.max_model_len
+    if prompt_len >= limit:
+        raise _with_param(
+            ContextLengthError(
+                f"the prompt has {prompt_len:,} tokens and this model's context is {limit:,} tokens, "
+                "one of which must be left for the answer: shorten the prompt"
+            ),
+            prompt_param,
+        )
+    if max_tokens is None:
+        return limit - prompt_len
+    if prompt_len + max_tokens > limit:
+        raise _with_param(
+            ContextLengthError(
+                f"max_tokens={max_tokens:,} plus the prompt's {prompt_len:,} tokens passes this model's context "
+                f"of {limit:,} tokens: ask for at most {limit - prompt_len:,} tokens or shorten the prompt"
+            ),
+            "max_tokens",
+        )
+    return max_tokens
+
+
+def sampling_params(
+    req: SamplingFields,
+    max_tokens: int,
+    logprobs: int | None = None,
+    structured: Any = None,
+    n: int = 1,
+) -> list[SamplingParams]:
+    """One `SamplingParams` per choice. With a seed, choice i uses seed + i: reproducible, and
+    the n choices differ.
+
+    Raises `UnsupportedParameterError` for penalties and logit_bias (not implemented: they would
+    change the output), `InvalidParameterError` for values the runtime refuses."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            raise UnsupportedParameterError(
+                f"{name}={getattr(req, name)} is not supported by this server: leave it at 0, or use "
+                "repetition_penalty (> 1 discourages repeats)",
+                name,
+            )
+    if req.logit_bias:
+        raise UnsupportedParameterError(
+            "logit_bias is not supported by this server: leave it out", "logit_bias"
+        )
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
+    extra: dict[str, Any] = {"structured": structured} if structured is not None else {}
+    out = []
+    for i in range(n):
+        try:
+            out.append(
+                SamplingParams(
+                    max_tokens=max_tokens,
+                    temperature=1.0 if req.temperature is None else req.temperature,
+                    top_p=1.0 if req.top_p is None else req.top_p,
+                    top_k=req.top_k or 0,
+                    min_p=req.min_p or 0.0,
+                    repetition_penalty=req.repetition_penalty or 1.0,
+                    seed=None if req.seed is None else req.seed + i,
+                    stop=tuple(stop),
+                    ignore_eos=bool(req.ignore_eos),
+                    logprobs=logprobs,
+                    **extra,
+                )
+            )
+        except InvalidRequestError as exc:
+            if isinstance(exc, InvalidParameterError):
+                raise
+            match = _PARAM_IN_MESSAGE.match(str(exc))
+            raise InvalidParameterError(str(exc), match.group(1) if match else None) from None
+    return out
+
+
+def add_choices(
+    state: ServerState, prompt: list[int], params: Sequence[SamplingParams], request_id: str
+) -> list[AsyncIterator[RequestOutputDelta]]:
+    """Queue one engine request per choice (ids `request_id-i`); all or none: when one is refused,
+    those already queued are aborted. Raises what `AsyncLLM.add_request` raises."""
+    streams: list[Any] = []
+    try:
+        for i, p in enumerate(params):
+            streams.append(state.llm.add_request(prompt, p, request_id=f"{request_id}-{i}"))
+    except BaseException:
+        # An unread stream is aborted when it is collected (AsyncLLM's finalizer): on CPython, now.
+        streams.clear()
+        raise
+    return streams
+
+
+_DONE = object()
+
+
+async def merge(
+    streams: Sequence[AsyncIterator[RequestOutputDelta]],
+) -> AsyncIterator[tuple[int, RequestOutputDelta]]:
+    """Read several streams at once; yield (choice index, delta) as deltas come.
+
+    Closing or cancelling this generator cancels the readers, and each reader closes its stream,
+    so every sequence is aborted. Its `finally` must not await: under a cancelled scope (a client
+    that went away) an await would raise at once and skip the rest."""
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[RequestOutputDelta]) -> None:
+        try:
+            async with contextlib.aclosing(stream) as deltas:  # type: ignore[type-var]
+                async for delta in deltas:
+                    queue.put_nowait((index, delta))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            queue.put_nowait((index, exc))
+        finally:
+            queue.put_nowait((index, _DONE))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is _DONE:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`; if the client disconnects first, cancel it (aborting its sequences) and raise
+    `ClientDisconnected`. For non-streaming responses, which Starlette does not watch."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnected()
+    return task.result()
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+@dataclass
+class RequestTimer:
+    """Times one generation request for the metrics: first token, end, finish reasons."""
+
+    metrics: ServerMetrics
+    start: float = field(default_factory=time.monotonic)
+    first: bool = True
+
+    def on_delta(self, delta: RequestOutputDelta) -> None:
+        if self.first and delta.token_ids:
+            self.first = False
+            self.metrics.ttft.observe(time.monotonic() - self.start)
+        if delta.finished:
+            self.metrics.finished.labels(delta.finish_reason or "unknown").inc()
+
+    def done(self) -> None:
+        self.metrics.latency.observe(time.monotonic() - self.start)

@@ -1,0 +1,352 @@
+"""Closing paths: how a structured output finishes within its token budget.
+
+A grammar mask alone does not stop `max_tokens` (or the context limit) from cutting a JSON object
+in half. So near the end of its budget a constrained sequence keeps a *closing path*: a short token
+sequence that takes its grammar from the current state to the end, found by a greedy rollout on a
+copy of the matcher. The model's token is kept only while a closing path within the remaining
+budget still exists after it; otherwise the sequence follows the path it had, and ends complete.
+
+The rollout is JSON-aware. Each token's effect on the string state (outside a string / inside /
+right after a backslash), the bracket depth and an unfinished number is computed once per
+tokenizer (`TokenTable`); the rollout takes an allowed token that leaves the fewest things open,
+preferring ASCII tokens that move on in the structure, breaking ties at random from a fixed seed. Inside a string that
+cannot end yet (a `pattern` or `format`), it first tries to type a *hint*: a short string that
+satisfies one of the spec's patterns or formats (`spec_hints`). Whether a path reaches the end is
+checked by the matcher, never assumed: the heuristics only choose which path.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import llguidance
+    import torch
+
+_OUT, _STR, _ESC = 0, 1, 2  # outside a string, inside one, inside one right after a backslash
+_NEUTRAL = 3  # ordering for non-JSON grammars (regex, choice): length and ASCII only
+
+# Short strings that satisfy each string format llguidance enforces; their suffixes finish one
+# that is under way (e.g. "@a.co" after a local part).
+_FORMAT_HINTS = {
+    "email": "a@a.co",
+    "hostname": "a.co",
+    "uri": "http://a.co",
+    "date-time": "2000-01-01T00:00:00Z",
+    "date": "2000-01-01",
+    "time": "00:00:00Z",
+    "duration": "P1D",
+    "ipv4": "1.1.1.1",
+    "ipv6": "::1",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+}
+
+
+@dataclass
+class ScanState:
+    """Where a JSON text stands: string state, open brackets, an unfinished number."""
+
+    mode: int = _OUT
+    depth: int = 0
+    incomplete: bool = False  # a number or literal under way, or a "," / ":" waiting for what follows
+
+
+_CLEAR, _SET, _KEEP = 0, 1, 2  # what a token does to `ScanState.incomplete`
+
+
+class TokenTable:
+    """Per-token JSON effects for one tokenizer, and the token order rollouts choose by (built
+    once per tokenizer: ~1 s for a 65k vocab).
+
+    A token's effect, per start mode (outside a string, in one, after a backslash): the end mode,
+    the change of bracket depth, and whether it leaves something pending (a number or literal under
+    way, or a `,` or `:` that must be followed; whitespace keeps what was pending). Per start state
+    (mode, pending), tokens are grouped into levels by how many things are open after them
+    (string, escape, pending, net brackets); within a level, tokens that move on in the
+    structure (end a string, close a bracket) come first, then ASCII, then by length (`_tiers`).
+    One more order (ASCII, longest) serves grammars that are not JSON.
+    """
+
+    def __init__(self, lltokenizer: llguidance.LLTokenizer, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
+        n = min(vocab_size, lltokenizer.vocab_size)
+        self.vocab_size = vocab_size
+        self.end_mode = [[s] * vocab_size for s in range(3)]
+        self.delta = [[0] * vocab_size for _ in range(3)]
+        self.pending = [[_KEEP] * vocab_size for _ in range(3)]
+        structural = np.ones((3, vocab_size), dtype=np.int64)
+        usable = np.zeros(vocab_size, dtype=bool)
+        non_ascii = np.ones(vocab_size, dtype=np.int64)
+        length = np.ones(vocab_size, dtype=np.int64)
+        for i in range(n):
+            if lltokenizer.is_special_token(i):
+                # Neutral: a grammar allows a special token only where it must come (a tag).
+                usable[i] = True
+                continue
+            b = lltokenizer.decode_bytes([i])
+            if not b:
+                continue
+            usable[i] = True
+            length[i] = len(b)
+            non_ascii[i] = 0 if all(0x20 <= c < 0x7F for c in b) else 1
+            for s in range(3):
+                mode, d, moves, pending = s, 0, False, _KEEP
+                for c in b:
+                    if mode == _ESC:
+                        mode = _STR
+                    elif mode == _STR:
+                        if c == 0x5C:  # backslash
+                            mode = _ESC
+                        elif c == 0x22:
+                            mode, moves, pending = _OUT, True, _CLEAR
+                    elif c == 0x22:
+                        mode, pending = _STR, _CLEAR
+                    elif c in b"{[":
+                        d, pending = d + 1, _CLEAR
+                    elif c in b"}]":
+                        d, moves, pending = d - 1, True, _CLEAR
+                    elif c in b",:":
+                        moves, pending = True, _SET
+                    elif c not in b" \t\n\r":
+                        # A number or literal under way: it stays open until a separator or a
+                        # bracket follows, so extending it is never progress.
+                        pending = _SET
+                self.end_mode[s][i] = mode
+                self.delta[s][i] = d
+                self.pending[s][i] = pending
+                structural[s, i] = 0 if moves else 1
+        ids = np.flatnonzero(usable)
+        self._levels: dict[tuple[int, bool] | int, list[list[np.ndarray]]] = {}
+        for s in range(3):
+            em = np.asarray(self.end_mode[s])
+            pend = np.asarray(self.pending[s])
+            for was_pending in (False, True):
+                after = (pend == _SET) | ((pend == _KEEP) & was_pending)
+                opened = np.asarray(self.delta[s]) + (em != _OUT) + (em == _ESC) + after
+                self._levels[(s, was_pending)] = _tiers(ids, opened, structural[s], non_ascii, length)
+        zeros = np.zeros(vocab_size, dtype=np.int64)
+        self._levels[_NEUTRAL] = _tiers(ids, zeros, zeros, non_ascii, length)
+        self.eos = np.asarray(sorted(set(eos_token_ids)), dtype=np.int64)
+        self.eos_set = frozenset(int(e) for e in self.eos)
+
+    def advance(self, state: ScanState, token_id: int) -> ScanState:
+        s = state.mode
+        if token_id >= self.vocab_size:
+            return state
+        p = self.pending[s][token_id]
+        return ScanState(
+            self.end_mode[s][token_id], state.depth + self.delta[s][token_id], state.incomplete if p == _KEEP else p == _SET
+        )
+
+    def choose(self, allowed: np.ndarray, state: ScanState | None, rng: random.Random) -> int | None:
+        """The rollout's next token among `allowed` (`(vocab,)` bool); None when none is.
+        `state` None: the grammar is not JSON, so only length and ASCII count."""
+        if self.eos.size and allowed[self.eos].any():
+            return int(self.eos[allowed[self.eos]][0])
+        for tiers in self._levels[_NEUTRAL if state is None else (state.mode, state.incomplete)]:
+            for tier in tiers:
+                ok = tier[allowed[tier]]
+                if ok.size:
+                    return int(ok[rng.randrange(ok.size)])
+        return None
+
+
+def _tiers(
+    ids: np.ndarray, opened: np.ndarray, structural: np.ndarray, non_ascii: np.ndarray, length: np.ndarray
+) -> list[list[np.ndarray]]:
+    """Token groups in the order a rollout tries them: by `opened`, then structural (those that
+    move on first), ASCII, then the shortest of those that move on (a bare `"` ends a string
+    without adding text) and the longest of the others (the budget counts tokens, not bytes: a
+    forced key in one token rather than char by char). `structural` is 0 for tokens that move on."""
+    levels = []
+    for h in np.unique(opened[ids]):
+        members = ids[opened[ids] == h]
+        size = np.where(structural[members] == 0, length[members], -length[members])
+        keys = structural[members] * (1 << 40) + non_ascii[members] * (1 << 20) + size
+        order = np.argsort(keys, kind="stable")
+        members, keys = members[order], keys[order]
+        levels.append([members[keys == k] for k in np.unique(keys)])
+    return levels
+
+
+def unpack(bitmask_row: torch.Tensor, vocab_size: int) -> np.ndarray:
+    """One `(ceil(vocab/32),)` int32 bitmask row -> `(vocab_size,)` bool (token i is bit i)."""
+    return np.unpackbits(bitmask_row.numpy().view(np.uint8), bitorder="little")[:vocab_size].astype(bool)
+
+
+def rollout(
+    matcher: llguidance.LLMatcher,
+    state: ScanState | None,
+    table: TokenTable,
+    cap: int,
+    seed: int,
+    scratch: torch.Tensor,
+    hints: list[list[int]] = (),  # type: ignore[assignment]
+) -> list[int] | None:
+    """A token path of at most `cap` tokens from `matcher`'s state (on a copy) to the grammar's
+    end: it ends with an end-of-sequence token, or where the grammar stops. None if none is found.
+
+    `scratch`: a `(1, ceil(vocab/32))` int32 CPU buffer for the masks. `hints`: token sequences to
+    try typing where a string cannot end yet (`spec_hints`, tokenized)."""
+    m = matcher.deep_copy()
+    rng = random.Random(seed)
+    path: list[int] = []
+    while len(path) < cap:
+        if m.is_stopped():
+            return path
+        m.unsafe_compute_mask_ptr(scratch.data_ptr(), scratch.numel() * 4)
+        if m.is_error():
+            return None
+        allowed = unpack(scratch[0], table.vocab_size)
+        token = table.choose(allowed, state, rng)
+        if token is None:
+            return None
+        if hints and _stuck(table, state, token):
+            typed = _type_hint(m, table, state, hints, cap - len(path))
+            if typed is not None:
+                for t in typed:
+                    state = table.advance(state, t) if state is not None else None
+                path.extend(typed)
+                continue
+        path.append(token)
+        if token in table.eos_set:
+            return path
+        if not m.consume_token(token):
+            return None
+        if state is not None:
+            state = table.advance(state, token)
+    return path if m.is_stopped() else None
+
+
+def _stuck(table: TokenTable, state: ScanState | None, token: int) -> bool:
+    """The best token keeps a string open (or, not JSON, does not end the output)."""
+    if state is None:
+        return True
+    return state.mode != _OUT and table.end_mode[state.mode][token] != _OUT
+
+
+def _type_hint(
+    m: llguidance.LLMatcher, table: TokenTable, state: ScanState | None, hints: list[list[int]], room: int
+) -> list[int] | None:
+    """Type the first hint (or hint suffix) the grammar takes and after which the string can end
+    (JSON) or the output can end (not JSON); consumes it on `m`. None if none fits."""
+    for tokens in hints:
+        if len(tokens) >= room:
+            continue
+        c = m.deep_copy()
+        if c.try_consume_tokens(tokens) != len(tokens):
+            continue
+        s = state
+        for t in tokens:
+            s = table.advance(s, t) if s is not None else None
+        if s is None:
+            done = c.is_accepting()
+        else:
+            done = s.mode == _OUT or _can_close_string(c, table, s)
+        if done:
+            m.consume_tokens(tokens)
+            return list(tokens)
+    return None
+
+
+def _can_close_string(c: llguidance.LLMatcher, table: TokenTable, s: ScanState) -> bool:
+    mask = np.frombuffer(c.compute_bitmask(), dtype=np.uint8)
+    allowed = np.unpackbits(mask, bitorder="little")[: table.vocab_size].astype(bool)
+    end_mode = table.end_mode[s.mode]
+    return any(end_mode[t] == _OUT for t in np.flatnonzero(allowed)[:4096])
+
+
+# ---- hints -------------------------------------------------------------------------------------
+def spec_hints(spec: Any) -> list[str]:
+    """Short strings that satisfy the patterns and formats in a JSON Schema (walked whole) or a
+    regex, with their suffixes, shortest first."""
+    found: list[str] = []
+    if isinstance(spec, str):
+        ex = _regex_example(spec)
+        if ex:
+            found.append(ex)
+    else:
+        _collect(spec, found)
+    out: dict[str, None] = {}
+    for h in found:
+        for i in range(len(h)):
+            out.setdefault(h[i:], None)
+    return sorted(out, key=len)[:64]
+
+
+def _collect(node: Any, found: list[str]) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str):
+            ex = _regex_example(node["pattern"])
+            if ex:
+                found.append(ex)
+        if isinstance(node.get("format"), str) and node["format"] in _FORMAT_HINTS:
+            found.append(_FORMAT_HINTS[node["format"]])
+        if isinstance(node.get("patternProperties"), dict):
+            for p in node["patternProperties"]:
+                ex = _regex_example(p)
+                if ex:
+                    found.append(ex)
+        for v in node.values():
+            _collect(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _collect(v, found)
+
+
+def _regex_example(pattern: str) -> str | None:
+    """A short string the pattern matches (Python `re` reading of the pattern), or None."""
+    try:
+        import re._parser as sre_parse  # noqa: PLC0415 - private, but stable since 3.11
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        parsed = sre_parse.parse(pattern)
+        text = _example(parsed.data if hasattr(parsed, "data") else parsed)
+    except (re.error, ValueError, TypeError, RecursionError, IndexError):
+        return None
+    return text if text and len(text) <= 64 and re.search(pattern, text) else None
+
+
+def _example(items: Any) -> str:
+    from re import _constants as c  # noqa: PLC0415
+
+    out = []
+    for op, av in items:
+        if op is c.LITERAL:
+            out.append(chr(av))
+        elif op is c.ANY:
+            out.append("a")
+        elif op is c.IN:
+            out.append(_class_example(av, c))
+        elif op is c.BRANCH:
+            out.append(min((_example(b) for b in av[1]), key=len))
+        elif op is c.SUBPATTERN:
+            out.append(_example(av[-1]))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+            lo, _hi, sub = av
+            out.append(_example(sub) * lo)
+        elif op in (c.AT, getattr(c, "ASSERT", None), getattr(c, "ASSERT_NOT", None)):
+            continue
+        else:
+            raise ValueError(op)
+    return "".join(out)
+
+
+def _class_example(av: Any, c: Any) -> str:
+    if av and av[0][0] is c.NEGATE:
+        excluded = {chr(v) for op, v in av[1:] if op is c.LITERAL}
+        return next(ch for ch in "a0_-. " if ch not in excluded)
+    op, v = av[0]
+    if op is c.LITERAL:
+        return chr(v)
+    if op is c.RANGE:
+        return chr(v[0])
+    if op is c.CATEGORY:
+        return {c.CATEGORY_DIGIT: "0", c.CATEGORY_WORD: "a", c.CATEGORY_SPACE: " "}.get(v, "a")
+    raise ValueError(op)
