@@ -19,6 +19,12 @@ app = typer.Typer(
 model_app = typer.Typer(help="Make and inspect model checkpoints.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
+# Retrieval commands live with retrieval; mounted here so they are `jamba-stack ingest` / `search`.
+from retrieval.cli import ingest_cmd, search_cmd  # noqa: E402
+
+app.command("ingest", help=ingest_cmd.__doc__)(ingest_cmd)
+app.command("search", help=search_cmd.__doc__)(search_cmd)
+
 DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Where the stack keeps its files [env: JAMBA_STACK_DATA_DIR]."),

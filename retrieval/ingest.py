@@ -1,0 +1,363 @@
+"""The ingest pipeline: path -> loaders -> chunks -> embeddings -> Chroma + BM25, with a report.
+
+Idempotent and crash-safe by construction:
+- A manifest (SQLite, in the collection's state dir) maps each ingested file to its content hash.
+  An unchanged file is skipped before it is even parsed.
+- A new or changed file is chunked; chunk ids are hashes of source + text, so its chunks that are
+  already in Chroma are kept (never re-embedded), missing ones are embedded and upserted, and
+  chunks of the old version that are gone are deleted. Only then does the manifest take the new
+  hash.
+- Embeddings are written in slices as they are made. A run killed at any point leaves some files
+  half-replaced in Chroma and not in the manifest; the next run redoes exactly those, embedding
+  only the chunks that never reached Chroma, and ends with the same ids and counts as an
+  uninterrupted run.
+- BM25 is rebuilt from Chroma (the source of truth) at the end of every run that changed
+  anything; a `dirty` mark written before the first change and removed after the rebuild tells
+  the next run, and search, that a crash left it stale.
+- One ingest per collection at a time (a file lock); a second one fails at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from retrieval.bm25 import BM25Index
+from retrieval.chunking import Chunk, Chunker
+from retrieval.embeddings import Embedder, make_embedder
+from retrieval.errors import IngestLockedError
+from retrieval.loaders import (
+    DEFAULT_MAX_BYTES,
+    SkipFile,
+    Skipped,
+    file_sha256,
+    iter_files,
+    load_file,
+    resolve_within,
+)
+from retrieval.store import Store, StoreCollection
+
+EMBED_SLICE = 1024
+"""Chunks embedded and written per step: a kill loses at most this much embedding work."""
+
+
+def bm25_dir(col: StoreCollection) -> Path:
+    return col.state_dir / "bm25"
+
+
+def dirty_mark(col: StoreCollection) -> Path:
+    return col.state_dir / "dirty"
+
+
+def try_lock(col: StoreCollection) -> IO[str] | None:
+    """The collection's ingest lock (an open file; close it to release), or None if it is held."""
+    col.state_dir.mkdir(parents=True, exist_ok=True)
+    f = (col.state_dir / "lock").open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def rebuild_bm25(col: StoreCollection, *, save: bool = True) -> BM25Index:
+    """BM25 over every chunk in Chroma; saved beside the collection when `save`."""
+    ids: list[str] = []
+    texts: list[str] = []
+    metas: list[dict[str, Any]] = []
+    for page_ids, page_texts, page_metas in col.iter_all():
+        ids += page_ids
+        texts += page_texts
+        metas += page_metas
+    idx = BM25Index.build(ids, texts, metas, collection_id=col.id)
+    if save:
+        idx.save(bm25_dir(col))
+        dirty_mark(col).unlink(missing_ok=True)
+    return idx
+
+
+class Manifest:
+    """source path -> (content sha256, chunk count), in SQLite (each write is atomic). Bound to one
+    Chroma collection id: a collection deleted and made again starts an empty manifest."""
+
+    def __init__(self, path: Path, collection_id: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, sha256 TEXT, n_chunks INTEGER, ingested REAL)"
+        )
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = self.db.execute("SELECT value FROM meta WHERE key='collection_id'").fetchone()
+        if row is None or row[0] != collection_id:
+            self.db.execute("DELETE FROM files")
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('collection_id', ?)", (collection_id,))
+
+    def get(self, source: str) -> tuple[str, int] | None:
+        row = self.db.execute("SELECT sha256, n_chunks FROM files WHERE source=?", (source,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def put(self, source: str, sha256: str, n_chunks: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (source, sha256, n_chunks, time.time())
+        )
+
+    def remove(self, source: str) -> None:
+        self.db.execute("DELETE FROM files WHERE source=?", (source,))
+
+    def sources(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT source FROM files")]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did. `chunks_total` is the collection's count at the end; BM25 holds the same."""
+
+    collection: str
+    files_seen: int = 0
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    documents: int = 0
+    chunks_added: int = 0
+    chunks_deleted: int = 0
+    chunks_kept: int = 0
+    chunks_total: int = 0
+    bm25_total: int = 0
+    embedder: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skipped"] = [{"path": s.path, "reason": s.reason} for s in self.skipped]
+        return d
+
+    def summary(self) -> str:
+        t = sum(self.seconds.values())
+        lines = [
+            f"collection {self.collection!r}: {self.chunks_total} chunks (BM25 {self.bm25_total})",
+            f"files: {self.files_seen} seen, {self.files_new} new, {self.files_changed} changed, "
+            f"{self.files_unchanged} unchanged, {self.files_removed} removed, {len(self.skipped)} skipped",
+            f"chunks: {self.chunks_added} added, {self.chunks_deleted} deleted, {self.chunks_kept} kept; "
+            f"{self.documents} documents parsed; {t:.1f} s",
+        ]
+        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass
+class _FilePlan:
+    source: str
+    sha256: str
+    chunks: list[Chunk]
+    add: list[Chunk]
+    stale: list[str]
+    keep: list[Chunk]
+    new: bool
+
+
+def ingest(
+    path: str | Path,
+    collection: str,
+    *,
+    data_dir: str | Path,
+    chroma_url: str = "",
+    root: str | Path | None = None,
+    glob: str | None = None,
+    embedder: Embedder | str | None = None,
+    chunk_tokens: int | None = None,
+    overlap_tokens: int = 32,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    prune: bool = True,
+    progress: bool = False,
+    on_write: Callable[[int], None] | None = None,
+    embed_slice: int = EMBED_SLICE,
+) -> IngestReport:
+    """Ingest a file or a folder (files matching `glob`, default every supported type, recursively)
+    into `collection`, creating it if needed.
+
+    `root`: paths outside it are refused (`PathNotAllowedError`). `prune`: chunks of files that
+    were ingested from this folder before and are gone now are deleted. `chunk_tokens`: default
+    the embedder's window (no truncation). `embed_slice`: chunks embedded per write (a kill loses
+    at most that much work). `on_write(n)` is called after each slice of `n` chunks
+    reaches Chroma (progress in a UI). Raises `PathNotAllowedError`, `SourceNotFoundError`,
+    `EmbedderMismatchError`, `IngestLockedError`, `StoreUnavailableError`; bad files are skipped
+    and listed in the report.
+    """
+    t0 = time.perf_counter()
+    top = resolve_within(path, root)
+    if not isinstance(embedder, Embedder):
+        embedder = make_embedder(embedder or "minilm", cache_dir=Path(data_dir) / "models" / "embeddings")
+    store = Store(data_dir, chroma_url)
+    col = store.open(
+        collection, embedder_name=embedder.name, dim=embedder.dim, backend=embedder.backend, create=True
+    )
+    report = IngestReport(collection=collection, embedder=f"{embedder.name} ({embedder.backend})")
+    lock = try_lock(col)
+    if lock is None:
+        raise IngestLockedError(f"another ingest into {collection!r} is running: wait for it to finish")
+    try:
+        manifest = Manifest(col.state_dir / "manifest.sqlite", col.id)
+        chunker = Chunker(embedder.token_counter(), chunk_tokens or embedder.chunk_tokens, overlap_tokens)
+        report.seconds["open"] = time.perf_counter() - t0
+        plans = _plan(top, glob, root, max_bytes, manifest, col, chunker, report, progress)
+        stale_sources = _stale_sources(top, glob, manifest, report) if prune and top.is_dir() else []
+        changes = any(p.add or p.stale or not p.new for p in plans) or bool(stale_sources)
+        if changes or dirty_mark(col).exists() or not (bm25_dir(col) / "CURRENT").exists():
+            dirty_mark(col).touch()
+        t = time.perf_counter()
+        _write(plans, col, embedder, report, progress, on_write, embed_slice)
+        report.seconds["embed_write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for plan in plans:
+            if plan.stale:
+                col.delete(plan.stale)
+            if plan.keep and not plan.new:  # e.g. chunk_index and mtime moved; no re-embedding
+                col.update_metadata([c.id for c in plan.keep], [c.metadata for c in plan.keep])
+            manifest.put(plan.source, plan.sha256, len(plan.chunks))
+            report.chunks_deleted += len(plan.stale)
+        for source in stale_sources:
+            report.chunks_deleted += col.delete_source(source)
+            manifest.remove(source)
+            report.files_removed += 1
+        report.seconds["finalize"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if dirty_mark(col).exists():
+            report.bm25_total = len(rebuild_bm25(col))
+        else:
+            idx = BM25Index.load(bm25_dir(col))
+            report.bm25_total = len(idx) if idx is not None else 0
+        report.seconds["bm25"] = time.perf_counter() - t
+        report.chunks_total = col.count()
+        manifest.close()
+    finally:
+        lock.close()
+    return report
+
+
+def _plan(
+    top: Path,
+    glob: str | None,
+    root: str | Path | None,
+    max_bytes: int,
+    manifest: Manifest,
+    col: StoreCollection,
+    chunker: Chunker,
+    report: IngestReport,
+    progress: bool,
+) -> list[_FilePlan]:
+    from tqdm.auto import tqdm
+
+    t = time.perf_counter()
+    plans: list[_FilePlan] = []
+    files = list(iter_files(top, glob, Path(root) if root is not None else None))
+    load_s = chunk_s = 0.0
+    for f in tqdm(files, desc="reading", unit="file", disable=not progress or len(files) < 2, leave=False):
+        if isinstance(f, Skipped):
+            report.skipped.append(f)
+            continue
+        report.files_seen += 1
+        source = str(f)
+        try:
+            sha = file_sha256(f)
+        except OSError as e:
+            report.skipped.append(Skipped(source, f"unreadable: {e.strerror or e}"))
+            continue
+        old = manifest.get(source)
+        if old is not None and old[0] == sha:
+            report.files_unchanged += 1
+            continue
+        tl = time.perf_counter()
+        try:
+            docs, skipped = load_file(f, max_bytes)
+        except SkipFile as e:
+            report.skipped.append(Skipped(source, str(e)))
+            docs, skipped = [], []
+        load_s += time.perf_counter() - tl
+        report.skipped.extend(skipped)
+        report.documents += len(docs)
+        tc = time.perf_counter()
+        chunks = [c for cs in chunker.chunk_many(docs) for c in cs]
+        chunk_s += time.perf_counter() - tc
+        existing = set(col.ids_where({"source": source}))
+        if not chunks and not existing and old is None:
+            continue  # skipped and never ingested: nothing to record
+        new_ids = {c.id for c in chunks}
+        plan = _FilePlan(
+            source=source,
+            sha256=sha,
+            chunks=chunks,
+            add=[c for c in chunks if c.id not in existing],
+            stale=sorted(existing - new_ids),
+            keep=[c for c in chunks if c.id in existing],
+            new=old is None,
+        )
+        if old is None and not existing:
+            report.files_new += 1
+        else:
+            report.files_changed += 1
+        report.chunks_kept += len(plan.keep)
+        plans.append(plan)
+    report.seconds["plan"] = time.perf_counter() - t
+    report.seconds["load"] = load_s
+    report.seconds["chunk"] = chunk_s
+    return plans
+
+
+def _stale_sources(top: Path, glob: str | None, manifest: Manifest, report: IngestReport) -> list[str]:
+    """Files ingested from `top` before (matching the same glob) that no longer exist."""
+    prefix = str(top).rstrip("/") + "/"
+    out = []
+    for source in manifest.sources():
+        if not source.startswith(prefix) or Path(source).exists():
+            continue
+        rel = Path(source).relative_to(top)
+        if glob is None or rel.match(glob) or Path(source).match(glob):
+            out.append(source)
+    return out
+
+
+def _write(
+    plans: list[_FilePlan],
+    col: StoreCollection,
+    embedder: Embedder,
+    report: IngestReport,
+    progress: bool,
+    on_write: Callable[[int], None] | None,
+    embed_slice: int,
+) -> None:
+    """Embed every chunk to add, longest first, and upsert slice by slice."""
+    from tqdm.auto import tqdm
+
+    todo = [c for p in plans for c in p.add]
+    if not todo:
+        return
+    order = sorted(range(len(todo)), key=lambda i: -len(todo[i].text))
+    with tqdm(
+        total=len(todo), desc=f"embedding ({embedder.backend})", unit="chunk", disable=not progress
+    ) as bar:
+        for s in range(0, len(order), embed_slice):
+            part = [todo[i] for i in order[s : s + embed_slice]]
+            vecs = np.zeros((len(part), embedder.dim), dtype=np.float32)
+            for b in range(0, len(part), embedder.batch_size):
+                vecs[b : b + embedder.batch_size] = embedder.embed_batch(
+                    [c.text for c in part[b : b + embedder.batch_size]]
+                )
+                bar.update(min(embedder.batch_size, len(part) - b))
+            col.upsert([c.id for c in part], vecs, [c.text for c in part], [c.metadata for c in part])
+            report.chunks_added += len(part)
+            if on_write is not None:
+                on_write(len(part))
