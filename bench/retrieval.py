@@ -473,7 +473,9 @@ def main() -> None:
         res["langchain"] = run_langchain(rows, queries, qrels, work, args)
         save()
     if not args.skip_fp32:
-        res["ours_fp32"], _ = run_ours("ours_fp32", corpus, work, SentenceTransformerEmbedder(), queries, qrels, args)
+        res["ours_fp32"], _ = run_ours(
+            "ours_fp32", corpus, work, SentenceTransformerEmbedder(), queries, qrels, args
+        )
         save()
     if args.tune:
         res["tuning"] = run_tune(ours, args.data)
