@@ -229,7 +229,11 @@ def test_abort_frees_the_cache_before_it_returns(allm: AsyncLLM) -> None:
         return got + [d async for d in stream]
 
     got = _run(main())
-    assert got[-1].finish_reason == "abort" and len(got) == 2
+    # Tokens the engine made before the abort landed may still arrive (how many is a race);
+    # none is lost or repeated, and the stream ends exactly once, with "abort".
+    assert got[-1].finish_reason == "abort" and not any(d.finished for d in got[:-1])
+    assert got[-1].usage is not None
+    assert sum(len(d.token_ids) for d in got) == got[-1].usage.completion_tokens
 
 
 def test_streams_of_a_closed_event_loop_are_aborted(allm: AsyncLLM) -> None:
