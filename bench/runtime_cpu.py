@@ -11,15 +11,16 @@ limit, and writes everything to JSON.
 Method (also printed and stored in the JSON):
   prefill  one forward over a batch-1 prompt of P tokens: ours `model(input_ids)` (full logits),
            transformers `model(input_ids).logits`, both under `torch.inference_mode()`;
-           tokens/s = P / median time.
-  decode   greedy generation of N new tokens after a P-token prompt; decode time = median time of
-           an N-token generate minus median time of a 1-token generate (prefill + first token), so
-           tokens/s = batch * (N - 1) / (T_N - T_1). Ours: `LLM.generate` with token-id prompts and
-           `SamplingParams(max_tokens=N, temperature=0, ignore_eos=True)`; transformers:
-           `model.generate(..., do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the
-           generation config's `eos_token_id` cleared (the equivalent of `ignore_eos`: with an
-           eos id set, `min_new_tokens` would mask eos logits and change greedy picks).
-  Measurements of the two sides alternate, after one warm-up call each.
+           tokens/s = P / median time. The two sides alternate call by call after a warm-up.
+  decode   greedy generation of N new tokens after a P-token prompt, batch 1 and 4. Ours:
+           `LLM.generate` with token-id prompts and `SamplingParams(max_tokens=N, temperature=0,
+           ignore_eos=True)`; transformers: `model.generate(..., do_sample=False,
+           max_new_tokens=N, min_new_tokens=N)` with the generation config's `eos_token_id`
+           cleared (the equivalent of `ignore_eos`: with an eos id set, `min_new_tokens` would mask
+           eos logits and change greedy picks). A forward hook on each side's `lm_head` stamps
+           the end of every forward step, so decode time is measured inside one call: from the
+           step that yields the first token to the last step (N - 1 steps, sampling and
+           bookkeeping included); tokens/s = batch * (N - 1) / median decode time.
 """
 
 from __future__ import annotations
@@ -87,16 +88,17 @@ SHAPE_100M: dict[str, Any] = {
 }
 
 METHOD = {
-    "prefill": "P / median time of one batch-1 forward over P tokens (full logits), after a warm-up",
+    "prefill": "P / median time of one batch-1 forward over P tokens (full logits); sides alternate after a warm-up",
     "decode": (
-        "batch * (N - 1) / (median T(generate N tokens) - median T(generate 1 token)); greedy, eos "
-        "ignored (ours ignore_eos=True; transformers eos_token_id cleared, min_new_tokens=N)"
+        "batch * (N - 1) / median decode time, decode time measured inside one generate call from the "
+        "LM-head call that yields token 1 to the one that yields token N (forward hooks); greedy, eos "
+        "ignored (ours ignore_eos=True; transformers eos_token_id cleared, min_new_tokens=N); sides "
+        "alternate after a short warm-up"
     ),
-    "order": "the two sides alternate call by call, after one warm-up call each",
     "bound_prefill": "matmul FLOPs per token (2 x active matmul params + causal attention) / measured fp32 matmul rate",
     "bound_decode": (
-        "batch / (bytes read per step (active weights + expected distinct experts + KV + Mamba "
-        "state) / measured read bandwidth)"
+        "batch / (bytes read per step (all weights but the embedding and unrouted experts, expected "
+        "distinct experts for the batch, KV, Mamba state) / measured read bandwidth)"
     ),
 }
 
@@ -289,6 +291,10 @@ class Ours:
             self._llm = LLM(model=str(self.directory), dtype="float32")
         return self._llm
 
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.llm.model.lm_head
+
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model(ids)
@@ -307,6 +313,10 @@ class Theirs:
         # Key difference to ours: there is no ignore_eos; with no eos id, nothing stops or masks.
         self.model.generation_config.eos_token_id = None
         self.pad_token_id = self.model.config.pad_token_id or 0
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.lm_head
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -379,25 +389,17 @@ def bench_shape(
 
     for batch in (1, 4):
         ids = prompts(config.vocab_size, batch, p, seed=2 + batch)
-        tokens: dict[str, list[list[int]]] = {}
         watch = Contention()
+        runs: dict[str, list[tuple[float, float, list[list[int]]]]] = {"ours": [], "hf": []}
+        for side in (ours, theirs):
+            side.generate(ids, min(n, 4))  # warm-up at the same prompt shape
+        for _ in range(reps):
+            for side, key in [(ours, "ours"), (theirs, "hf")]:
+                runs[key].append(timed_generate(side, ids, n))
+        tokens = {key: r[-1][2] for key, r in runs.items()}
 
-        def run(side: Any, key: str, k: int) -> None:
-            tokens[key] = side.generate(ids, k)
-
-        t1_ours, t1_hf, tn_ours, tn_hf = alternate(
-            [
-                lambda: run(ours, "ours1", 1),
-                lambda: run(theirs, "hf1", 1),
-                lambda: run(ours, "ours", n),
-                lambda: run(theirs, "hf", n),
-            ],
-            reps,
-        )
-
-        def rate(t1: list[float], tn: list[float]) -> float:
-            dt = statistics.median(tn) - statistics.median(t1)
-            return batch * (n - 1) / dt if dt > 0 else math.nan
+        def rate(key: str) -> float:
+            return batch * (n - 1) / statistics.median(d for _, d, _ in runs[key])
 
         same = tokens["ours"] == tokens["hf"]
         agree = [_common_prefix(a, b) for a, b in zip(tokens["ours"], tokens["hf"], strict=True)]
@@ -405,16 +407,14 @@ def bench_shape(
             Row(
                 name,
                 f"decode b={batch} N={n}",
-                rate(t1_ours, tn_ours),
-                rate(t1_hf, tn_hf),
+                rate("ours"),
+                rate("hf"),
                 decode_bound(config, counts, batch, p + n // 2, hw),
                 {
-                    "ours_t1_s": t1_ours,
-                    "ours_tn_s": tn_ours,
-                    "transformers_t1_s": t1_hf,
-                    "transformers_tn_s": tn_hf,
-                    "ttft_ours_s": statistics.median(t1_ours),
-                    "ttft_transformers_s": statistics.median(t1_hf),
+                    "ours_ttft_s": [t for t, _, _ in runs["ours"]],
+                    "ours_decode_s": [d for _, d, _ in runs["ours"]],
+                    "transformers_ttft_s": [t for t, _, _ in runs["hf"]],
+                    "transformers_decode_s": [d for _, d, _ in runs["hf"]],
                     "greedy_match": same,
                     "greedy_agreeing_prefix": agree,
                     "others_cpu_share": watch.others_share(),
@@ -422,12 +422,34 @@ def bench_shape(
             )
         )
         info[f"greedy_match_b{batch}"] = same
+        ttft = {k: statistics.median(t for t, _, _ in r) for k, r in runs.items()}
         log(
             f"[{name}] {rows[-1].metric}: ours {rows[-1].ours:.1f}, transformers {rows[-1].transformers:.1f} "
-            f"tok/s; greedy tokens {'match' if same else 'differ (agreeing prefix ' + str(agree) + ')'}"
+            f"tok/s (time to first token {ttft['ours']:.2f}s vs {ttft['hf']:.2f}s); greedy tokens "
+            + ("match" if same else f"differ (agreeing prefix {agree})")
         )
-    gc.collect()
     return rows, info
+
+
+def timed_generate(side: Ours | Theirs, ids: torch.Tensor, n: int) -> tuple[float, float, list[list[int]]]:
+    """Generate `n` tokens per row; return (time to first token, decode time, tokens).
+
+    Each forward step of either implementation ends with one LM-head call (ours runs it even for a
+    prefill chunk that samples nothing), so a forward hook on `lm_head` timestamps every step. The
+    last `n` calls are the step that produced the first token and the `n - 1` decode steps: decode
+    time = last - n-th from last, covering `n - 1` full steps (sampling, detokenising and
+    scheduling included); time to first token = n-th from last - call start.
+    """
+    stamps: list[float] = []
+    handle = side.lm_head.register_forward_hook(lambda *_: stamps.append(time.perf_counter()))
+    try:
+        t0 = time.perf_counter()
+        tokens = side.generate(ids, n)
+    finally:
+        handle.remove()
+    assert len(stamps) >= n, f"{type(side).__name__}: {len(stamps)} LM-head calls for {n} tokens"
+    assert all(len(t) == n for t in tokens), "every row generates exactly n tokens (eos ignored)"
+    return stamps[-n] - t0, stamps[-1] - stamps[-n], tokens
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -488,7 +510,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompt-len", type=int, default=512, help="prompt tokens P (default 512)")
     ap.add_argument("--new-tokens", type=int, default=64, help="generated tokens N (default 64)")
     ap.add_argument(
-        "--repeats", type=int, default=3, help="timed calls per measurement after the warm-up (default 3)"
+        "--repeats", type=int, default=5, help="timed calls per measurement after the warm-up (default 5)"
     )
     ap.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)})"
@@ -501,7 +523,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.prompt_len, args.new_tokens, args.repeats = 64, 16, 1
     if args.new_tokens < 2:
-        ap.error("--new-tokens must be at least 2: decode time is T(N tokens) - T(1 token)")
+        ap.error("--new-tokens must be at least 2: decode time runs from the first token to the last")
     if args.prompt_len < 1 or args.repeats < 1 or args.threads < 1:
         ap.error("--prompt-len, --repeats and --threads must be positive")
     return args
@@ -556,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             rows_, info = bench_shape(shape, directory, args, hw, log)
             rows += rows_
             shape_info[shape] = info
+            gc.collect()  # both models of this shape go before the next loads
 
     elapsed = time.perf_counter() - start
     table = format_table(rows)
@@ -572,6 +595,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{shape}: {c['total']:,} parameters, {c['active_matmul_per_token']:,} active matmul params/token, "
             f"prefill logits max |ours - transformers| = {info['prefill_logits_max_abs_diff']:.2e}"
+        )
+    shares = [r.detail.get("others_cpu_share") or 0.0 for r in rows]
+    if max(shares, default=0.0) > 0.05:
+        print(
+            f"WARNING: other processes used up to {max(shares):.0%} of all cores while rows were measured "
+            "(column others' CPU); those rows are unreliable: rerun on an idle machine"
         )
     print(
         f"hardware: {hardware['cpu_model']}, {hardware['threads']} threads, fp32 matmul {hw['matmul_gflops']:.1f} GFLOP/s, "

@@ -11,12 +11,14 @@ import logging
 import operator
 import threading
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 
 import torch
 
 from jamba_runtime.cache_manager import CacheAllocation, CacheManager
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
+from jamba_runtime.grammar import GrammarCompiler, GrammarMatcher
 from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.paged_cache import PagedHybridCache, block_bytes, slot_bytes
 from jamba_runtime.runner import ModelRunner
@@ -24,7 +26,7 @@ from jamba_runtime.sampler import logprobs_of, sample
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.scheduler import Scheduler, SchedulerConfig
 from jamba_runtime.sequence import Sequence
-from jamba_runtime.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
+from jamba_runtime.structured import StructuredOutput
 from jamba_runtime.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -153,6 +155,7 @@ class LLMEngine:
         self._preemptions = 0
         self._recent: list[tuple[float, int]] = []
         self._grammars: GrammarCompiler | None = None
+        self._mask_thread: futures.ThreadPoolExecutor | None = None
         self._grammars_lock = threading.Lock()
 
     def _cache_budget(self, cfg: EngineConfig) -> int:
@@ -302,7 +305,21 @@ class LLMEngine:
                 "add_request keeps every request admissible"
             )
             return []
-        to_sample, logits = self.runner.execute(plan)
+        # The grammar masks depend only on the matchers, which are known now: fill them on a
+        # worker thread while the forward runs (llguidance releases the GIL), so structured
+        # requests do not serialize the step. The samplers are the runner's `to_sample`.
+        samplers = [
+            i.seq for i in plan.scheduled if i.seq.num_computed_tokens + i.num_tokens == i.seq.num_tokens
+        ]
+        masks = self._start_masks(samplers)
+        try:
+            to_sample, logits = self.runner.execute(plan)
+        finally:
+            if masks is not None:
+                futures.wait([masks])  # the worker never outlives the step (it owns the matchers meanwhile)
+        assert [id(s) for s in to_sample] == [id(s) for s in samplers], (
+            "the runner samples what the plan says"
+        )
         for item in plan.scheduled:
             item.seq.num_computed_tokens += item.num_tokens
         outputs: list[StepOutput] = []
@@ -313,9 +330,7 @@ class LLMEngine:
                 seq.prompt_token_ids
             ):
                 self._save(self._save_snapshot_as.pop(seq.request_id), seq)
-        # On CUDA the forward is still running here (nothing has synchronised): the masks are
-        # filled on the CPU meanwhile, and `sample` waits for the logits.
-        bitmask, mask_rows, broken = self._fill_masks(to_sample)
+        bitmask, mask_rows, broken = masks.result() if masks is not None else (None, [], set())
         tokens = sample(
             logits,
             [s.params for s in to_sample],
@@ -328,7 +343,11 @@ class LLMEngine:
         for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
             if seq.grammar is not None:
                 # The grammar may replace the token to finish within max_tokens (grammar_closing).
-                token = -1 if row in broken else seq.grammar.take(token, seq.max_new_tokens - len(seq.output_token_ids))
+                token = (
+                    -1
+                    if row in broken
+                    else seq.grammar.take(token, seq.max_new_tokens - len(seq.output_token_ids))
+                )
                 if token < 0:
                     self._end_broken_grammar(seq, outputs)
                     continue
@@ -350,6 +369,14 @@ class LLMEngine:
         while now - self._recent[0][0] > _RATE_WINDOW_S:
             self._recent.pop(0)
         return outputs
+
+    def _start_masks(self, samplers: list[Sequence]) -> futures.Future | None:
+        """Start `_fill_masks` on the mask thread, or None when no sampler is constrained."""
+        if not any(s.grammar is not None for s in samplers):
+            return None
+        if self._mask_thread is None:
+            self._mask_thread = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
+        return self._mask_thread.submit(self._fill_masks, samplers)
 
     def _fill_masks(self, to_sample: list[Sequence]) -> tuple[torch.Tensor | None, list[int], set[int]]:
         """The token bitmask of each constrained row of this step: `(bitmask, rows, broken)`,

@@ -69,11 +69,13 @@ class TokenTable:
     way, or a `,` or `:` that must be followed; whitespace keeps what was pending). Per start state
     (mode, pending), tokens are grouped into levels by how many things are open after them
     (string, escape, pending, net brackets); within a level, tokens that move on in the
-    structure (end a string, close a bracket) come first, then ASCII, then by length (`_tiers`).
+    structure (end a string, close a bracket) come first, then ASCII, then by length (`_order`).
     One more order (ASCII, longest) serves grammars that are not JSON.
     """
 
-    def __init__(self, lltokenizer: llguidance.LLTokenizer, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
+    def __init__(
+        self, lltokenizer: llguidance.LLTokenizer, vocab_size: int, eos_token_ids: Iterable[int]
+    ) -> None:
         n = min(vocab_size, lltokenizer.vocab_size)
         self.vocab_size = vocab_size
         self.end_mode = [[s] * vocab_size for s in range(3)]
@@ -121,18 +123,29 @@ class TokenTable:
                 self.pending[s][i] = pending
                 structural[s, i] = 0 if moves else 1
         ids = np.flatnonzero(usable)
-        self._levels: dict[tuple[int, bool] | int, list[list[np.ndarray]]] = {}
+        self._orders: dict[tuple[int, bool] | int, tuple[np.ndarray, np.ndarray]] = {}
         for s in range(3):
             em = np.asarray(self.end_mode[s])
             pend = np.asarray(self.pending[s])
             for was_pending in (False, True):
                 after = (pend == _SET) | ((pend == _KEEP) & was_pending)
                 opened = np.asarray(self.delta[s]) + (em != _OUT) + (em == _ESC) + after
-                self._levels[(s, was_pending)] = _tiers(ids, opened, structural[s], non_ascii, length)
+                self._orders[(s, was_pending)] = _order(ids, opened, structural[s], non_ascii, length)
         zeros = np.zeros(vocab_size, dtype=np.int64)
-        self._levels[_NEUTRAL] = _tiers(ids, zeros, zeros, non_ascii, length)
+        self._orders[_NEUTRAL] = _order(ids, zeros, zeros, non_ascii, length)
         self.eos = np.asarray(sorted(set(eos_token_ids)), dtype=np.int64)
         self.eos_set = frozenset(int(e) for e in self.eos)
+        # per start mode in a string: the tokens that end it
+        self.closes_string = [ids[np.asarray(self.end_mode[s])[ids] == _OUT] for s in range(3)]
+        # one token per printable ASCII character, for `_search_chars`: (byte, token id)
+        singles: dict[int, int] = {}
+        for i in ids[length[ids] == 1]:
+            i = int(i)
+            if not lltokenizer.is_special_token(i) and i < n:
+                b = lltokenizer.decode_bytes([i])
+                if len(b) == 1 and 0x20 <= b[0] < 0x7F and b[0] != 0x22 and b[0] != 0x5C:
+                    singles.setdefault(b[0], i)
+        self.single_chars = sorted(singles.items())
 
     def advance(self, state: ScanState, token_id: int) -> ScanState:
         s = state.mode
@@ -140,43 +153,44 @@ class TokenTable:
             return state
         p = self.pending[s][token_id]
         return ScanState(
-            self.end_mode[s][token_id], state.depth + self.delta[s][token_id], state.incomplete if p == _KEEP else p == _SET
+            self.end_mode[s][token_id],
+            state.depth + self.delta[s][token_id],
+            state.incomplete if p == _KEEP else p == _SET,
         )
 
-    def choose(self, allowed: np.ndarray, state: ScanState | None, rng: random.Random) -> int | None:
-        """The rollout's next token among `allowed` (`(vocab,)` bool); None when none is.
-        `state` None: the grammar is not JSON, so only length and ASCII count."""
+    def choose(self, words: np.ndarray, state: ScanState | None, rng: random.Random) -> int | None:
+        """The rollout's next token among those allowed by the bitmask `words` (`(ceil(vocab/32),)`
+        uint32, token i is bit i % 32 of word i // 32); None when none is. `state` None: the
+        grammar is not JSON, so only length and ASCII count."""
+        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")
         if self.eos.size and allowed[self.eos].any():
-            return int(self.eos[allowed[self.eos]][0])
-        for tiers in self._levels[_NEUTRAL if state is None else (state.mode, state.incomplete)]:
-            for tier in tiers:
-                ok = tier[allowed[tier]]
-                if ok.size:
-                    return int(ok[rng.randrange(ok.size)])
-        return None
+            return int(self.eos[allowed[self.eos].astype(bool)][0])
+        order, tier_end = self._orders[_NEUTRAL if state is None else (state.mode, state.incomplete)]
+        ok = allowed[order]
+        first = int(ok.argmax())
+        if not ok[first]:
+            return None
+        end = int(tier_end[first])
+        cands = order[first:end][ok[first:end].astype(bool)]
+        return int(cands[rng.randrange(cands.size)])
 
 
-def _tiers(
+def _order(
     ids: np.ndarray, opened: np.ndarray, structural: np.ndarray, non_ascii: np.ndarray, length: np.ndarray
-) -> list[list[np.ndarray]]:
-    """Token groups in the order a rollout tries them: by `opened`, then structural (those that
-    move on first), ASCII, then the shortest of those that move on (a bare `"` ends a string
-    without adding text) and the longest of the others (the budget counts tokens, not bytes: a
-    forced key in one token rather than char by char). `structural` is 0 for tokens that move on."""
-    levels = []
-    for h in np.unique(opened[ids]):
-        members = ids[opened[ids] == h]
-        size = np.where(structural[members] == 0, length[members], -length[members])
-        keys = structural[members] * (1 << 40) + non_ascii[members] * (1 << 20) + size
-        order = np.argsort(keys, kind="stable")
-        members, keys = members[order], keys[order]
-        levels.append([members[keys == k] for k in np.unique(keys)])
-    return levels
-
-
-def unpack(bitmask_row: torch.Tensor, vocab_size: int) -> np.ndarray:
-    """One `(ceil(vocab/32),)` int32 bitmask row -> `(vocab_size,)` bool (token i is bit i)."""
-    return np.unpackbits(bitmask_row.numpy().view(np.uint8), bitorder="little")[:vocab_size].astype(bool)
+) -> tuple[np.ndarray, np.ndarray]:
+    """The usable token ids in the order a rollout tries them, and for each position the end of
+    its tier (tokens equally good, chosen among at random). Order: by `opened`, then structural
+    (those that move on first; `structural` is 0 for them), ASCII, then the shortest of those that
+    move on (a bare `"` ends a string without adding text) and the longest of the others (the
+    budget counts tokens, not bytes: a forced key in one token rather than char by char)."""
+    size = np.where(structural[ids] == 0, length[ids], -length[ids])
+    keys = np.stack([opened[ids], structural[ids], non_ascii[ids], size])
+    order = np.lexsort(keys[::-1])
+    keys = keys[:, order]
+    change = np.flatnonzero((keys[:, 1:] != keys[:, :-1]).any(axis=0)) + 1
+    bounds = np.append(change, len(order))
+    tier_end = np.repeat(bounds, np.diff(np.concatenate([[0], bounds])))
+    return ids[order], tier_end
 
 
 def rollout(
@@ -187,32 +201,40 @@ def rollout(
     seed: int,
     scratch: torch.Tensor,
     hints: list[list[int]] = (),  # type: ignore[assignment]
+    hint_chars: frozenset[int] = frozenset(),
 ) -> list[int] | None:
     """A token path of at most `cap` tokens from `matcher`'s state (on a copy) to the grammar's
     end: it ends with an end-of-sequence token, or where the grammar stops. None if none is found.
 
-    `scratch`: a `(1, ceil(vocab/32))` int32 CPU buffer for the masks. `hints`: token sequences to
-    try typing where a string cannot end yet (`spec_hints`, tokenized)."""
+    `scratch`: a `(1, ceil(vocab/32))` int32 CPU buffer for the masks. Where a string cannot end
+    yet (or, not JSON, the output), the rollout first tries to type one of `hints` (`spec_hints`,
+    tokenized), then searches short strings of single characters (`_search_chars`; `hint_chars`,
+    the bytes of the hints, are tried first when many characters are allowed)."""
     m = matcher.deep_copy()
     rng = random.Random(seed)
+    words = scratch.numpy()[0].view(np.uint32)  # a view: sees each mask written into `scratch`
     path: list[int] = []
+    search_again = 0  # a failed search is not repeated at every step
     while len(path) < cap:
         if m.is_stopped():
             return path
         m.unsafe_compute_mask_ptr(scratch.data_ptr(), scratch.numel() * 4)
         if m.is_error():
             return None
-        allowed = unpack(scratch[0], table.vocab_size)
-        token = table.choose(allowed, state, rng)
+        token = table.choose(words, state, rng)
         if token is None:
             return None
-        if hints and _stuck(table, state, token):
-            typed = _type_hint(m, table, state, hints, cap - len(path))
+        if _stuck(table, state, token) and len(path) >= search_again:
+            room = cap - len(path)
+            typed = _type_hint(m, table, state, hints, room) if hints else None
+            if typed is None:
+                typed = _search_chars(m, table, state, hint_chars, room)
             if typed is not None:
                 for t in typed:
                     state = table.advance(state, t) if state is not None else None
                 path.extend(typed)
                 continue
+            search_again = len(path) + 4
         path.append(token)
         if token in table.eos_set:
             return path
@@ -254,11 +276,50 @@ def _type_hint(
     return None
 
 
+_SEARCH_DEPTH = 4
+_SEARCH_NODES = 192
+_SEARCH_WIDTH = 24
+
+
+def _search_chars(
+    m: llguidance.LLMatcher, table: TokenTable, state: ScanState | None, hint_chars: frozenset[int], room: int
+) -> list[int] | None:
+    """Breadth-first over single-character tokens, up to `_SEARCH_DEPTH` deep and `_SEARCH_NODES`
+    matchers: the shortest string after which the string can end (JSON) or the output can
+    (not JSON), e.g. the unit letter a `duration` needs after its digits. Digits are tried as
+    0 and 1 only; where more than `_SEARCH_WIDTH` characters are allowed (free text), the hint
+    characters first. Consumes the result on `m`; None if nothing is found."""
+    frontier = [(m, state, [])]
+    nodes = 0
+    for _ in range(min(_SEARCH_DEPTH, room - 1)):
+        deeper = []
+        for node, s, typed in frontier:
+            allowed = np.unpackbits(np.frombuffer(node.compute_bitmask(), dtype=np.uint8), bitorder="little")
+            chars = [(b, t) for b, t in table.single_chars if allowed[t]]
+            digits = [bt for bt in chars if 0x30 <= bt[0] <= 0x39][:2]
+            chars = [bt for bt in chars if not 0x30 <= bt[0] <= 0x39] + digits
+            if len(chars) > _SEARCH_WIDTH:
+                chars = sorted(chars, key=lambda bt: bt[0] not in hint_chars)[:_SEARCH_WIDTH]
+            for _, t in chars:
+                c = node.deep_copy()
+                if not c.consume_token(t):
+                    continue
+                s2 = table.advance(s, t) if s is not None else None
+                path = [*typed, t]
+                if c.is_accepting() if s2 is None else s2.mode == _OUT or _can_close_string(c, table, s2):
+                    m.consume_tokens(path)
+                    return path
+                deeper.append((c, s2, path))
+                nodes += 1
+                if nodes >= _SEARCH_NODES:
+                    return None
+        frontier = deeper
+    return None
+
+
 def _can_close_string(c: llguidance.LLMatcher, table: TokenTable, s: ScanState) -> bool:
-    mask = np.frombuffer(c.compute_bitmask(), dtype=np.uint8)
-    allowed = np.unpackbits(mask, bitorder="little")[: table.vocab_size].astype(bool)
-    end_mode = table.end_mode[s.mode]
-    return any(end_mode[t] == _OUT for t in np.flatnonzero(allowed)[:4096])
+    allowed = np.unpackbits(np.frombuffer(c.compute_bitmask(), dtype=np.uint8), bitorder="little")
+    return bool(allowed[table.closes_string[s.mode]].any())
 
 
 # ---- hints -------------------------------------------------------------------------------------

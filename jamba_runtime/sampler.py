@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from jamba_runtime.grammar import apply_token_bitmask
 from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.structured import apply_token_bitmask
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

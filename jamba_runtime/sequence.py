@@ -10,8 +10,8 @@ from typing import Protocol
 import torch
 
 from jamba_runtime.cache_manager import CacheAllocation
+from jamba_runtime.grammar import GrammarMatcher
 from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.structured import GrammarMatcher
 
 _ids = itertools.count()
 

@@ -21,8 +21,10 @@ from jamba_runtime import LLM, AsyncLLM, SamplingParams
 from jamba_runtime.engine import EngineConfig
 from jamba_runtime.errors import InvalidRequestError
 from jamba_runtime.structured import (
+    MAX_SAFE_INTEGER,
     StructuredOutput,
     apply_token_bitmask,
+    narrow_schema,
     parse_tool_calls,
     tool_parameters,
     unpack_bitmask,
@@ -55,7 +57,10 @@ SEARCH = {
         "name": "search",
         "parameters": {
             "type": "object",
-            "properties": {"query": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1, "maximum": 10}},
+            "properties": {
+                "query": {"type": "string"},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 10},
+            },
             "required": ["query"],
         },
     },
@@ -65,10 +70,12 @@ TOOLS = (WEATHER, SEARCH, NOW)
 
 
 def validator(schema: dict) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
 
 
-def params(spec: StructuredOutput, seed: int, max_tokens: int = 128, **kw: object) -> SamplingParams:
+def params(spec: StructuredOutput, seed: int, max_tokens: int = 48, **kw: object) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed, structured=spec, **kw)
 
 
@@ -97,9 +104,27 @@ def check_calls(text: str, tools: tuple[dict, ...], allowed: set[str] | None = N
 def test_suite_has_the_schemas_the_issue_asks_for() -> None:
     assert len(SUITE) >= 40
     text = json.dumps(SUITE)
-    for keyword in ("minItems", "maxItems", "enum", "anyOf", "oneOf", "$defs", "$ref", "format", "pattern",
-                    "minimum", "maximum", "exclusiveMinimum", "required", '"additionalProperties": false',
-                    '"additionalProperties": true', "prefixItems", "allOf", "patternProperties", "multipleOf"):
+    for keyword in (
+        "minItems",
+        "maxItems",
+        "enum",
+        "anyOf",
+        "oneOf",
+        "$defs",
+        "$ref",
+        "format",
+        "pattern",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "required",
+        '"additionalProperties": false',
+        '"additionalProperties": true',
+        "prefixItems",
+        "allOf",
+        "patternProperties",
+        "multipleOf",
+    ):
         assert keyword in text, keyword
     assert any(s.get("properties", {}).get("address", {}).get("type") == "object" for s in SUITE.values())
 
@@ -113,7 +138,7 @@ def test_suite_generations_all_parse_and_validate(llm: LLM) -> None:
             # Short prompts: a step that admits a request runs the Mamba scan over its whole
             # prompt for every row of the batch, so long prompts would dominate this test's time.
             prompts.append(f"JSON {k}:")
-            plist.append(params(spec, seed=100 * i + k))
+            plist.append(params(spec, seed=100 * i + k, max_tokens=128))
     outs = llm.generate(prompts, plist)
     assert len(outs) >= 200
     failures = []
@@ -137,7 +162,14 @@ def test_json_object(llm: LLM) -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"[a-z]{3}-\d{2,4}", r"(yes|no|maybe)", r"[A-Z][a-z]+ [0-9]+", r"[a-z]+@[a-z]+\.(com|org)", r"ab+c"],
+    [
+        r"[a-z]{3}-\d{2,4}",
+        r"(yes|no|maybe)",
+        r"[A-Z][a-z]+ [0-9]+",
+        r"[a-z]+@[a-z]+\.(com|org)",
+        r"ab+c",
+        r"\d{4}-\d{2}-\d{2}\s\w+",  # \d, \w, \s as Python's re reads them
+    ],
 )
 def test_regex(llm: LLM, pattern: str) -> None:
     spec = StructuredOutput(regex=pattern)
@@ -166,7 +198,9 @@ def test_greedy_structured(llm: LLM) -> None:
 # ---- tools -------------------------------------------------------------------------------------------
 def test_tools_required(llm: LLM) -> None:
     spec = StructuredOutput(tools=TOOLS, tool_choice="required")
-    outs = llm.generate(["What is the weather?"] * 12, [params(spec, seed=s, max_tokens=128) for s in range(12)])
+    outs = llm.generate(
+        ["What is the weather?"] * 12, [params(spec, seed=s, max_tokens=128) for s in range(12)]
+    )
     counts = []
     for out in outs:
         assert out.finish_reason == "stop"
@@ -179,8 +213,16 @@ def test_tools_required(llm: LLM) -> None:
     assert max(counts) >= 2, "some outputs should hold parallel calls"
 
 
+def test_tools_without_parallel_calls_make_one_call(llm: LLM) -> None:
+    spec = StructuredOutput(tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
+    outs = llm.generate(["Weather?"] * 8, [params(spec, seed=s, max_tokens=64) for s in range(8)])
+    assert all(len(check_calls(o.text, TOOLS)) == 1 and o.finish_reason == "stop" for o in outs)
+
+
 def test_tools_named(llm: LLM) -> None:
-    spec = StructuredOutput(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    spec = StructuredOutput(
+        tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}
+    )
     outs = llm.generate(["Weather in Paris?"] * 6, [params(spec, seed=s, max_tokens=128) for s in range(6)])
     for out in outs:
         assert out.finish_reason == "stop"
@@ -217,7 +259,9 @@ def test_tools_auto_when_the_model_calls(llm: LLM, monkeypatch: pytest.MonkeyPat
     tag = llm.tokenizer.token_to_id("<tool_calls>")
     _bias_token(llm, tag, at_output_len=3, monkeypatch=monkeypatch)
     spec = StructuredOutput(tools=TOOLS, tool_choice="auto")
-    outs = llm.generate(["Weather?"] * 6, [params(spec, seed=s, max_tokens=128, stop=["}"]) for s in range(6)])
+    outs = llm.generate(
+        ["Weather?"] * 6, [params(spec, seed=s, max_tokens=128, stop=["}"]) for s in range(6)]
+    )
     for out in outs:
         assert out.finish_reason == "stop"
         content, calls = parse_tool_calls(out.text)
@@ -249,7 +293,9 @@ def test_tools_none_never_opens_a_block(llm: LLM, monkeypatch: pytest.MonkeyPatc
         assert tag not in out.token_ids and "<tool_calls>" not in out.text
 
 
-def test_tool_block_is_not_opened_without_budget_to_close_it(llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tool_block_is_not_opened_without_budget_to_close_it(
+    llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tag = llm.tokenizer.token_to_id("<tool_calls>")
     _bias_token(llm, tag, at_output_len=5, monkeypatch=monkeypatch)
     spec = StructuredOutput(tools=TOOLS, tool_choice="auto")
@@ -276,7 +322,9 @@ def test_budget_too_small_for_any_completion_ends_with_length(llm: LLM) -> None:
 
 def test_stop_strings_do_not_cut_structured_output(llm: LLM) -> None:
     spec = StructuredOutput(json_schema=SUITE["nested_address"])
-    outs = llm.generate(["x"] * 4, [params(spec, seed=s, stop=["}", '"', ":"], stop_token_ids=[30, 31]) for s in range(4)])
+    outs = llm.generate(
+        ["x"] * 4, [params(spec, seed=s, stop=["}", '"', ":"], stop_token_ids=[30, 31]) for s in range(4)]
+    )
     for out in outs:
         validator(SUITE["nested_address"]).validate(json.loads(out.text))
 
@@ -294,12 +342,14 @@ def test_preemption_and_chunked_prefill_keep_outputs_valid(llm: LLM, tiny_model_
     # token budget splits the long prompts into chunks.
     tight = LLM(
         model=tiny_model_dir,
-        engine=EngineConfig(max_num_seqs=8, max_num_batched_tokens=48, block_size=16, cache_memory_gb=_tight_gb(llm)),
+        engine=EngineConfig(
+            max_num_seqs=8, max_num_batched_tokens=48, block_size=16, cache_memory_gb=_tight_gb(llm)
+        ),
     )
     schema = SUITE["entity_extraction"]
     spec = StructuredOutput(json_schema=schema)
-    prompts = ["word " * (30 + 7 * i) for i in range(8)]
-    outs = tight.generate(prompts, [params(spec, seed=s, max_tokens=40) for s in range(8)])
+    prompts = ["word " * (24 + 6 * i) for i in range(8)]
+    outs = tight.generate(prompts, [params(spec, seed=s, max_tokens=32) for s in range(8)])
     assert tight.engine.metrics().preemptions_total > 0
     for out in outs:
         assert out.finish_reason == "stop"
@@ -313,7 +363,9 @@ def _tight_gb(llm: LLM) -> float:
 
     cfg = llm.model.config
     slots = 8 + 4
-    return (slots * slot_bytes(cfg, llm.model.dtype) + 12.5 * block_bytes(cfg, 16, llm.model.dtype)) / (1 << 30)
+    return (slots * slot_bytes(cfg, llm.model.dtype) + 12.5 * block_bytes(cfg, 16, llm.model.dtype)) / (
+        1 << 30
+    )
 
 
 def test_abort_mid_structured_output_frees_everything(llm: LLM) -> None:
@@ -348,6 +400,44 @@ def test_async_llm_structured(tiny_model_dir: Path) -> None:
             return out.text
 
     validator(SUITE["enum_string"]).validate(json.loads(asyncio.run(main())))
+
+
+def test_schemas_are_narrowed_to_values_validators_take() -> None:
+    big = MAX_SAFE_INTEGER
+    narrowed = narrow_schema(
+        {
+            "type": "object",
+            "properties": {
+                "n": {"type": "number"},
+                "i": {"type": ["integer", "null"], "minimum": 5},
+                "x": {"type": "number", "exclusiveMaximum": 1e30},
+                "s": {"type": "string"},
+                "t": {"type": "string", "format": "date-time"},
+                "h": {"type": "string", "format": "hostname", "maxLength": 9},
+            },
+        }
+    )
+    p = narrowed["properties"]
+    assert (p["n"]["minimum"], p["n"]["maximum"]) == (-big, big)
+    assert (p["i"]["minimum"], p["i"]["maximum"]) == (5, big)
+    assert "maximum" not in p["x"] and p["x"]["minimum"] == -big  # the caller's own bound is kept
+    assert p["s"] == {"type": "string"}
+    assert "format" not in p["t"] and re.fullmatch(p["t"]["pattern"][1:-1], "2024-01-31T23:59:59.5+02:00")
+    assert not re.fullmatch(p["t"]["pattern"][1:-1], "2023-02-29T00:00:60Z")
+    assert p["h"]["maxLength"] == 9 and re.fullmatch(p["h"]["pattern"][1:-1], "a-1.example.com")
+
+
+def test_json_object_numbers_stay_finite(llm: LLM) -> None:
+    def numbers(v: object) -> list[float]:
+        if isinstance(v, dict):
+            return [n for x in v.values() for n in numbers(x)]
+        if isinstance(v, list):
+            return [n for x in v for n in numbers(x)]
+        return [v] if isinstance(v, int | float) and not isinstance(v, bool) else []
+
+    spec = StructuredOutput(json_object=True)
+    for out in llm.generate(["{"] * 8, [params(spec, seed=50 + s, max_tokens=96) for s in range(8)]):
+        assert all(abs(n) <= MAX_SAFE_INTEGER for n in numbers(json.loads(out.text)))
 
 
 # ---- compile cache --------------------------------------------------------------------------------
@@ -401,8 +491,13 @@ def test_unsupported_schema_is_refused_when_added(llm: LLM, schema: dict, named:
 
 
 def test_unsupported_keyword_in_a_tool_names_the_tool(llm: LLM) -> None:
-    bad = {"type": "function", "function": {"name": "sort", "parameters": {
-        "type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}}}
+    bad = {
+        "type": "function",
+        "function": {
+            "name": "sort",
+            "parameters": {"type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}},
+        },
+    }
     with pytest.raises(InvalidRequestError, match=r"tool 'sort'.*uniqueItems"):
         llm.generate("x", params(StructuredOutput(tools=(bad,), tool_choice="required"), seed=0))
 
@@ -420,10 +515,14 @@ def test_unsupported_keyword_in_a_tool_names_the_tool(llm: LLM) -> None:
         ({"tools": ({"type": "function", "function": {"name": "bad name!"}},)}, "name"),
         ({"tools": (WEATHER, WEATHER)}, "unique"),
         ({"tools": ({"type": "retrieval"},)}, "function"),
-        ({"tools": ({"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}},)}, "object"),
+        (
+            {"tools": ({"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}},)},
+            "object",
+        ),
         ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "nope"),
         ({"regex": "a", "tool_choice": "required"}, "needs tools"),
+        ({"regex": "a", "parallel_tool_calls": False}, "needs tools"),
         ({"json_schema": {"x": float("nan")}}, "plain JSON"),
     ],
 )
@@ -452,7 +551,10 @@ def test_parse_tool_calls() -> None:
         "Let me check.",
         [{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {"y": 2}}],
     )
-    assert parse_tool_calls('<tool_calls>[{"name": "a", "arguments": {}}]') == ("", [{"name": "a", "arguments": {}}])
+    assert parse_tool_calls('<tool_calls>[{"name": "a", "arguments": {}}]') == (
+        "",
+        [{"name": "a", "arguments": {}}],
+    )
     with pytest.raises(ValueError, match="cut off"):
         parse_tool_calls('<tool_calls>[{"name": "a", "argu')
 
