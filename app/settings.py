@@ -25,6 +25,8 @@ class Settings(BaseSettings):
         served_model_name: the model name(s) the server answers to, comma-separated; empty: the
             model as configured.
         chroma_url: a Chroma server URL; empty means the embedded store in the data dir.
+        quantization: empty (weights as `dtype`) or "experts_int8" (MoE experts in int8, see
+            docs/scaling.md).
 
     Example:
         >>> Settings(data_dir="/srv/jamba").tiny_model_dir
@@ -42,6 +44,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     served_model_name: str = ""
     chroma_url: str = ""
+    quantization: str = ""
 
     @property
     def tiny_model_dir(self) -> Path:

@@ -2,7 +2,7 @@
 
 Public API (stable):
     load_model(path, device="cpu", dtype="float32") -> JambaForCausalLM  # model(input_ids) -> logits
-    LLM(model=path, device=..., dtype=...)  # .generate / .stream / .chat / .save_prefix
+    LLM(model=path, device=..., dtype=..., quantization=None | "experts_int8")  # .generate / .stream / .chat / .save_prefix
     AsyncLLM(model=path)  # .add_request -> async stream, .abort, .metrics
     SamplingParams(...)
 """
@@ -15,6 +15,7 @@ from jamba_runtime.errors import (
     ConfigError,
     ContextLengthError,
     EngineStoppedError,
+    InsufficientMemoryError,
     InvalidRequestError,
     JambaStackError,
     ModelNotFoundError,
@@ -32,6 +33,7 @@ __all__ = [
     "AsyncLLM",
     "EngineConfig",
     "EngineStoppedError",
+    "InsufficientMemoryError",
     "LLMEngine",
     "RequestNotFoundError",
     "CheckpointError",

@@ -129,6 +129,7 @@ class AsyncLLM:
         tokenizer: str | Path | None = None,
         local_files_only: bool = False,
         engine: EngineConfig | None = None,
+        quantization: str | None = None,
     ) -> None:
         llm = LLM(
             model,
@@ -138,6 +139,7 @@ class AsyncLLM:
             tokenizer=tokenizer,
             local_files_only=local_files_only,
             engine=engine,
+            quantization=quantization,
         )
         self._setup(llm)
 

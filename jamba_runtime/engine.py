@@ -19,6 +19,7 @@ import torch
 from jamba_runtime.cache_manager import CacheAllocation, CacheManager
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
 from jamba_runtime.grammar import GrammarCompiler, GrammarMatcher
+from jamba_runtime.memory_plan import engine_memory_plan
 from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.paged_cache import PagedHybridCache, block_bytes, slot_bytes
 from jamba_runtime.runner import ModelRunner
@@ -142,6 +143,7 @@ class LLMEngine:
                 )
             limit = cfg.max_model_len
         self.max_model_len = limit
+        logger.info("%s", engine_memory_plan(model, cfg, limit).summary())
         self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
         self.snapshots: dict[str, Snapshot] = {}

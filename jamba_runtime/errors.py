@@ -70,3 +70,11 @@ class EngineStoppedError(JambaStackError):
 
     http_status = 503
     code = "engine_stopped"
+
+
+class InsufficientMemoryError(JambaStackError):
+    """A model, dtype, context and GPU count that cannot fit the GPUs' memory. The message names the
+    shortfall and the settings that would fit (quantization, more GPUs, a shorter context)."""
+
+    http_status = 400
+    code = "insufficient_memory"

@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
+from jamba_runtime.config import JambaConfig
 from jamba_runtime.engine import EngineConfig, LLMEngine
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError
-from jamba_runtime.loader import load_model, resolve_model_path
+from jamba_runtime.loader import load_model, resolve_device, resolve_model_path
+from jamba_runtime.memory_plan import check_fits
 from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.sequence import RequestOutput
@@ -28,6 +30,11 @@ class LLM:
             "bfloat16" or "float16". max_model_len: context limit in tokens (default: the
             model's `max_position_embeddings`, capped by the cache). tokenizer: a directory, when
             not the model's. engine: cache and batching sizes (`EngineConfig`).
+        quantization: None, or "experts_int8" (MoE expert weights in int8 with per-output-channel
+            scales, quantized at load; everything else stays in `dtype`).
+
+    Raises `InsufficientMemoryError` (on CUDA, before loading) when the model, dtype, quantization
+    and context cannot fit the GPU; its message names the options that would.
 
     All prompts of one `generate` call run as one continuous batch. A request whose prompt plus
     `max_tokens` would pass `max_model_len` is not refused: it stops at the limit with
@@ -51,9 +58,20 @@ class LLM:
         tokenizer: str | Path | None = None,
         local_files_only: bool = False,
         engine: EngineConfig | None = None,
+        quantization: str | None = None,
     ) -> None:
         path = resolve_model_path(model, local_files_only=local_files_only)
-        self.model: JambaForCausalLM = load_model(path, device=device, dtype=dtype)
+        if resolve_device(device).type == "cuda":
+            # Refuse a setting that cannot fit before reading any weight, naming what would fit.
+            check_fits(
+                JambaConfig.from_file(path),
+                dtype,
+                quantization,
+                max_model_len,
+                engine or EngineConfig(),
+                device,
+            )
+        self.model: JambaForCausalLM = load_model(path, device=device, dtype=dtype, quantization=quantization)
         self.config = self.model.config
         self.tokenizer = Tokenizer.from_dir(tokenizer if tokenizer is not None else path)
         limit = self.config.max_position_embeddings

@@ -18,6 +18,10 @@ from safetensors import SafetensorError, safe_open
 from jamba_runtime.config import JambaConfig
 from jamba_runtime.errors import CheckpointError, InvalidRequestError, ModelNotFoundError
 from jamba_runtime.model import JambaForCausalLM
+from jamba_runtime.parallel.layers import TensorParallelGroup
+from jamba_runtime.parallel.model import shard_model
+from jamba_runtime.parallel.sharding import shard_tensor
+from jamba_runtime.quantization import prepare_experts_int8, quantize_int8, resolve_quantization
 
 _DTYPES = {
     "float32": torch.float32,
@@ -123,6 +127,8 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     local_files_only: bool = False,
+    quantization: str | None = None,
+    tp: TensorParallelGroup | None = None,
 ) -> JambaForCausalLM:
     """Load a Jamba checkpoint.
 
@@ -130,6 +136,12 @@ def load_model(
         path: a checkpoint directory (config.json + safetensors), or a hub id such as
             "ai21labs/AI21-Jamba-Mini-1.7" when the hub is reachable.
         device: "cpu" or "cuda" (or "cuda:N"). dtype: "float32", "bfloat16" or "float16".
+        quantization: None, or "experts_int8": the MoE expert weights are quantized to int8 with
+            per-output-channel scales as they are read (each on `device`), or taken as they are
+            when the checkpoint already holds them in int8 with their `.weight_scale` tensors.
+        tp: this process's tensor-parallel group: only rank `tp.rank`'s shard of each tensor is
+            kept (and only its own experts are read), with the collectives in place
+            (`parallel.model.shard_model`). None: the whole model.
 
     Returns:
         The model in eval mode. `model(input_ids)` gives logits `(batch, seq, vocab)`.
@@ -143,11 +155,15 @@ def load_model(
         torch.Size([1, 3, 1024])
     """
     torch_dtype = resolve_dtype(dtype)
+    quant = resolve_quantization(quantization)
     dev = resolve_device(device)
     directory = resolve_model_path(path, local_files_only=local_files_only)
     config = JambaConfig.from_file(directory)
     files = checkpoint_files(directory)
     model = empty_model(config)
+    quantized = set(prepare_experts_int8(model)) if quant is not None else set()
+    if tp is not None and tp.world_size > 1:
+        shard_model(model, tp)  # on the meta device: the shard's shapes, before any weight is read
     expected = {name: p for name, p in model.named_parameters()}
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -164,11 +180,16 @@ def load_model(
             for name in handle.keys():
                 if name == "lm_head.weight" and config.tie_word_embeddings:
                     continue  # some exporters write the tied head anyway; the embedding is the source
+                got = tuple(handle.get_slice(name).get_shape())
+                if tp is not None and tp.world_size > 1:
+                    local = _shard(name, torch.empty(got, device="meta"), tp, config)
+                    if local is None:
+                        continue  # another rank's expert
+                    got = tuple(local.shape)
                 if name not in expected:
                     unexpected.append(name)
                     continue
                 want = tuple(expected[name].shape)
-                got = tuple(handle.get_slice(name).get_shape())
                 if got != want:
                     raise CheckpointError(
                         f"tensor {name!r} in {file.name} has shape {list(got)} but the config "
@@ -178,7 +199,25 @@ def load_model(
                     tensor = handle.get_tensor(name)
                 except (SafetensorError, OSError, RuntimeError) as e:
                     raise CheckpointError(f"cannot read tensor {name!r} from {file}: {e}") from e
-                _assign(model, name, tensor.to(device=dev, dtype=_param_dtype(name, torch_dtype)))
+                if tp is not None and tp.world_size > 1:
+                    tensor = _shard(name, tensor, tp, config)
+                    assert tensor is not None
+                if name in quantized and tensor.is_floating_point():
+                    # Quantized on the target device: a GPU does it in a blink, one tensor at a time.
+                    q, scale = quantize_int8(tensor.to(device=dev))
+                    _assign(model, name, q)
+                    _assign(model, name + "_scale", scale)
+                    loaded.update((name, name + "_scale"))
+                    continue
+                if tensor.dtype == torch.int8 and name not in quantized:
+                    raise CheckpointError(
+                        f"tensor {name!r} in {file.name} is int8 (a quantized checkpoint): load it with "
+                        "quantization='experts_int8'"
+                    )
+                # Pre-quantized experts keep their int8 weights and float32 scales as stored.
+                keep = name.removesuffix("_scale") in quantized
+                target = tensor.dtype if keep else _param_dtype(name, torch_dtype)
+                _assign(model, name, tensor.to(device=dev, dtype=target))
                 loaded.add(name)
     missing = sorted(set(expected) - loaded)
     if missing:
@@ -195,6 +234,12 @@ def load_model(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def _shard(
+    name: str, tensor: torch.Tensor, tp: TensorParallelGroup, config: JambaConfig
+) -> torch.Tensor | None:
+    return shard_tensor(name, tensor, tp.rank, tp.world_size, config.num_experts)
 
 
 def empty_model(config: JambaConfig) -> JambaForCausalLM:
@@ -216,6 +261,11 @@ def _skip_init() -> Iterator[None]:
     finally:
         for n, fn in saved.items():
             setattr(torch.nn.init, n, fn)
+
+
+def param_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the loader gives parameter `name` of a model loaded in `dtype`."""
+    return _param_dtype(name, dtype)
 
 
 def _param_dtype(name: str, dtype: torch.dtype) -> torch.dtype:

@@ -21,6 +21,7 @@ from jamba_runtime.kernels.causal_conv1d import causal_conv1d_ref
 from jamba_runtime.kernels.moe import moe_ref
 from jamba_runtime.kernels.rmsnorm import rms_norm_ref
 from jamba_runtime.kernels.selective_scan import selective_scan_ref
+from jamba_runtime.quantization import expert_weights
 
 
 class JambaRMSNorm(nn.Module):
@@ -141,12 +142,13 @@ class JambaSparseMoeBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Int8 experts (ExpertsInt8) come as lazily dequantized weights, one expert at a time.
         return moe_ref(
             x,
             self.router.weight,
-            [e.gate_proj.weight for e in self.experts],
-            [e.up_proj.weight for e in self.experts],
-            [e.down_proj.weight for e in self.experts],
+            expert_weights([e.gate_proj for e in self.experts], x.dtype),
+            expert_weights([e.up_proj for e in self.experts], x.dtype),
+            expert_weights([e.down_proj for e in self.experts], x.dtype),
             self.top_k,
         )
 

@@ -1,0 +1,1 @@
+"""Tensor and expert parallel Jamba over `torch.distributed` (see `docs/scaling.md`)."""
