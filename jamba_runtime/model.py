@@ -16,11 +16,11 @@ from torch import nn
 from jamba_runtime.batch import ForwardBatch
 from jamba_runtime.cache import HybridCache, LayerCache
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.kernels.attention import attention_ref
-from jamba_runtime.kernels.causal_conv1d import causal_conv1d_ref
+from jamba_runtime.kernels.attention import attention
+from jamba_runtime.kernels.causal_conv1d import causal_conv1d
 from jamba_runtime.kernels.moe import moe_ref
-from jamba_runtime.kernels.rmsnorm import rms_norm_ref
-from jamba_runtime.kernels.selective_scan import selective_scan_ref
+from jamba_runtime.kernels.rmsnorm import rms_norm
+from jamba_runtime.kernels.selective_scan import selective_scan
 from jamba_runtime.quantization import expert_weights
 
 
@@ -31,7 +31,7 @@ class JambaRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm_ref(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class JambaAttention(nn.Module):
@@ -57,7 +57,7 @@ class JambaAttention(nn.Module):
         k_all, v_all = cache.update_kv(self.layer_idx, k, v, batch)  # (batch, kv_heads, total, head_dim)
         q_pad = batch.pad(q).transpose(1, 2)  # (batch, heads, max_query_len, head_dim)
         ctx = torch.tensor(batch.context_lens, device=x.device)
-        out = attention_ref(q_pad, k_all.to(q.dtype), v_all.to(q.dtype), ctx, self.head_dim**-0.5)
+        out = attention(q_pad, k_all.to(q.dtype), v_all.to(q.dtype), ctx, self.head_dim**-0.5)
         out = batch.unpad(out.transpose(1, 2)).reshape(n, self.num_heads * self.head_dim)
         return self.o_proj(out)
 
@@ -92,7 +92,7 @@ class JambaMambaMixer(nn.Module):
         xs, z = xz.transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
         conv_state, ssm_state = cache.mamba_state(self.layer_idx, batch)
         query_lens = torch.tensor(batch.query_lens, device=x.device)
-        xs, conv_state = causal_conv1d_ref(
+        xs, conv_state = causal_conv1d(
             xs, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, query_lens
         )
         dt, b, c = torch.split(
@@ -101,7 +101,7 @@ class JambaMambaMixer(nn.Module):
         # Key difference to Mamba: RMSNorms on dt, B and C before the scan.
         dt = F.linear(self.dt_layernorm(dt), self.dt_proj.weight)  # bias is added inside the scan
         b, c = self.b_layernorm(b), self.c_layernorm(c)
-        y, ssm_state = selective_scan_ref(
+        y, ssm_state = selective_scan(
             xs,
             dt.transpose(1, 2),
             -torch.exp(self.A_log.float()),

@@ -1,9 +1,20 @@
-"""Top-k mixture of SwiGLU experts over a flat batch of tokens."""
+"""Top-k mixture of SwiGLU experts over a flat batch of tokens.
+
+`moe_ref` loops over experts with one weight tensor per expert (the checkpoints' layout, what
+`model.py` calls today). `fused_moe` takes the experts stacked, `w13 (experts, 2 * inter, hidden)`
+(gate rows then up rows) and `w2 (experts, hidden, inter)`, and runs every token of a step through
+two grouped matmuls (`torch._grouped_mm`) over the (token, expert) pairs sorted by expert: no
+Python loop over experts and no host sync, so it can sit inside a CUDA graph.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from jamba_runtime.kernels.backend import use_triton
+
+HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 
 def route_ref(x: torch.Tensor, router_weight: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,3 +45,63 @@ def moe_ref(
         h = F.linear(F.silu(F.linear(h, gate_proj[e])) * F.linear(h, up_proj[e]), down_proj[e])
         out.index_add_(0, token_idx, (h * weights[token_idx, k_idx, None]).to(out.dtype))
     return out
+
+
+def stack_expert_weights(
+    gate_proj: list[torch.Tensor], up_proj: list[torch.Tensor], down_proj: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-expert weights -> `(w13 (experts, 2 * inter, hidden), w2 (experts, hidden, inter))`.
+    A copy: a model that keeps only the stacked form holds the expert weights once."""
+    w13 = torch.stack([torch.cat([g, u], dim=0) for g, u in zip(gate_proj, up_proj, strict=True)])
+    return w13, torch.stack(list(down_proj))
+
+
+def fused_moe_ref(
+    x: torch.Tensor, router_weight: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: int
+) -> torch.Tensor:
+    """`fused_moe`'s contract through `moe_ref` (per-expert views of the stacked weights)."""
+    inter = w2.shape[2]
+    return moe_ref(x, router_weight, list(w13[:, :inter]), list(w13[:, inter:]), list(w2), top_k)
+
+
+def fused_moe(
+    x: torch.Tensor, router_weight: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: int
+) -> torch.Tensor:
+    """Route and run all tokens through their top-k experts in two grouped matmuls.
+
+    Args:
+        x: `(tokens, hidden)`.
+        router_weight: `(experts, hidden)`.
+        w13: `(experts, 2 * inter, hidden)`: rows `:inter` the gate projection, `inter:` the up one.
+        w2: `(experts, hidden, inter)`: the down projection.
+        top_k: experts per token (weights are softmax probabilities, not renormalised).
+
+    Returns:
+        `(tokens, hidden)` in `x.dtype`. CPU, backend `reference`, non-bf16 on CUDA, or a torch
+        without `_grouped_mm`: `fused_moe_ref`.
+    """
+    experts, hidden = w13.shape[0], x.shape[1]
+    inter = w2.shape[2]
+    assert w13.shape == (experts, 2 * inter, hidden), f"w13 {tuple(w13.shape)}"
+    assert w2.shape == (experts, hidden, inter), f"w2 {tuple(w2.shape)}"
+    # On CUDA, _grouped_mm takes bf16 only (sm80+); CPU builds accept any float dtype.
+    grouped = HAS_GROUPED_MM and (x.dtype == torch.bfloat16 or not x.is_cuda)
+    if not (use_triton(x) and grouped):
+        return fused_moe_ref(x, router_weight, w13, w2, top_k)
+    tokens = x.shape[0]
+    weights, chosen = route_ref(x, router_weight, top_k)  # (tokens, top_k) each
+    flat = chosen.reshape(-1)  # (tokens * top_k,) expert of each (token, k) pair
+    order = torch.argsort(flat, stable=True)  # pairs grouped by expert
+    # Counts by scatter, not bincount: bincount sizes its output from the data (a host sync).
+    counts = torch.zeros(experts, dtype=torch.int32, device=x.device)
+    counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    offs = torch.cumsum(counts, 0, dtype=torch.int32)  # (experts,) end of each expert's rows
+    xs = x[order // top_k]  # (tokens * top_k, hidden)
+    h = torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs)  # (tokens * top_k, 2 * inter)
+    a = F.silu(h[:, :inter]) * h[:, inter:]
+    y = torch._grouped_mm(a, w2.transpose(1, 2), offs=offs)  # (tokens * top_k, hidden)
+    y = y.float() * weights.reshape(-1)[order, None].float()
+    # Undo the sort and sum each token's top_k rows (no atomics: the result is deterministic).
+    unsorted = torch.empty_like(y)
+    unsorted[order] = y
+    return unsorted.view(tokens, top_k, hidden).sum(1).to(x.dtype)

@@ -1,0 +1,322 @@
+"""Mamba v1 selective scan with softplus(dt + bias), the D skip and the silu(z) gate.
+
+Three entry points share the Triton kernels in `triton_kernels.py`:
+
+- `selective_scan` has `selective_scan_ref`'s padded contract (what `model.py` calls today);
+- `selective_scan_varlen` is the packed prefill form: tokens of all sequences in one tensor split by
+  `cu_seqlens`, each sequence starting from its state slot and writing the final state back there;
+- `selective_state_update` is the decode step: one token per sequence, batched over slots.
+
+The prefill kernels run one program per (sequence, block of channels). The `chunked` one walks
+time in chunks: each chunk's recurrence `h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t` is an
+associative scan over the chunk (pairs `(a, b)` compose as `(a1 a2, a2 b1 + b2)`), started from
+the carried state. The `sequential` one takes one step after another.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
+
+# Which prefill kernel runs: "chunked" (associative scan over chunks of time) or "sequential"
+# (one time step after another, the state in registers). Both are kept until the GPU bench says
+# which is faster; bench/kernels_gpu.py times each.
+SCAN_VARIANT = "chunked"
+_INTERPRET = False
+if HAS_TRITON:
+    import triton
+
+    from jamba_runtime.kernels.selective_scan.triton_kernels import (
+        _scan_kernel,
+        _scan_seq_kernel,
+        _update_kernel,
+    )
+
+    try:
+        from triton import knobs
+
+        _INTERPRET = bool(knobs.runtime.interpret)
+    except ImportError:  # triton < 3.4 has no knobs; the interpreter tuning below is then skipped
+        pass
+
+# Time steps materialised at once: bounds the (batch, d_inner, chunk, d_state) temporaries.
+_CHUNK = 256
+
+
+def selective_scan_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    dt_bias: torch.Tensor,
+    ssm_state: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scan each sequence from its saved state.
+
+    Args:
+        x: `(batch, d_inner, L)` conv output.
+        dt: `(batch, d_inner, L)` time steps before bias and softplus.
+        A: `(d_inner, d_state)` float32, `-exp(A_log)`.
+        B, C: `(batch, L, d_state)`.
+        D: `(d_inner,)` skip; z: `(batch, d_inner, L)` gate; dt_bias: `(d_inner,)`.
+        ssm_state: `(batch, d_inner, d_state)` float32 state before `x` (zeros for a new sequence).
+        mask: `(batch, L)` bool, True at real tokens.
+
+    Returns:
+        `y (batch, d_inner, L)` in `x.dtype` and the float32 state after each sequence's last real token.
+    """
+    dtype = x.dtype
+    # Padding gets dt = 0: exp(0 * A) = 1 and dt * B * x = 0, so the state passes through unchanged
+    # and the state at the padded end equals the state at the sequence's real end.
+    delta = F.softplus(dt.float() + dt_bias.float()[None, :, None]) * mask[:, None, :]
+    h = ssm_state.float()
+    length = x.shape[-1]
+    ys = []
+    for start in range(0, length, _CHUNK):
+        end = min(start + _CHUNK, length)
+        d = delta[:, :, start:end]
+        dA = torch.exp(A[None, :, None, :] * d[..., None])  # (batch, d_inner, chunk, d_state)
+        dBx = d[..., None] * B[:, None, start:end, :].float() * x[:, :, start:end, None].float()
+        c = C[:, start:end, :].to(dtype)
+        for t in range(end - start):
+            h = dA[:, :, t] * h + dBx[:, :, t]
+            ys.append(torch.matmul(h.to(dtype), c[:, t, :, None])[..., 0])
+    y = torch.stack(ys, dim=-1)
+    y = y + x * D[None, :, None]
+    y = y * F.silu(z)
+    return y.to(dtype), h
+
+
+def selective_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    dt_bias: torch.Tensor,
+    ssm_state: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`selective_scan_ref`'s contract (same shapes); Triton on CUDA (see `backend.py`).
+
+    Key difference to the reference: the state is contracted with C in float32 (the reference
+    rounds the state to `x.dtype` first), so bf16 results are closer to the float32 ones.
+    """
+    if not use_triton(x):
+        return selective_scan_ref(x, dt, A, B, C, D, z, dt_bias, ssm_state, mask)
+    batch, d_inner, length = x.shape
+    state = ssm_state.to(torch.float32).contiguous().clone()  # (batch, d_inner, d_state), updated in place
+    y = torch.empty(batch, d_inner, length, dtype=x.dtype, device=x.device)
+    zeros = torch.zeros(batch, dtype=torch.int32, device=x.device)
+    lens = torch.full((batch,), length, dtype=torch.int32, device=x.device)
+    slots = torch.arange(batch, dtype=torch.int32, device=x.device)
+    # (batch, d_inner, L) tensors are indexed (b, t, d); B and C (batch, L, d_state) as (b, t, n).
+    _launch_scan(
+        (x, x.stride(0), x.stride(2), x.stride(1)), (dt, dt.stride(0), dt.stride(2), dt.stride(1)),
+        (z, z.stride(0), z.stride(2), z.stride(1)), (B, *B.stride()), (C, *C.stride()),
+        A, D, dt_bias, (y, y.stride(0), y.stride(2), y.stride(1)), state,
+        zeros, lens, slots, None, mask.to(torch.int8),
+    )  # fmt: skip
+    return y, state
+
+
+def selective_scan_varlen(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    dt_bias: torch.Tensor,
+    ssm_states: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    state_indices: torch.Tensor,
+    has_initial_state: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Packed prefill scan, each sequence from and back to its state slot.
+
+    Args:
+        x, dt, z: `(num_tokens, d_inner)` conv output, time steps before bias/softplus, gate
+            (any strides, e.g. views of the projections' outputs).
+        A: `(d_inner, d_state)` float32 `-exp(A_log)`; D, dt_bias: `(d_inner,)`.
+        B, C: `(num_tokens, d_state)`.
+        ssm_states: `(num_slots, d_inner, d_state)` float32: read at `state_indices`, overwritten
+            there with the state after each sequence's last token.
+        cu_seqlens: `(batch + 1,)` token offsets; state_indices: `(batch,)` slot per sequence
+            (negative: skip the sequence, its output is left unset).
+        has_initial_state: `(batch,)` bool; False starts from zeros whatever the slot held. None: all True.
+
+    Returns:
+        `y (num_tokens, d_inner)` in `x.dtype`.
+    """
+    if not use_triton(x):
+        return _varlen_by_ref(
+            x, dt, A, B, C, D, z, dt_bias, ssm_states, cu_seqlens, state_indices, has_initial_state
+        )
+    assert ssm_states.dtype == torch.float32, "SSM state slots are float32"
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # (num_tokens, d_inner)
+    # A packed tensor is indexed (b, t, d) with batch stride 0: token = cu_seqlens[b] + t.
+    _launch_scan(
+        (x, 0, *x.stride()), (dt, 0, *dt.stride()), (z, 0, *z.stride()), (B, 0, *B.stride()),
+        (C, 0, *C.stride()), A, D, dt_bias, (y, 0, *y.stride()), ssm_states,
+        cu_seqlens[:-1].to(torch.int32), (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32),
+        state_indices.to(torch.int32), has_initial_state, None,
+    )  # fmt: skip
+    return y
+
+
+def selective_state_update(
+    ssm_states: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    dt_bias: torch.Tensor,
+    state_indices: torch.Tensor,
+) -> torch.Tensor:
+    """Decode step: one token per sequence; each sequence's slot advanced in place.
+
+    Args:
+        ssm_states: `(num_slots, d_inner, d_state)` float32, updated at `state_indices`.
+        x, dt, z: `(batch, d_inner)`; B, C: `(batch, d_state)`.
+        A: `(d_inner, d_state)` float32; D, dt_bias: `(d_inner,)`.
+        state_indices: `(batch,)` slot per sequence; negative skips the row (padding of a
+            captured batch) and leaves its output unset.
+
+    Returns:
+        `y (batch, d_inner)` in `x.dtype`.
+    """
+    if not use_triton(x):
+        keep = (state_indices >= 0).nonzero()[:, 0]
+        y = torch.zeros_like(x)
+        cu = torch.arange(len(keep) + 1, device=x.device)
+        y[keep] = _varlen_by_ref(
+            x[keep],
+            dt[keep],
+            A,
+            B[keep],
+            C[keep],
+            D,
+            z[keep],
+            dt_bias,
+            ssm_states,
+            cu,
+            state_indices[keep],
+            None,
+        )
+        return y
+    assert ssm_states.dtype == torch.float32, "SSM state slots are float32"
+    batch, d_inner = x.shape
+    d_state = A.shape[1]
+    y = torch.empty_like(x)  # (batch, d_inner)
+    block_n = triton.next_power_of_2(d_state)
+    block_d = max(16, min(128, 2048 // block_n))
+    grid = (batch, triton.cdiv(d_inner, block_d))
+    _update_kernel[grid](
+        x, dt, z, B, C, A, D, dt_bias, y, ssm_states, state_indices.to(torch.int32),
+        d_inner, d_state, *x.stride(), *dt.stride(), *z.stride(), *B.stride(), *C.stride(), *A.stride(),
+        *y.stride(), *ssm_states.stride(),
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+    )  # fmt: skip
+    return y
+
+
+def _varlen_by_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    dt_bias: torch.Tensor,
+    ssm_states: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    state_indices: torch.Tensor,
+    has_initial_state: torch.Tensor | None,
+) -> torch.Tensor:
+    """The packed contract through `selective_scan_ref` (pad, run, unpad, write slots back)."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    starts = cu_seqlens[:-1].tolist()
+    batch, length = len(lens), max(lens)
+
+    def pad(t: torch.Tensor, channels_first: bool) -> torch.Tensor:
+        out = t.new_zeros(batch, length, t.shape[1])
+        for b, (s, n) in enumerate(zip(starts, lens, strict=True)):
+            out[b, :n] = t[s : s + n]
+        return out.transpose(1, 2) if channels_first else out
+
+    mask = torch.arange(length, device=x.device)[None, :] < torch.tensor(lens, device=x.device)[:, None]
+    state = ssm_states[state_indices].clone()  # (batch, d_inner, d_state)
+    if has_initial_state is not None:
+        state[~has_initial_state.bool()] = 0
+    y, new_state = selective_scan_ref(
+        pad(x, True), pad(dt, True), A, pad(B, False), pad(C, False), D, pad(z, True), dt_bias, state, mask
+    )
+    ssm_states[state_indices] = new_state.to(ssm_states.dtype)
+    return torch.cat([y[b, :, :n].t() for b, n in enumerate(lens)])
+
+
+_Strided = tuple  # (tensor, stride_b, stride_t, stride_d or stride_n)
+
+
+def _launch_scan(
+    x: _Strided,
+    dt: _Strided,
+    z: _Strided,
+    B: _Strided,
+    C: _Strided,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    dt_bias: torch.Tensor,
+    y: _Strided,
+    states: torch.Tensor,
+    starts: torch.Tensor,
+    lens: torch.Tensor,
+    slots: torch.Tensor,
+    has_init: torch.Tensor | None,
+    mask: torch.Tensor | None,
+) -> None:
+    """Sequence b's token t lives at `b * stride_b + (starts[b] + t) * stride_t` in every tensor."""
+    d_inner, d_state = A.shape
+    block_n = triton.next_power_of_2(d_state)
+    m = mask if mask is not None else lens
+    args = (
+        x[0], dt[0], z[0], B[0], C[0], A, D, dt_bias, y[0], states, m, starts, lens, slots,
+        has_init if has_init is not None else lens,
+        d_inner, d_state, *x[1:], *dt[1:], *z[1:], *B[1:], *C[1:], *A.stride(), *y[1:], *states.stride(),
+        m.stride(0), m.stride(-1),
+    )  # fmt: skip
+    if SCAN_VARIANT == "sequential":
+        block_d = 32
+        grid = (lens.shape[0], triton.cdiv(d_inner, block_d))
+        _scan_seq_kernel[grid](
+            *args, HAS_MASK=mask is not None, HAS_INIT=has_init is not None, BLOCK_D=block_d, BLOCK_N=block_n,
+            num_warps=4,
+        )  # fmt: skip
+        return
+    # The chunk holds (BLOCK_T, BLOCK_D, BLOCK_N) float32 values several times over: 4K elements
+    # per array keeps it in registers at 4 warps.
+    block_d = max(4, min(16, 256 // block_n))
+    block_t = max(4, 4096 // (block_d * block_n))
+    if _INTERPRET:
+        # The interpreter applies the combine per element in Python: short chunks waste less of
+        # it on the padding past a sequence's end.
+        block_t = 4
+    grid = (lens.shape[0], triton.cdiv(d_inner, block_d))
+    _scan_kernel[grid](
+        *args, HAS_MASK=mask is not None, HAS_INIT=has_init is not None,
+        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+    )  # fmt: skip
