@@ -10,6 +10,7 @@ their embeddings reused, not recomputed) the write + BM25 time and hybrid query 
 
     python bench/retrieval.py                      # everything; bench/results/retrieval.json
     python bench/retrieval.py --tune               # also tune BM25/fusion on the TRAIN split
+    python bench/retrieval.py --rerank --rerank-tune   # also the offline MaxSim reranker (slow on CPU)
     python bench/retrieval.py --limit-docs 500 --skip-langchain --scale 0   # a quick smoke run
 
 Documents are title + " " + text for LangChain (as the shared/data README's baselines); ours
@@ -389,6 +390,82 @@ def run_tune(retriever: Retriever, data: Path) -> dict[str, Any]:
     return {"split": "train", "queries": len(queries), "rows": rows}
 
 
+# ---------------------------------------------------------------- rerank (optional)
+
+
+def _maxsim_rows(
+    retriever: Retriever, queries: dict[str, str], n: int, cache: dict[str, np.ndarray]
+) -> list[tuple[str, list[str], np.ndarray, np.ndarray]]:
+    """Per query: (id, hybrid doc ranking to 100, first-stage scores of the top n, MaxSim of the top
+    n). Token embeddings of chunks are cached by chunk id (shared between splits)."""
+    from retrieval.rerank import MaxSimReranker
+
+    ms = MaxSimReranker(retriever.embedder)
+    qids = list(queries)
+    texts = [queries[q] for q in qids]
+    hits = retriever.search_many(texts, 100, unique_docs=True)
+    need = {h.chunk_id: h.text for hs in hits for h in hs[:n] if h.chunk_id not in cache}
+    ids = list(need)
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(ids), 64), desc="token vectors", unit="batch"):
+        for c, v in zip(
+            ids[i : i + 64], ms.token_embeddings([need[c] for c in ids[i : i + 64]]), strict=True
+        ):
+            cache[c] = v.astype(np.float16)
+    rows = []
+    for q, qt, hs in zip(qids, ms.token_embeddings(texts), hits, strict=True):
+        head = hs[:n]
+        s = ms.maxsim(qt, [cache[h.chunk_id].astype(np.float32) for h in head])
+        rows.append((q, [h.doc_id for h in hs], np.array([h.score for h in head], dtype=np.float32), s))
+    return rows
+
+
+def _blend_run(rows: list, alpha: float, n: int) -> dict[str, list[str]]:
+    from retrieval.rerank import blend
+
+    run = {}
+    for q, docs, first, s in rows:
+        order = np.argsort(-blend(s[:n], first[:n], alpha), kind="stable")
+        run[q] = [docs[i] for i in order] + docs[n:]
+    return run
+
+
+def run_rerank(
+    retriever: Retriever, queries: dict[str, str], qrels: dict, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The offline MaxSim reranker (retrieval.rerank) on the hybrid's top `--rerank-candidates`
+    documents, blended with the fused score: nDCG@10 / R@10 / R@100 on the test split for each
+    blend weight alpha (0 = hybrid alone, 1 = MaxSim alone), and the per-query cost of reranking.
+    With `--rerank-tune`, the same grid on the first `--rerank-train-queries` TRAIN queries (where
+    the default weight is chosen)."""
+    from retrieval.rerank import MaxSimReranker
+
+    n = args.rerank_candidates
+    alphas = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+    cache: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {"candidates": n, "reranker": "maxsim (all-MiniLM-L6-v2 token vectors, int8 ONNX)"}
+    if args.rerank_tune:
+        tq, tqrels = load_beir(args.data, "train")
+        tq = dict(list(tq.items())[: args.rerank_train_queries])
+        rows = _maxsim_rows(retriever, tq, n, cache)
+        sub = {q: tqrels[q] for q in tq}
+        out["train"] = {f"alpha={a}": evaluate(_blend_run(rows, a, n), sub)["ndcg@10"] for a in alphas}
+        print(f"[rerank] train nDCG@10 by alpha: {out['train']}", flush=True)
+    rows = _maxsim_rows(retriever, queries, n, cache)
+    out["test"] = {f"alpha={a}": checked(_blend_run(rows, a, n), qrels) for a in alphas}
+    ms = MaxSimReranker(retriever.embedder)
+    times = []
+    for text in list(queries.values())[: min(20, args.latency_queries)]:
+        hits = retriever.search(text, n)
+        t = time.perf_counter()
+        ms.rerank(text, hits)
+        times.append((time.perf_counter() - t) * 1000)
+    out["rerank_latency_ms"] = {"p50": pct(times, 50), "p95": pct(times, 95), "queries": len(times)}
+    print(f"[rerank] {json.dumps(out, default=str)}", flush=True)
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -432,6 +509,10 @@ def main() -> None:
     ap.add_argument("--skip-fp32", action="store_true", help="skip the float32 quality reference")
     ap.add_argument("--scale", type=int, default=100_000, help="chunks for the scale run (0: skip)")
     ap.add_argument("--tune", action="store_true", help="also tune BM25/fusion on the train split")
+    ap.add_argument("--rerank", action="store_true", help="also measure the offline MaxSim reranker")
+    ap.add_argument("--rerank-candidates", type=int, default=20, help="hybrid documents it reorders")
+    ap.add_argument("--rerank-tune", action="store_true", help="with --rerank: its weight grid on train")
+    ap.add_argument("--rerank-train-queries", type=int, default=150)
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
@@ -479,6 +560,9 @@ def main() -> None:
         save()
     if args.tune:
         res["tuning"] = run_tune(ours, args.data)
+        save()
+    if args.rerank:
+        res["rerank"] = run_rerank(ours, queries, qrels, args)
         save()
 
     o = res["ours_int8"]

@@ -195,3 +195,147 @@ def search_cmd(
             typer.echo(json.dumps(out, ensure_ascii=False))
     except (JambaStackError, ValueError) as e:
         raise _fail(e) from None
+
+
+RANDOM_WEIGHTS_NOTE = (
+    "note: answering with the embedded tiny Jamba, whose weights are random: its text is gibberish. "
+    "Pass --model DIR or URL (or set JAMBA_STACK_MODEL) for a real model."
+)
+
+
+def _chat_model(settings, api_key: str | None):  # noqa: ANN001, ANN202 - Settings -> app.client.ChatModel
+    """The configured model (a server URL or a checkpoint, in-process), else the tiny model in the
+    data dir (made on first use), as `jamba-stack chat` does."""
+    from app.client import LocalChatModel, chat_model
+
+    target = settings.model
+    if target.startswith(("http://", "https://")):
+        return chat_model(target, api_key=api_key or settings.api_key or None)
+    if not target:
+        from jamba_runtime.tiny import make_tiny_model
+
+        tiny = settings.tiny_model_dir
+        if not (tiny / "model.safetensors").is_file():
+            typer.echo(f"making the tiny random model in {tiny} (first use)...", err=True)
+            make_tiny_model(tiny)
+        typer.echo(RANDOM_WEIGHTS_NOTE, err=True)
+        target = str(tiny)
+    from jamba_runtime.llm import LLM
+
+    return LocalChatModel(LLM(target, device=settings.device, dtype=settings.dtype))
+
+
+@app.command("ask")
+def ask_cmd(
+    question: Annotated[str, typer.Argument(help="The question to answer from the collection.")],
+    collection: Collection,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Checkpoint directory, hub id or server URL (http://HOST:PORT) [env: JAMBA_STACK_MODEL]; "
+            "default: the embedded tiny model.",
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="How many chunks to give the model.")] = 5,
+    rerank: Annotated[
+        str | None,
+        typer.Option(
+            "--rerank",
+            help="Rerank the fused top 20: maxsim (default; offline, the embedder's token vectors), "
+            "maxsim:WEIGHT, a local cross-encoder folder, or none.",
+        ),
+    ] = None,
+    filters: Annotated[
+        str | None,
+        typer.Option("--filter", help='Chroma where filter as JSON, e.g. \'{"format": "pdf"}\'.'),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most answer tokens.")] = 512,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default).")] = 0.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Same seed, same sampled answer.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (answer, citations, usage); no streaming.")
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="Bearer key of a server --model [env: JAMBA_STACK_API_KEY]."),
+    ] = None,
+    embedder: EmbedderOpt = "minilm",
+    data_dir: DataDir = None,
+    chroma_url: ChromaUrl = None,
+) -> None:
+    """Answer QUESTION from a collection with citations: hybrid search, then the model with the
+    chunks as documents; streams the answer, then lists the sources its [n] markers point to."""
+    from app.settings import load_settings
+    from retrieval.errors import InvalidQueryError
+    from retrieval.rag import Answer, ask, ask_stream
+
+    s = load_settings(data_dir=data_dir, chroma_url=chroma_url, model=model)
+    try:
+        where: dict[str, Any] | None = None
+        if filters:
+            try:
+                where = json.loads(filters)
+            except json.JSONDecodeError as e:
+                raise InvalidQueryError(f"--filter is not valid JSON ({e.msg}): {filters!r}") from e
+        if not question.strip():
+            from retrieval.errors import EmptyQuestionError
+
+            raise EmptyQuestionError(
+                'the question is empty: ask something, e.g. jamba-stack ask "What is X?" -c C'
+            )
+        from retrieval.search import open_retriever
+
+        retriever = open_retriever(
+            collection, data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=embedder
+        )
+        chat = _chat_model(s, api_key)
+        opts: dict[str, Any] = {
+            "k": k,
+            "rerank": rerank,
+            "filters": where,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        }
+        try:
+            if as_json:
+                typer.echo(json.dumps(ask(question, retriever, chat, **opts).to_json(), ensure_ascii=False))
+                return
+            answer: Answer | None = None
+            for event in ask_stream(question, retriever, chat, **opts):
+                if isinstance(event, Answer):
+                    answer = event
+                else:
+                    typer.echo(event, nl=False)
+            typer.echo()
+        finally:
+            chat.close()
+        assert answer is not None, "ask_stream ends with the Answer"
+        _print_sources(answer)
+    except (JambaStackError, ValueError) as e:
+        raise _fail(e) from None
+
+
+def _print_sources(answer) -> None:  # noqa: ANN001 - retrieval.rag.Answer
+    if not answer.citations:
+        return
+    head = (
+        "Sources:"
+        if not answer.uncited
+        else "Sources (the answer cites none; these are the chunks it was given):"
+    )
+    typer.echo(f"\n{head}")
+    for c in answer.citations:
+        where = c.source + (f" p.{c.page}" if c.page is not None else "")
+        typer.echo(f"  [{c.n}] {where}  (score {c.score:.4f}, chunk {c.chunk_id})")
+        typer.echo(f"      {c.snippet(200)}")
+    if answer.invalid_citations:
+        bad = ", ".join(f"[{n}]" for n in answer.invalid_citations)
+        typer.echo(f"note: the answer cites {bad}, which match no source (left out)", err=True)
+    if answer.dropped_documents:
+        typer.echo(
+            f"note: {answer.dropped_documents} retrieved chunk(s) did not fit the model's context "
+            "(left out or cut)",
+            err=True,
+        )

@@ -74,3 +74,23 @@ class IngestLockedError(RetrievalError):
 
     http_status = 409
     code = "ingest_in_progress"
+
+
+class RerankerUnavailableError(RetrievalError):
+    """A reranker model cannot be loaded (missing folder, not in the local cache, no package)."""
+
+    http_status = 500
+    code = "reranker_unavailable"
+
+
+class EmptyCollectionError(RetrievalError):
+    """A collection exists but holds no chunks, so there is nothing to answer from."""
+
+    http_status = 404
+    code = "collection_empty"
+
+
+class EmptyQuestionError(InvalidQueryError):
+    """A question that is empty or only whitespace."""
+
+    code = "empty_question"

@@ -1,0 +1,231 @@
+"""Optional second-stage reranking of the fused hybrid candidates.
+
+`Reranker` is the interface: implement `score(query, texts)`; the base gives `rerank(query, hits)`,
+which re-scores `Hit`s and returns them reordered (ranks renumbered, `score` = the reranker's).
+A `Reranker` also plugs into `retrieval.search.Retriever(reranker=...)`, which calls `score`.
+
+Built in:
+- `CrossEncoderReranker`: a sentence-transformers `CrossEncoder` the user has locally (a folder,
+  or a hub id already in the local cache); never downloads.
+- `MaxSimReranker`: late interaction (ColBERT's MaxSim) over the token embeddings of the
+  embedder that built the collection (all-MiniLM-L6-v2 by default), so it works offline with
+  nothing more to install. Its score is blended with the fused first-stage score (`alpha`).
+
+`make_reranker(spec)` builds one from the CLI's `--rerank` value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.embeddings import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
+from retrieval.errors import RerankerUnavailableError
+from retrieval.search import Hit
+
+# Chosen on the SciFact train split (first 150 queries; bench/retrieval.py --rerank --rerank-tune):
+# over the hybrid's top 10 / 20 and blend weights 0-1, reordering the top 20 with 0.5 MaxSim +
+# 0.5 fused score was best (nDCG@10 0.739 vs 0.714 for the hybrid alone). docs/retrieval.md has
+# the grid and the test-split numbers.
+MAXSIM_ALPHA = 0.5
+RERANK_CANDIDATES = 20
+_WORDISH = re.compile(r"\w")
+
+
+class Reranker(ABC):
+    """Re-scores (query, passage) pairs; higher is more relevant."""
+
+    name: str = "reranker"
+
+    @abstractmethod
+    def score(self, query: str, texts: list[str]) -> np.ndarray:
+        """One float32 score per text, shape (len(texts),), comparable within this call only.
+
+        Called with a non-empty query and 1+ texts; raises on model failure (no retries)."""
+
+    def rerank(self, query: str, candidates: Sequence[Hit], top_k: int | None = None) -> list[Hit]:
+        """`candidates` reordered by `score` (best first, ties keep their first-stage order),
+        cut to `top_k`, with ranks renumbered from 1 and `score` set to the reranker's score; each
+        hit's metadata gains `first_stage_score` and `first_stage_rank`."""
+        hits = list(candidates)
+        if not hits:
+            return []
+        scores = self._final_scores(query, hits)
+        order = np.argsort(-scores, kind="stable")[: top_k or len(hits)]
+        out = []
+        for rank, i in enumerate(order, start=1):
+            h = hits[int(i)]
+            meta = {**h.metadata, "first_stage_score": h.score, "first_stage_rank": h.rank}
+            out.append(dataclasses.replace(h, rank=rank, score=float(scores[i]), metadata=meta))
+        return out
+
+    def _final_scores(self, query: str, hits: list[Hit]) -> np.ndarray:
+        return np.asarray(self.score(query, [h.text for h in hits]), dtype=np.float32)
+
+
+class CrossEncoderReranker(Reranker):
+    """A local sentence-transformers `CrossEncoder` (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2).
+
+    `model`: a folder, or a hub id that is already in the local Hugging Face cache. Loaded with
+    `local_files_only=True`: nothing is downloaded. Raises `RerankerUnavailableError` when the
+    model (or sentence-transformers) cannot be loaded, naming the path and the fix."""
+
+    def __init__(self, model: str | Path, *, batch_size: int = 32, device: str = "cpu") -> None:
+        try:
+            from sentence_transformers import CrossEncoder
+        except ImportError as e:
+            raise RerankerUnavailableError(
+                f"the cross-encoder reranker needs sentence-transformers: pip install sentence-transformers ({e})"
+            ) from e
+        self.name = str(model)
+        fix = "pass a local folder of a sentence-transformers CrossEncoder, or use --rerank maxsim"
+        if not Path(model).is_dir():
+            # Checked before loading: a hub id that is not cached would make the hub client retry
+            # an unreachable network for minutes before failing.
+            from huggingface_hub import try_to_load_from_cache
+
+            hub_id = str(model)
+            cached = hub_id.count("/") == 1 and not hub_id.startswith((".", "/", "~"))
+            if not cached or not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+                raise RerankerUnavailableError(
+                    f"cross-encoder {hub_id!r} is neither a folder nor a model in the local Hugging Face "
+                    f"cache (nothing is downloaded): {fix}"
+                )
+        try:
+            self.model = CrossEncoder(str(model), device=device, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise RerankerUnavailableError(f"cannot load cross-encoder {model!r}: {e}: {fix}") from e
+        self.batch_size = batch_size
+
+    def score(self, query: str, texts: list[str]) -> np.ndarray:
+        pairs = [(query, t) for t in texts]
+        return np.asarray(
+            self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False), dtype=np.float32
+        )
+
+
+class MaxSimReranker(Reranker):
+    """Late interaction over a bi-encoder's token embeddings: for each query token, the best cosine
+    similarity to any passage token, averaged over the query's tokens (ColBERT's MaxSim; special
+    tokens and punctuation left out on both sides).
+
+    all-MiniLM-L6-v2 was trained for pooled vectors, not MaxSim, yet token-level matching adds a
+    signal the pooled vector and BM25 miss; blended with the first-stage score it ranks best on
+    SciFact. `rerank` returns `alpha * minmax(maxsim) + (1 - alpha) * minmax(first-stage score)`
+    over the candidates; `score` (what `Retriever` calls, with no first-stage scores) is MaxSim alone.
+
+    `embedder`: an `OnnxEmbedder` or `SentenceTransformerEmbedder` (the one the collection was
+    built with is already loaded: pass `retriever.embedder`). Raises `RerankerUnavailableError`
+    for an embedder that exposes no token embeddings (e.g. an OpenAI endpoint)."""
+
+    def __init__(self, embedder: Embedder, *, alpha: float = MAXSIM_ALPHA, batch_size: int = 16) -> None:
+        if not supports_maxsim(embedder):
+            raise RerankerUnavailableError(
+                f"the MaxSim reranker needs token embeddings, which embedder {embedder.name!r} "
+                f"({type(embedder).__name__}) does not give: use a local minilm/onnx/st embedder, "
+                "or a cross-encoder (--rerank PATH)"
+            )
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} must be in [0, 1]")
+        self.embedder = embedder
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.name = f"maxsim:{embedder.name}"
+
+    def token_embeddings(self, texts: list[str]) -> list[np.ndarray]:
+        """Per text, its content tokens' unit vectors, shape (n_tokens, dim), float32; a text
+        with no content token gets its [CLS] vector so every text has one row."""
+        out: list[np.ndarray] = []
+        for i in range(0, len(texts), self.batch_size):
+            out += self._batch(texts[i : i + self.batch_size])
+        return out
+
+    def _batch(self, texts: list[str]) -> list[np.ndarray]:
+        e = self.embedder
+        if isinstance(e, OnnxEmbedder):
+            enc = e.tokenizer.encode_batch(texts)
+            ids = np.array([x.ids for x in enc], dtype=np.int64)  # (batch, seq)
+            mask = np.array([x.attention_mask for x in enc], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            hidden = e.session.run(None, {k: v for k, v in feeds.items() if k in e._inputs})[0]
+            toks = [x.tokens for x in enc]
+        else:
+            import torch
+
+            tok = e.model.tokenizer(
+                texts, padding=True, truncation=True, max_length=e.max_tokens, return_tensors="pt"
+            )
+            with torch.no_grad():
+                hidden = e.model[0].auto_model(**tok).last_hidden_state.float().numpy()
+            mask = tok["attention_mask"].numpy()
+            toks = [e.model.tokenizer.convert_ids_to_tokens(row) for row in tok["input_ids"]]
+        out = []
+        for b in range(len(texts)):
+            keep = [
+                j
+                for j, t in enumerate(toks[b])
+                if mask[b, j] and not (t.startswith("[") and t.endswith("]")) and _WORDISH.search(t)
+            ]
+            v = hidden[b, keep or [0]].astype(np.float32)  # (n_tokens, dim)
+            out.append(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+        return out
+
+    @staticmethod
+    def maxsim(query_tokens: np.ndarray, passage_tokens: list[np.ndarray]) -> np.ndarray:
+        """Mean over query tokens of the max cosine to the passage's tokens, per passage."""
+        return np.asarray(
+            [float((query_tokens @ p.T).max(axis=1).mean()) for p in passage_tokens], dtype=np.float32
+        )
+
+    def score(self, query: str, texts: list[str]) -> np.ndarray:
+        q = self.token_embeddings([query])[0]
+        return self.maxsim(q, self.token_embeddings(texts))
+
+    def _final_scores(self, query: str, hits: list[Hit]) -> np.ndarray:
+        ms = self.score(query, [h.text for h in hits])
+        first = np.asarray([h.score for h in hits], dtype=np.float32)
+        return blend(ms, first, self.alpha)
+
+
+def supports_maxsim(embedder: Embedder) -> bool:
+    """Whether `MaxSimReranker` can use `embedder` (it needs the model's token vectors)."""
+    return isinstance(embedder, OnnxEmbedder | SentenceTransformerEmbedder)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    span = float(x.max() - x.min()) if len(x) else 0.0
+    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+
+def blend(rerank_scores: np.ndarray, first_stage: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha * minmax(rerank) + (1 - alpha) * minmax(first stage), over one candidate list."""
+    return (alpha * _minmax(rerank_scores) + (1 - alpha) * _minmax(first_stage)).astype(np.float32)
+
+
+def make_reranker(spec: str | Reranker | None, embedder: Embedder | None = None) -> Reranker | None:
+    """A reranker from a spec: None / "" / "none" -> None; "maxsim" -> `MaxSimReranker` over
+    `embedder`; "maxsim:ALPHA" sets its blend weight; anything else -> `CrossEncoderReranker(spec)`
+    (a local folder or cached hub id). A `Reranker` passes through.
+    Raises `RerankerUnavailableError`."""
+    if spec is None or isinstance(spec, Reranker):
+        return spec
+    s = str(spec).strip()
+    if s.lower() in ("", "none", "off"):
+        return None
+    kind, _, arg = s.partition(":")
+    if kind.lower() == "maxsim":
+        if embedder is None:
+            raise RerankerUnavailableError("the maxsim reranker needs the collection's embedder")
+        try:
+            alpha = float(arg) if arg else MAXSIM_ALPHA
+        except ValueError:
+            raise RerankerUnavailableError(
+                f"--rerank {s!r}: the weight after maxsim: must be a number"
+            ) from None
+        return MaxSimReranker(embedder, alpha=alpha)
+    return CrossEncoderReranker(s)

@@ -1,0 +1,134 @@
+"""Rerankers (retrieval/rerank.py): the interface, the offline MaxSim reranker on the real
+all-MiniLM-L6-v2, the cross-encoder's offline errors, and both plugged into search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.errors import RerankerUnavailableError
+from retrieval.rerank import (
+    MAXSIM_ALPHA,
+    CrossEncoderReranker,
+    MaxSimReranker,
+    Reranker,
+    blend,
+    make_reranker,
+    supports_maxsim,
+)
+from retrieval.search import Hit
+
+PASSAGES = [
+    "Mitochondria produce ATP, the energy currency of the cell.",
+    "Hemoglobin in red blood cells carries oxygen from the lungs to the tissues.",
+    "The thermostat keeps the room at 21 degrees.",
+]
+
+
+class WordOverlap(Reranker):
+    """A real (if simple) reranker: how many query words the passage contains."""
+
+    name = "overlap"
+
+    def score(self, query: str, texts: list[str]) -> np.ndarray:
+        words = set(query.lower().split())
+        return np.array([len(words & set(t.lower().split())) for t in texts], dtype=np.float32)
+
+
+def _hits(texts: list[str]) -> list[Hit]:
+    return [
+        Hit(i + 1, f"c{i}", f"d{i}", f"/x/{i}.txt", 1.0 - 0.1 * i, t, {"doc_id": f"d{i}"})
+        for i, t in enumerate(texts)
+    ]
+
+
+@pytest.fixture(scope="module")
+def maxsim(embedder) -> MaxSimReranker:  # noqa: ANN001 - fixture
+    return MaxSimReranker(embedder)
+
+
+def test_rerank_reorders_renumbers_and_keeps_first_stage() -> None:
+    hits = _hits(["red apples", "green pears and apples", "apples pears plums"])
+    out = WordOverlap().rerank("pears plums apples", hits)
+    assert [h.chunk_id for h in out] == ["c2", "c1", "c0"]
+    assert [h.rank for h in out] == [1, 2, 3] and [h.score for h in out] == [3.0, 2.0, 1.0]
+    assert out[0].metadata["first_stage_rank"] == 3 and out[0].metadata["first_stage_score"] == pytest.approx(
+        0.8
+    )
+    assert hits[2].metadata == {"doc_id": "d2"}  # the input is not changed
+    # Ties keep the first-stage order; top_k cuts.
+    tie = WordOverlap().rerank("zzz", hits, top_k=2)
+    assert [h.chunk_id for h in tie] == ["c0", "c1"]
+    assert WordOverlap().rerank("q", []) == []
+
+
+def test_blend_is_minmax_weighted() -> None:
+    r = np.array([1.0, 3.0, 2.0], dtype=np.float32)
+    f = np.array([0.9, 0.1, 0.5], dtype=np.float32)
+    assert blend(r, f, 1.0).tolist() == [0.0, 1.0, 0.5]
+    assert blend(r, f, 0.0).tolist() == pytest.approx([1.0, 0.0, 0.5])
+    assert blend(np.ones(3), f, 1.0).tolist() == [0.0, 0.0, 0.0]  # a constant list carries no signal
+
+
+def test_maxsim_token_vectors_and_scores(maxsim: MaxSimReranker) -> None:
+    vecs = maxsim.token_embeddings(["hello world", "!!!", PASSAGES[0]])
+    assert vecs[0].shape == (2, 384)  # [CLS], [SEP] and punctuation left out
+    assert vecs[1].shape == (1, 384)  # nothing but punctuation: the [CLS] vector stands in
+    assert np.allclose(np.linalg.norm(vecs[2], axis=1), 1.0, atol=1e-5)
+    s = maxsim.score("What carries oxygen in the blood?", PASSAGES)
+    assert s.shape == (3,) and s.dtype == np.float32
+    assert int(np.argmax(s)) == 1 and s[1] > s[2]
+    # MaxSim of a text with itself is 1: every token finds itself.
+    assert maxsim.score(PASSAGES[2], [PASSAGES[2]])[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_maxsim_rerank_blends_with_the_first_stage(embedder) -> None:  # noqa: ANN001
+    hits = _hits(PASSAGES)  # first stage prefers the wrong passages
+    q = "What carries oxygen in the blood?"
+    assert MaxSimReranker(embedder, alpha=1.0).rerank(q, hits)[0].chunk_id == "c1"
+    assert [h.chunk_id for h in MaxSimReranker(embedder, alpha=0.0).rerank(q, hits)] == ["c0", "c1", "c2"]
+    default = MaxSimReranker(embedder).rerank(q, hits)
+    ms = MaxSimReranker(embedder).score(q, PASSAGES)
+    expect = np.argsort(-blend(ms, np.array([h.score for h in hits]), MAXSIM_ALPHA), kind="stable")
+    assert [h.chunk_id for h in default] == [f"c{i}" for i in expect]
+    assert [h.score for h in default] == sorted((h.score for h in default), reverse=True)
+    with pytest.raises(ValueError, match="alpha"):
+        MaxSimReranker(embedder, alpha=1.5)
+
+
+def test_maxsim_plugs_into_the_retriever(tmp_path: Path, embedder) -> None:  # noqa: ANN001
+    from retrieval.ingest import ingest
+    from retrieval.search import open_retriever
+
+    for i, t in enumerate(PASSAGES):
+        (tmp_path / f"p{i}.txt").write_text(t)
+    ingest(tmp_path, "rerank", data_dir=tmp_path / "data", embedder=embedder)
+    r = open_retriever("rerank", data_dir=tmp_path / "data", embedder=embedder)
+    r.reranker = MaxSimReranker(embedder)  # `Retriever` calls `score` on the fused candidates
+    hits = r.search("What carries oxygen in the blood?", 3, rerank=True)
+    assert hits[0].text == PASSAGES[1] and hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_make_reranker_specs(embedder) -> None:  # noqa: ANN001
+    assert make_reranker(None) is None and make_reranker("none") is None and make_reranker("") is None
+    m = make_reranker("maxsim:0.25", embedder)
+    assert isinstance(m, MaxSimReranker) and m.alpha == 0.25
+    assert make_reranker(m) is m and supports_maxsim(embedder)
+    with pytest.raises(RerankerUnavailableError, match="must be a number"):
+        make_reranker("maxsim:lots", embedder)
+    with pytest.raises(RerankerUnavailableError, match="embedder"):
+        make_reranker("maxsim")
+
+
+def test_cross_encoder_offline_errors_say_what_to_do(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    with pytest.raises(RerankerUnavailableError, match="local folder"):
+        CrossEncoderReranker(tmp_path / "no-such-model")
+    with pytest.raises(RerankerUnavailableError, match="local Hugging Face cache"):
+        make_reranker("cross-encoder/not-cached-here-L-6")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(RerankerUnavailableError, match="cannot load cross-encoder"):
+        CrossEncoderReranker(tmp_path / "broken")
