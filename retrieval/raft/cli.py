@@ -1,0 +1,292 @@
+"""`raft generate`, `raft eval` and `raft train`. Mounted into the main CLI with
+`app.add_typer(raft_app, name="raft")`, so they run as `jamba-stack raft ...`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from jamba_runtime.errors import JambaStackError
+
+raft_app = typer.Typer(
+    help="RAFT: fine-tuning data with oracle + distractor documents, LoRA training, evaluation.",
+    no_args_is_help=True,
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where the stack keeps its files [env: JAMBA_STACK_DATA_DIR]."),
+]
+ChromaUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--chroma-url", help="Chroma server URL; empty: the embedded store [env: JAMBA_STACK_CHROMA_URL]."
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Checkpoint directory (in-process) or an OpenAI-compatible server URL (http://...) "
+        "[env: JAMBA_STACK_MODEL]; default: the tiny model.",
+    ),
+]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", help="Bearer key of a remote --model server (AI21, vLLM, ours).")
+]
+RemoteName = Annotated[
+    str | None,
+    typer.Option("--served-model", help="Model name to ask a remote server for (default: its first)."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _fail(e: Exception) -> typer.Exit:
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(2)
+
+
+def _chat_model(settings: Any, model: str | None, api_key: str | None, served: str | None) -> tuple[Any, str]:
+    """(ChatModel, its name) for --model: a URL (remote), a directory, or the tiny model."""
+    from app.client import chat_model
+
+    target = model or settings.model
+    if not target:
+        from jamba_runtime.tiny import make_tiny_model
+
+        tiny = settings.tiny_model_dir
+        if not (tiny / "model.safetensors").is_file():
+            make_tiny_model(tiny)
+        typer.echo("note: the teacher is the tiny random model (gibberish); pass --model", err=True)
+        target = str(tiny)
+    return chat_model(target, api_key=api_key or settings.api_key or None, model=served), str(target)
+
+
+@raft_app.command("generate")
+def generate_cmd(
+    docs: Annotated[Path, typer.Option("--docs", help="Corpus: a file, a folder or a BEIR corpus.jsonl.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (rows, checkpoint, exports).")],
+    model: ModelOpt = None,
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            "--questions",
+            help='JSONL of {"question", "answer", "source" | "doc_id"}: no questions generated.',
+        ),
+    ] = None,
+    questions_per_chunk: Annotated[
+        int, typer.Option("--questions-per-chunk", help="Questions per chunk.")
+    ] = 3,
+    distractors: Annotated[int, typer.Option("--distractors", help="Distractor documents per row (k).")] = 4,
+    p: Annotated[float, typer.Option("--p", help="Probability a row shows its oracle document.")] = 0.8,
+    hard_ratio: Annotated[
+        float, typer.Option("--hard-ratio", help="Share of distractors that are retrieved hard negatives.")
+    ] = 0.5,
+    not_same_source: Annotated[
+        bool, typer.Option("--not-same-source", help="No distractor from the oracle's own document.")
+    ] = False,
+    no_oracle_answer: Annotated[
+        str, typer.Option("--no-oracle-answer", help="Rows without the oracle: memory (paper) or abstain.")
+    ] = "memory",
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")] = 0,
+    chunk_tokens: Annotated[
+        int | None, typer.Option("--chunk-tokens", help="Tokens per chunk (default: the RAG default).")
+    ] = None,
+    overlap_tokens: Annotated[int, typer.Option("--overlap-tokens", help="Overlap between chunks.")] = 32,
+    max_chunks: Annotated[
+        int | None, typer.Option("--max-chunks", help="Use only the first N chunks.")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Budget of each teacher answer.")] = 384,
+    question_max_tokens: Annotated[
+        int, typer.Option("--question-max-tokens", help="Budget of each question request.")
+    ] = 384,
+    temperature: Annotated[float, typer.Option("--temperature", help="Teacher sampling temperature.")] = 0.7,
+    retries: Annotated[
+        int, typer.Option("--retries", help="Regenerations of a row that fails verification.")
+    ] = 2,
+    grammar: Annotated[
+        bool,
+        typer.Option("--grammar/--no-grammar", help="Constrain a local teacher's quotes to shown sentences."),
+    ] = True,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Rows per checkpoint.")] = 16,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", help="Share of rows in the eval split.")
+    ] = 0.1,
+    hf: Annotated[
+        bool, typer.Option("--hf/--no-hf", help="Also save a Hugging Face datasets folder.")
+    ] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Discard a run with other settings in --out.")
+    ] = False,
+    embedder: Annotated[str, typer.Option("--embedder", help="Embedder spec, as for ingest.")] = "minilm",
+    collection: Annotated[
+        str | None, typer.Option("--collection", help="Collection for the corpus (default: one per corpus).")
+    ] = None,
+    api_key: ApiKey = None,
+    served_model: RemoteName = None,
+    data_dir: DataDir = None,
+    chroma_url: ChromaUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Generate RAFT rows from a corpus and write every export into --out (resumable)."""
+    from app.settings import load_settings
+    from retrieval.embeddings import make_embedder
+    from retrieval.raft.corpus import build_corpus
+    from retrieval.raft.export import export_all
+    from retrieval.raft.generate import RaftConfig, generate
+    from retrieval.raft.teacher import Teacher
+
+    s = load_settings(data_dir=data_dir, chroma_url=chroma_url)
+    try:
+        cfg = RaftConfig(
+            questions_per_chunk=questions_per_chunk, distractors=distractors, p=p, hard_ratio=hard_ratio,
+            not_same_source=not_same_source, no_oracle_answer=no_oracle_answer,  # type: ignore[arg-type]
+            seed=seed, retries=retries, max_tokens=max_tokens, question_max_tokens=question_max_tokens,
+            temperature=temperature, grammar=grammar,
+            max_chunks=max_chunks, checkpoint_every=checkpoint_every, progress=not quiet,
+        )  # fmt: skip
+        emb = make_embedder(embedder, cache_dir=Path(s.data_dir) / "models" / "embeddings")
+        chunks, retriever = build_corpus(
+            docs, data_dir=s.data_dir, embedder=emb, chroma_url=s.chroma_url, collection=collection,
+            chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens, progress=not quiet,
+        )  # fmt: skip
+        chat, name = _chat_model(s, model, api_key, served_model)
+        teacher = Teacher(chat, grammar=grammar, temperature=temperature, name=name)
+        extra = f"{docs.resolve()}\x00{chunk_tokens}\x00{overlap_tokens}\x00{embedder}"
+        rows, summary = generate(
+            chunks,
+            retriever,
+            teacher,
+            out,
+            cfg,
+            questions_file=questions,
+            overwrite=overwrite,
+            fingerprint_extra=extra,
+        )
+        counts = export_all(out, rows, eval_fraction=eval_fraction, seed=seed, hf=hf)
+    except (JambaStackError, ValueError) as e:
+        raise _fail(e) from None
+    report = summary.to_json() | {
+        "splits": counts,
+        "out": str(out),
+        "collection": retriever.collection.name,
+        "embedder": embedder,
+    }
+    (out / "summary.json").write_text(json.dumps(report, indent=1))
+    typer.echo(json.dumps(report) if as_json else f"{summary.text()}\nsplits: {counts}; exports in {out}")
+
+
+@raft_app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option("--data", help="The --out folder of `raft generate`.")],
+    model: ModelOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Which split to answer.")] = "eval",
+    limit: Annotated[int | None, typer.Option("--limit", help="Answer only the first N rows.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Budget of each answer.")] = 384,
+    rag_k: Annotated[
+        str | None,
+        typer.Option(
+            "--rag-k",
+            help="Also answer with the retriever's top k chunks instead of the stored documents, "
+            "for each k of a comma list (e.g. 3,5,7); the corpus collection is read from summary.json.",
+        ),
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="A `raft train` adapter to merge into a local --model.")
+    ] = None,
+    api_key: ApiKey = None,
+    served_model: RemoteName = None,
+    data_dir: DataDir = None,
+    chroma_url: ChromaUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Answer the eval split with its documents; report exact match, F1, citation precision,
+    abstention rate, with and without the oracle (and with retrieved top-k documents: --rag-k)."""
+    from app.settings import load_settings
+    from retrieval.raft.evaluate import answer_rows, load_eval_rows, rag_rows, score
+
+    s = load_settings(data_dir=data_dir, chroma_url=chroma_url)
+    progress = not quiet and not as_json
+    try:
+        rows = load_eval_rows(data, split)[:limit]  # a bad --data fails before a model loads
+        ks = [int(k) for k in rag_k.split(",")] if rag_k else []
+        chat, target = _chat_model(s, model, api_key, served_model)
+        if adapter is not None:
+            from app.client import LocalChatModel
+            from retrieval.raft.train import merge_adapter
+
+            if not isinstance(chat, LocalChatModel):
+                raise typer.BadParameter(f"--adapter needs a local --model, not {target}")
+            merge_adapter(chat.llm.model, adapter)
+        result = score(rows, answer_rows(chat, rows, max_tokens=max_tokens, progress=progress))
+        if ks:
+            from retrieval.search import open_retriever
+
+            meta = json.loads((data / "summary.json").read_text())
+            retriever = open_retriever(
+                meta["collection"], data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=meta["embedder"]
+            )
+            result["rag"] = {}
+            for k in ks:
+                rrows = rag_rows(rows, retriever, k)
+                replies = answer_rows(chat, rrows, max_tokens=max_tokens, progress=progress)
+                result["rag"][f"top{k}"] = score(rrows, replies) | {
+                    "recall": sum(r["oracle_present"] for r in rrows) / max(len(rrows), 1)
+                }
+    except (JambaStackError, ValueError, OSError, KeyError) as e:
+        raise _fail(e) from None
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=1))
+
+
+@raft_app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="The --out folder of `raft generate`.")],
+    out: Annotated[Path, typer.Option("--out", help="Where the LoRA adapter is saved.")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Base checkpoint directory [env: JAMBA_STACK_MODEL].")
+    ] = None,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Optimizer steps, one example each (0: --epochs).")
+    ] = 0,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Passes over the train split when --steps is 0.")
+    ] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-4,
+    r: Annotated[int, typer.Option("--r", help="LoRA rank.")] = 16,
+    alpha: Annotated[int, typer.Option("--alpha", help="LoRA alpha (scale alpha/r).")] = 32,
+    max_len: Annotated[int, typer.Option("--max-len", help="Tokens per example (documents trimmed).")] = 2048,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same run.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    merge_to: Annotated[
+        Path | None, typer.Option("--merge-to", help="Also write base + adapter merged as a checkpoint here.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """LoRA fine-tuning on the chat export (loss on the assistant turn only); saves the adapter."""
+    from app.settings import load_settings
+    from retrieval.raft.train import TrainConfig, train_lora, write_merged_checkpoint
+
+    s = load_settings(data_dir=data_dir)
+    try:
+        base = model or s.model
+        if not base or base.startswith(("http://", "https://")):
+            raise typer.BadParameter("--model must be a local checkpoint directory to train")
+        cfg = TrainConfig(r=r, alpha=alpha, lr=lr, steps=steps, epochs=epochs, max_len=max_len, seed=seed)
+        result = train_lora(Path(base), data, out, cfg, device=device, progress=not quiet and not as_json)
+        if merge_to is not None:
+            write_merged_checkpoint(Path(base), out, merge_to)
+    except (JambaStackError, ValueError) as e:
+        raise _fail(e) from None
+    report = result.__dict__ | {"merged": str(merge_to) if merge_to else None}
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        first, last = result.losses[0], result.losses[-1]
+        typer.echo(f"{len(result.losses)} steps, loss {first:.4f} -> {last:.4f}; adapter in {out}")
