@@ -1,36 +1,49 @@
-"""Prefill and decode speed of our runtime vs transformers' `JambaForCausalLM` on one GPU, bf16, at the
-Jamba-1.5-Mini shape cut to a few layers, side by side, with the hardware floor of every row.
+"""Our Jamba runtime vs transformers' `JambaForCausalLM` on one GPU, bf16, at the Jamba-1.5-Mini shape
+cut to a few layers, side by side in one run, with the hardware floor of every row.
 
-    python bench/runtime_gpu.py                          # ~5 min on an H100: 8 layers, P=2048 (+8192), b=1/16/64
-    python bench/runtime_gpu.py --quick                  # ~1 min: P=1024, decode b=1/16, N=32
-    python bench/runtime_gpu.py --config path/config.json --layers 16
+    python bench/runtime_gpu.py                          # ~3-6 min on an H100, the rows of issue 4
+    python bench/runtime_gpu.py --rows decode,prefill    # a subset, in the fixed order below
+    python bench/runtime_gpu.py --quick                  # ~2 min: shorter lengths, fewer repeats
     python bench/runtime_gpu.py --device cpu --quick     # the same code on CPU: tiny shape, float32
 
+Rows, cheap and most important first (`--rows` picks; names in brackets):
+  [decode]     batch 1, prompt 1K, 128 new tokens: ms/token and fraction of the bandwidth floor;
+               ours through the engine, ours as a plain loop over the model, transformers.
+  [prefill]    batch-1 forward over P=2048 tokens: tokens/s and the logits check (ours vs theirs).
+  [concurrent] 64 requests of 2K-token prompts, 128 new tokens each, all submitted at once to our
+               engine (continuous batching, chunked prefill): total tokens/s; transformers'
+               batched `generate` at 64 side by side (its OOM recorded), and, when that fails, both
+               sides again at a smaller batch (`--tf-ref-batch`, labelled as such).
+  [ttft]       prompts of 32K and 128K tokens, 1 new token: time to first token and peak GPU memory.
+               Transformers is skipped, with the reason recorded, when its pure-PyTorch scan cannot
+               fit the card (it holds three float32 (d_inner, P, d_state) tensors) or its time,
+               extrapolated linearly in P from its longest measured prefill, passes the budget.
+  [longest]    the longest context that fits on the card for this shape, from
+               `jamba_runtime.memory_plan` (weights, KV bytes per token, Mamba slots, one step's
+               activations), capped by the model's `max_position_embeddings`; then one prefill at
+               that length (or the longest the time budget allows) through the engine.
+
 Both models hold the same random weights, made on the device from a fixed seed (no checkpoint: the
-8-layer cut is ~27 GB in bf16). They share the tensors: transformers keeps each MoE layer's experts
-fused (`experts.gate_up_proj (E, 2I, H)`, `experts.down_proj (E, H, I)`), and our per-expert
-`gate_proj` / `up_proj` / `down_proj` weights are views into those, so the pair costs one model's
-memory. Every other parameter has the same name on both sides and is the same tensor.
+8-layer cut is ~27 GB in bf16), shared tensor for tensor (`bench/gpu_models.py`). One engine serves
+every row: `max_num_seqs` = the concurrent batch, prefill chunks of `--chunk` tokens
+(`max_num_batched_tokens`), a cache sized for the concurrent row and the longest prompt.
 
 Method (also stored in the JSON):
-  prefill  one batch-1 forward over P tokens with full logits: ours `model(ids)`, transformers
-           `model(input_ids=ids).logits`, under `torch.inference_mode()`; CUDA events around each
-           call, median of repeats, the sides alternating call by call after a warm-up. The warm-up
-           calls also give the logits compared (relative Frobenius error, max abs, argmax agreement).
-  decode   greedy, N new tokens per sequence after a Pd-token prompt, batch b. Ours: `LLM.generate`
-           (engine: scheduler, paged KV, sampler; `ignore_eos=True`) and, as "ours plain", a loop of
-           `forward_packed` on the contiguous `HybridCache` with argmax; transformers: `generate`
-           with `eos_token_id` cleared, `min_new_tokens=N`, `do_sample=False`. A forward hook on each
-           side's `lm_head` records a CUDA event per step; decode time runs from the step that
-           yields token 1 to the step that yields token N (N - 1 steps, host work included).
-           tokens/s = b * (N - 1) / median decode time; ms/step = decode time / (N - 1).
-  floors   decode: bytes read per step (every weight but the embedding and the experts no token
-           routed to, with the expected distinct experts for b uniform tokens; KV at context
-           Pd + N/2; Mamba conv + SSM state read and written) / measured copy bandwidth.
-           prefill: matmul FLOPs (2 x active matmul params x P, LM head included, + causal
-           attention) / measured bf16 matmul rate. Scan and other elementwise work are not counted.
+  decode      greedy, ignore eos. A forward hook on each side's `lm_head` records a CUDA event and the
+              number of logits rows per step; decode time runs from the step that yields the last
+              sequence's first token to the step that yields the final token (N - 1 steps).
+              ms/token = decode time / (N - 1); tokens/s = tokens sampled in that window / its time.
+  concurrent  total tokens/s = b * N / (submit -> final token), prefill included; decode tokens/s as
+              above (sequences admitted in prefill chunks finish at different steps).
+  prefill     P / median time of one batch-1 forward (full logits), CUDA events, sides alternating.
+  ttft        submit -> the LM-head call that yields token 1 (ours: engine, chunked prefill; theirs:
+              `generate(max_new_tokens=1)`); peak = `torch.cuda.max_memory_allocated` during the
+              call; "own peak" = weights (+ our engine's cache for ours) + what the call added.
+  floors      decode: bytes read per step (weights but the embedding and unrouted experts, KV at the
+              mean context, Mamba state read + written) / measured copy bandwidth. Prefill and TTFT:
+              matmul FLOPs (2 x active params x P + causal attention) / measured bf16 matmul rate.
 
-A row that fails (OOM, an API difference) is recorded and the others still run; the JSON is
+A row or side that fails (OOM, an API difference) is recorded and the rest still run; the JSON is
 rewritten after every row (`$OUT/runtime_gpu.json` when OUT is set, else bench/results/). Exit
 status 1 only when no row measured anything.
 """
@@ -38,17 +51,14 @@ status 1 only when no row measured anything.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,65 +75,88 @@ if str(REPO) not in sys.path:
 
 import transformers  # noqa: E402
 
-from jamba_runtime.batch import ForwardBatch  # noqa: E402
-from jamba_runtime.cache import HybridCache  # noqa: E402
+from bench.gpu_models import (  # noqa: E402 - re-exported: other benches import them from here
+    MINI_CONFIG,
+    accounting,
+    build_models,
+    common_prefix,
+    compare_logits,
+    cut_config,
+    decode_step_bytes,
+    hf_generate,
+    layer_map,
+    make_llm,
+    ours_engine_generate,
+    ours_plain_generate,
+    prefill_floor,
+    prompts,
+)
+from bench.gpu_report import fmt, format_table, row_notes, summary  # noqa: E402
+from bench.gpu_timing import (  # noqa: E402
+    Clock,
+    device_info,
+    free_memory,
+    measure_hardware,
+    short_error,
+    software_info,
+    timed_generate,
+)
 from jamba_runtime.config import JambaConfig  # noqa: E402
-from jamba_runtime.loader import empty_model  # noqa: E402
+from jamba_runtime.memory_plan import plan_memory  # noqa: E402
 from jamba_runtime.model import JambaForCausalLM  # noqa: E402
 from jamba_runtime.tiny import TINY_CONFIG  # noqa: E402
 from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
 
+__all__ = [
+    "MINI_CONFIG",
+    "accounting",
+    "build_models",
+    "common_prefix",
+    "compare_logits",
+    "cut_config",
+    "decode_step_bytes",
+    "hf_generate",
+    "layer_map",
+    "make_llm",
+    "ours_engine_generate",
+    "ours_plain_generate",
+    "prefill_floor",
+    "prompts",
+    "Clock",
+    "measure_hardware",
+    "timed_generate",
+    "free_memory",
+    "short_error",
+    "main",
+]
+
 transformers.logging.set_verbosity_error()
 
-# Jamba-1.5-Mini's config.json (models/jamba-1.5-mini in the project's shared data), all 32 layers;
-# --layers cuts it. Layer i is attention when i % 8 == 4, MoE when i % 2 == 1.
-MINI_CONFIG: dict[str, Any] = {
-    "architectures": ["JambaForCausalLM"],
-    "attention_dropout": 0.0,
-    "attn_layer_offset": 4,
-    "attn_layer_period": 8,
-    "bos_token_id": 1,
-    "eos_token_id": [2, 518],
-    "expert_layer_offset": 1,
-    "expert_layer_period": 2,
-    "hidden_act": "silu",
-    "hidden_size": 4096,
-    "initializer_range": 0.02,
-    "intermediate_size": 14336,
-    "mamba_conv_bias": True,
-    "mamba_d_conv": 4,
-    "mamba_d_state": 16,
-    "mamba_dt_rank": 256,
-    "mamba_expand": 2,
-    "mamba_proj_bias": False,
-    "max_position_embeddings": 262144,
-    "model_type": "jamba",
-    "num_attention_heads": 32,
-    "num_experts": 16,
-    "num_experts_per_tok": 2,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 8,
-    "output_router_logits": False,
-    "pad_token_id": 0,
-    "rms_norm_eps": 1e-06,
-    "router_aux_loss_coef": 0.001,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "use_cache": True,
-    "use_mamba_kernels": True,
-    "vocab_size": 65536,
-}
+ROWS = ("decode", "prefill", "concurrent", "ttft", "longest")
+_GIB = 2**30
 
 METHOD = {
-    "prefill": "P / median time of one batch-1 forward over P tokens (full logits), CUDA events; sides alternate after a warm-up",
     "decode": (
-        "b * (N - 1) / median decode time; decode time from the LM-head call that yields token 1 to the one "
-        "that yields token N (CUDA events recorded by forward hooks); greedy, eos ignored"
+        "ms/token = decode time / (N - 1), decode time from the LM-head call that yields the last sequence's "
+        "first token to the one that yields the final token (CUDA events from forward hooks); tokens/s = "
+        "tokens sampled in that window / its time; greedy, eos ignored"
     ),
+    "concurrent": "total tokens/s = b * N / (submit -> final token), prefill included; decode tokens/s as above",
+    "prefill": "P / median time of one batch-1 forward over P tokens (full logits), CUDA events; sides alternate",
+    "ttft": (
+        "submit -> LM-head call yielding token 1, best of the runs; peak = max_memory_allocated during the call; own peak = "
+        "weights (+ our engine cache) + what the call added over what was resident"
+    ),
+    "longest": "memory_plan.plan_memory for one sequence (weights, KV/token, slots, activations of one chunk), "
+    "capped by max_position_embeddings; verified by one engine prefill",
     "floor_prefill": "(2 x active matmul params x P + causal attention FLOPs) / measured bf16 matmul rate",
     "floor_decode": (
         "b / (bytes read per step: weights but embedding and unrouted experts (expected distinct experts "
-        "for b tokens), KV at context Pd + N/2, Mamba state read + written) / measured copy bandwidth)"
+        "for b tokens), KV at context P + N/2, Mamba state read + written) / measured copy bandwidth)"
+    ),
+    "transformers_long_skip": (
+        "skipped when weights + 3 float32 (d_inner x P x d_state) scan tensors pass the card's memory, or "
+        "when its time extrapolated linearly in P from its longest measured prefill passes the budget"
     ),
     "logits_rel_err": "|ours - transformers|_F / |transformers|_F over the prefill logits, float32 accumulation",
 }
@@ -139,390 +172,10 @@ def elapsed() -> float:
     return time.perf_counter() - START
 
 
-# ---- timing ---------------------------------------------------------------------------------------
-class Clock:
-    """Marks on the device's timeline: CUDA events (recorded on the current stream), or
-    `perf_counter` on CPU. `seconds(a, b)` waits for `b` before reading."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def mark(self) -> Any:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    def seconds(self, a: Any, b: Any) -> float:
-        if self.cuda:
-            b.synchronize()
-            return a.elapsed_time(b) / 1e3
-        return b - a
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def time(self, fn: Callable[[], Any]) -> float:
-        a = self.mark()
-        fn()
-        b = self.mark()
-        return self.seconds(a, b)
-
-
-def _matmul_seconds(clock: Clock, n: int, device: torch.device, dtype: torch.dtype, reps: int) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b)
-    return statistics.median(clock.time(lambda: torch.matmul(a, b)) for _ in range(reps))
-
-
-def _copy_seconds(clock: Clock, nbytes: int, device: torch.device, reps: int) -> float:
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    for _ in range(2):
-        dst.copy_(src)
-    return statistics.median(clock.time(lambda: dst.copy_(src)) for _ in range(reps))
-
-
-def measure_hardware(device: torch.device, dtype: torch.dtype, quick: bool) -> dict[str, Any]:
-    """Matmul rate in `dtype` (n x n x n) and copy bandwidth (bytes read + written per second)."""
-    clock = Clock(device)
-    cuda = device.type == "cuda"
-    n = 8192 if cuda else 512
-    reps = 10 if cuda else 3
-    t_mm = _matmul_seconds(clock, n, device, dtype, reps)
-    nbytes = (1 << 30 if quick else 2 << 30) if cuda else 64 << 20
-    t_cp = _copy_seconds(clock, nbytes, device, reps)
-    free_memory()
-    return {
-        "matmul_flops": 2 * n**3 / t_mm,
-        "matmul_n": n,
-        "matmul_dtype": str(dtype).removeprefix("torch."),
-        "copy_bandwidth_bytes_s": 2 * nbytes / t_cp,
-        "copy_bytes": nbytes,
-    }
-
-
-# ---- config and weights ---------------------------------------------------------------------------
-def cut_config(raw: dict[str, Any], layers: int) -> dict[str, Any]:
-    """`raw` with `num_hidden_layers = layers`; raises ValueError unless the cut keeps at least one
-    attention layer, one MoE layer and one dense-MLP layer."""
-    out = {**raw, "num_hidden_layers": layers}
-    ap, ao = raw["attn_layer_period"], raw["attn_layer_offset"]
-    ep, eo = raw["expert_layer_period"], raw["expert_layer_offset"]
-    attn = [i for i in range(layers) if i % ap == ao]
-    moe = [i for i in range(layers) if raw["num_experts"] > 1 and i % ep == eo]
-    dense = [i for i in range(layers) if i not in moe]
-    if not attn or not moe or not dense:
-        need = max(ao + 1, eo + 1, 2)
-        raise ValueError(
-            f"--layers {layers} keeps attention layers {attn}, MoE layers {moe}, dense layers {dense}: "
-            f"use at least {need} layers so the cut has all three"
-        )
-    return out
-
-
-def layer_map(cfg: JambaConfig) -> str:
-    """E.g. `M-dense M-moe ... A-dense`, one word per layer."""
-    return " ".join(
-        ("A" if cfg.is_attention_layer(i) else "M") + ("-moe" if cfg.is_moe_layer(i) else "-dense")
-        for i in range(cfg.num_hidden_layers)
-    )
-
-
-def _init(
-    name: str,
-    shape: tuple[int, ...],
-    cfg: JambaConfig,
-    gen: torch.Generator,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """One parameter, initialised on `device` with the scales of `jamba_runtime.tiny` (activations O(1))."""
-    if name.endswith("norm.weight"):
-        return torch.ones(shape, device=device, dtype=dtype)
-    if name.endswith("mamba.A_log"):  # float32, as the loader keeps it
-        a = torch.arange(1, cfg.mamba_d_state + 1, dtype=torch.float32, device=device)
-        return torch.log(a).expand(shape).contiguous()
-    if name.endswith("mamba.D"):
-        return torch.ones(shape, device=device, dtype=torch.float32)
-    if name.endswith("dt_proj.bias"):  # dt log-uniform in [1e-3, 1e-1], stored as softplus^-1(dt)
-        u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
-        dt = torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        return (dt + torch.log(-torch.expm1(-dt))).to(dtype)
-    if name.endswith("conv1d.bias"):
-        return torch.zeros(shape, device=device, dtype=dtype)
-    t = torch.randn(shape, generator=gen, device=device, dtype=dtype)
-    if name == "model.embed_tokens.weight":
-        return t
-    fan_in = shape[-1] if len(shape) == 2 else math.prod(shape[1:])
-    return t.div_(math.sqrt(fan_in))
-
-
-def _set_param(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
-    module_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(tensor, requires_grad=False))
-
-
-def build_models(
-    raw: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int
-) -> tuple[JambaForCausalLM, Any, dict[str, Any]]:
-    """Our model and transformers' on the same (shared) random weights; transformers' is None, with
-    the reason in the returned info, when it cannot be built or its parameters do not map."""
-    cfg = JambaConfig.from_dict(raw, source="bench config")
-    info: dict[str, Any] = {}
-    hf = None
-    try:
-        hf_cfg = transformers.JambaConfig(**raw)
-        with torch.device("meta"):
-            hf = transformers.JambaForCausalLM(hf_cfg)
-    except Exception as e:  # noqa: BLE001 - any failure leaves ours to run alone
-        info["transformers_error"] = f"building JambaForCausalLM: {e!r}"
-        hf = None
-    hf_names = {n for n, _ in hf.named_parameters()} if hf is not None else set()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    ours = empty_model(cfg)
-    hf_only: dict[str, torch.Tensor] = {}
-    shared: dict[str, torch.Tensor] = {}
-    e, h, i = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
-    for layer in cfg.moe_layers:
-        pre = f"model.layers.{layer}.feed_forward.experts"
-        if hf is not None and f"{pre}.gate_up_proj" not in hf_names:
-            continue  # a per-expert transformers layout: same names as ours, shared one by one below
-        # Fused as transformers holds them (gate rows first, then up); ours are views of each expert.
-        gate_up = torch.randn(e, 2 * i, h, generator=gen, device=device, dtype=dtype).div_(math.sqrt(h))
-        down = torch.randn(e, h, i, generator=gen, device=device, dtype=dtype).div_(math.sqrt(i))
-        hf_only[f"{pre}.gate_up_proj"], hf_only[f"{pre}.down_proj"] = gate_up, down
-        for x in range(e):
-            shared[f"{pre}.{x}.gate_proj.weight"] = gate_up[x, :i]
-            shared[f"{pre}.{x}.up_proj.weight"] = gate_up[x, i:]
-            shared[f"{pre}.{x}.down_proj.weight"] = down[x]
-    for name, p in list(ours.named_parameters()):
-        t = shared.get(name)
-        _set_param(ours, name, t if t is not None else _init(name, tuple(p.shape), cfg, gen, device, dtype))
-    if cfg.tie_word_embeddings:
-        ours.lm_head.weight = ours.model.embed_tokens.weight
-    ours.eval()
-    if hf is not None:
-        mine = dict(ours.named_parameters(remove_duplicate=False))
-        problems = []
-        for name, p in list(hf.named_parameters(remove_duplicate=False)):
-            t = hf_only.get(name, mine.get(name))
-            if t is None or tuple(t.shape) != tuple(p.shape):
-                problems.append(f"{name} {list(p.shape)}: ours has {None if t is None else list(t.shape)}")
-                continue
-            _set_param(hf, name, t)
-        left = [n for n, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
-        if problems or left:
-            info["transformers_error"] = (
-                f"parameters that do not map onto ours: {problems[:5]} ({len(problems)}); "
-                f"left on the meta device: {left[:5]} ({len(left)})"
-            )
-            hf = None
-        else:
-            hf.eval()
-            hf.generation_config.eos_token_id = None  # transformers' form of ignore_eos
-            info["transformers_attn_implementation"] = getattr(hf.config, "_attn_implementation", None)
-            info["transformers_experts_implementation"] = getattr(hf.config, "_experts_implementation", None)
-    return ours, hf, info
-
-
-def accounting(model: JambaForCausalLM, cfg: JambaConfig) -> dict[str, Any]:
-    """Parameter and byte counts the floors need."""
-    params = dict(model.named_parameters())
-    total_bytes = sum(p.numel() * p.element_size() for p in params.values())
-    emb = model.model.embed_tokens.weight
-    elt = emb.element_size()
-    per_expert = 3 * cfg.hidden_size * cfg.intermediate_size
-    n_moe = len(cfg.moe_layers)
-    # Matmul weights: no norms, A_log, D, conv taps, biases; the embedding is a gather (the LM head counts).
-    matmul = sum(
-        p.numel() for n, p in params.items() if p.dim() >= 2 and "conv1d" not in n and not n.endswith("A_log")
-    )
-    if not cfg.tie_word_embeddings:
-        matmul -= emb.numel()
-    return {
-        "total_params": sum(p.numel() for p in params.values()),
-        "total_bytes": total_bytes,
-        "embedding_bytes": emb.numel() * elt,
-        "per_expert_params": per_expert,
-        "per_expert_bytes": per_expert * elt,
-        "moe_layers": n_moe,
-        "active_matmul_params_per_token": matmul
-        - n_moe * (cfg.num_experts - cfg.num_experts_per_tok) * per_expert,
-        "act_bytes": elt,
-    }
-
-
-def prefill_floor(cfg: JambaConfig, acct: dict[str, Any], p: int, hw: dict[str, Any]) -> float:
-    attn = len(cfg.attention_layers) * 4 * cfg.num_attention_heads * cfg.head_dim * p * (p + 1) / 2
-    flops = 2 * acct["active_matmul_params_per_token"] * p + attn
-    return p / (flops / hw["matmul_flops"])
-
-
-def decode_step_bytes(cfg: JambaConfig, acct: dict[str, Any], b: int, context: float) -> float:
-    e, k = cfg.num_experts, cfg.num_experts_per_tok
-    distinct = e * (1 - (1 - k / e) ** b)  # expected experts hit by b tokens routed uniformly
-    weights = acct["total_bytes"] - acct["moe_layers"] * (e - distinct) * acct["per_expert_bytes"]
-    if not cfg.tie_word_embeddings:
-        weights -= acct["embedding_bytes"]
-    kv = (
-        len(cfg.attention_layers)
-        * 2
-        * cfg.num_key_value_heads
-        * cfg.head_dim
-        * context
-        * b
-        * acct["act_bytes"]
-    )
-    per_layer = cfg.mamba_d_inner * (cfg.mamba_d_state * 4 + (cfg.mamba_d_conv - 1) * acct["act_bytes"])
-    state = 2 * len(cfg.mamba_layers) * per_layer * b  # SSM state float32; read and written
-    return weights + kv + state
-
-
-# ---- the sides ------------------------------------------------------------------------------------
-def make_llm(model: JambaForCausalLM, tokenizer_dir: Path, max_batch: int, tokens: int) -> Any:
-    """`LLM` over the model already in memory (its constructor loads from disk), with an engine sized
-    for `max_batch` sequences of `tokens` tokens whose prompts all prefill in one step."""
-    from jamba_runtime.engine import EngineConfig, LLMEngine
-    from jamba_runtime.llm import LLM
-    from jamba_runtime.paged_cache import block_bytes, slot_bytes
-    from jamba_runtime.tokenizer import Tokenizer
-
-    cfg = model.config
-    block = 16
-    blocks = max_batch * (tokens // block + 2) + 64
-    slots = max_batch + 4
-    need = blocks * block_bytes(cfg, block, model.dtype) + slots * slot_bytes(cfg, model.dtype)
-    engine_cfg = EngineConfig(
-        max_num_seqs=max_batch,
-        max_num_batched_tokens=max(2048, max_batch * tokens),
-        block_size=block,
-        cache_memory_gb=need * 1.25 / 2**30 + 0.01,
-        num_snapshot_slots=4,
-    )
-
-    class SharedModelLLM(LLM):
-        def __init__(self) -> None:  # no super().__init__: it would load a checkpoint
-            self.model = model
-            self.config = cfg
-            self.tokenizer = Tokenizer.from_dir(tokenizer_dir)
-            self.engine = LLMEngine(model, self.tokenizer, engine_cfg)
-
-    return SharedModelLLM()
-
-
-def ours_engine_generate(llm: Any, ids: torch.Tensor, n: int) -> list[list[int]]:
-    from jamba_runtime import SamplingParams
-
-    params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
-    return [list(o.token_ids) for o in llm.generate([row.tolist() for row in ids], params)]
-
-
-@torch.inference_mode()
-def ours_plain_generate(model: JambaForCausalLM, ids: torch.Tensor, n: int) -> list[list[int]]:
-    """Greedy decode with the model alone: contiguous cache, one `forward_packed` per step."""
-    b, p = ids.shape
-    dev = ids.device
-    cache = HybridCache(model.config, b, p + n, dtype=model.dtype, device=dev)
-    batch = ForwardBatch.build([p] * b, device=dev)
-    tok = model.forward_packed(ids.reshape(-1), batch, cache, batch.last_token_indices()).argmax(-1)
-    out = [tok]
-    for step in range(1, n):
-        batch = ForwardBatch.build([1] * b, [p + step - 1] * b, device=dev)
-        tok = model.forward_packed(tok, batch, cache).argmax(-1)
-        out.append(tok)
-    return torch.stack(out, 1).tolist()
-
-
-@torch.inference_mode()
-def hf_generate(hf: Any, ids: torch.Tensor, n: int, pad: int) -> list[list[int]]:
-    out = hf.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=n,
-        min_new_tokens=n,
-        do_sample=False,
-        pad_token_id=pad,
-    )
-    return out[:, ids.shape[1] :].tolist()
-
-
-def timed_generate(
-    clock: Clock,
-    lm_head: torch.nn.Module,
-    gen: Callable[[torch.Tensor, int], list[list[int]]],
-    ids: torch.Tensor,
-    n: int,
-) -> tuple[float, float, list[list[int]], int]:
-    """(time to first token, decode time of N - 1 steps, tokens, LM-head calls); each step ends in one
-    LM-head call. More than N calls means the prompts took several steps (chunked prefill)."""
-    marks: list[Any] = []
-    handle = lm_head.register_forward_hook(lambda *_: marks.append(clock.mark()))
-    try:
-        t0 = clock.mark()
-        tokens = gen(ids, n)
-    finally:
-        handle.remove()
-    clock.sync()
-    if len(marks) < n or any(len(t) != n for t in tokens):
-        raise RuntimeError(
-            f"{len(marks)} LM-head calls and lengths {sorted({len(t) for t in tokens})} for n={n}"
-        )
-    return clock.seconds(t0, marks[-n]), clock.seconds(marks[-n], marks[-1]), tokens, len(marks)
-
-
-def prompts(vocab: int, batch: int, length: int, seed: int, device: torch.device) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(20, vocab, (batch, length), generator=gen).to(device)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def short_error(e: BaseException) -> str:
-    tb = traceback.format_exception(type(e), e, e.__traceback__)
-    return f"{type(e).__name__}: {e}"[:600] + " | " + "".join(tb[-3:])[-900:]
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def compare_logits(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, Any]:
-    """Relative Frobenius error, max abs difference and argmax agreement, in float32 chunks."""
-    a, b = ours.reshape(-1, ours.shape[-1]), theirs.reshape(-1, theirs.shape[-1])
-    num = den = max_abs = 0.0
-    agree, finite = 0, True
-    for s in range(0, a.shape[0], 1024):
-        x, y = a[s : s + 1024].float(), b[s : s + 1024].float()
-        finite = finite and bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())
-        d = x - y
-        num += float(d.pow(2).sum())
-        den += float(y.pow(2).sum())
-        max_abs = max(max_abs, float(d.abs().max()))
-        agree += int((x.argmax(-1) == y.argmax(-1)).sum())
-    return {
-        "logits_rel_err": math.sqrt(num / den) if den > 0 else math.nan,
-        "logits_max_abs_diff": max_abs,
-        "logits_abs_mean_transformers": math.sqrt(den / b.numel()),
-        "argmax_agreement": agree / a.shape[0],
-        "logits_finite": finite,
-    }
-
-
 # ---- the bench ------------------------------------------------------------------------------------
+Gen = Callable[[torch.Tensor, int], list[list[int]]]
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, out: Path) -> None:
         self.args, self.device, self.dtype, self.out = args, device, dtype, out
@@ -539,16 +192,36 @@ class Bench:
         self.acct: dict[str, Any] = {}
         self.table = ""
         self.tok_dir: Path | None = None
+        self.plan: dict[str, Any] = {}
+        self.engine_cache_bytes: int | None = None
 
     # -- bookkeeping
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
     def peak_gib(self) -> float | None:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**30
-        return None
+        return torch.cuda.max_memory_allocated(self.device) / _GIB if self.cuda else None
 
     def reset_peak(self) -> None:
-        if self.device.type == "cuda":
+        if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def with_peak(self, fn: Callable[[], Any]) -> tuple[Any, float | None, float | None]:
+        """(fn(), peak GiB during the call, GiB allocated before it); both None on CPU."""
+        resident = torch.cuda.memory_allocated(self.device) / _GIB if self.cuda else None
+        self.reset_peak()
+        result = fn()
+        return result, self.peak_gib(), resident
+
+    def own_peak(self, side: str, peak: float | None, resident: float | None) -> float | None:
+        """The peak this side would have alone: weights (+ our engine's cache) + what the call added."""
+        if peak is None or resident is None:
+            return None
+        own = self.acct["total_bytes"] / _GIB + (peak - resident)
+        if side == "ours" and self.engine_cache_bytes is not None:
+            own += self.engine_cache_bytes / _GIB
+        return own
 
     def phase(self, name: str, fn: Callable[[], Any]) -> Any:
         """Run `fn`, record its wall time and peak memory; a failure is recorded and returns None."""
@@ -570,16 +243,17 @@ class Bench:
             self.save()
 
     def save(self) -> None:
-        args = self.args
         result = {
             "bench": "runtime_gpu",
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
             "dtype": str(self.dtype).removeprefix("torch."),
             "hardware": {**self.hw, **device_info(self.device)},
             "software": software_info(),
             "model": self.model_info,
+            "memory_plan": self.plan,
+            "engine_cache_gib": None if self.engine_cache_bytes is None else self.engine_cache_bytes / _GIB,
             "method": METHOD,
             "rows": self.rows,
             "phases": self.phases,
@@ -593,7 +267,7 @@ class Bench:
         tmp.replace(self.out)
 
     # -- setup
-    def setup(self, raw: dict[str, Any]) -> bool:
+    def setup(self, raw: dict[str, Any], full_raw: dict[str, Any]) -> bool:
         args = self.args
         hw = self.phase("hardware probe", lambda: measure_hardware(self.device, self.dtype, args.quick))
         if hw is None:  # floors need it; keep going with the DESIGN numbers of an H100
@@ -619,26 +293,95 @@ class Bench:
             self.failures.append(
                 {"phase": "build transformers", "error": info.get("transformers_error", "?")}
             )
+        tf = (
+            f"attn {info.get('transformers_attn_implementation')}, experts "
+            f"{info.get('transformers_experts_implementation')}"
+            if self.hf is not None
+            else info.get("transformers_error")
+        )
         log(
             f"model: {self.cfg.num_hidden_layers} layers [{self.model_info['layers']}], "
-            f"{self.acct['total_params'] / 1e9:.2f}B params, {self.acct['total_bytes'] / 2**30:.1f} GiB (shared "
+            f"{self.acct['total_params'] / 1e9:.2f}B params, {self.acct['total_bytes'] / _GIB:.1f} GiB (shared "
             f"with transformers), active matmul params/token {self.acct['active_matmul_params_per_token'] / 1e9:.2f}B; "
-            f"transformers: {'attn ' + str(info.get('transformers_attn_implementation')) + ', experts ' + str(info.get('transformers_experts_implementation')) if self.hf is not None else info.get('transformers_error')}"
+            f"transformers: {tf}"
         )
-        if args.decode_batches:
-            tokens = args.decode_prompt_len + args.new_tokens + 16
-            self.llm = self.phase("engine (LLM over the shared model)", lambda: self._make_llm(tokens))
+        self.phase("memory plan", lambda: self.make_plan(full_raw))
+        if {"decode", "concurrent", "ttft", "longest"} & set(args.rows):
+            self.llm = self.phase("engine (LLM over the shared model)", self._make_llm)
         return True
 
-    def _make_llm(self, tokens: int) -> Any:
+    def make_plan(self, full_raw: dict[str, Any]) -> None:
+        """`jamba_runtime.memory_plan` for one sequence on this card: the longest context that fits;
+        for information also the uncut config (bf16 and experts_int8)."""
+        assert self.cfg is not None
+        total = torch.cuda.get_device_properties(self.device).total_memory if self.cuda else None
+
+        def plan(cfg: JambaConfig, quant: str | None) -> dict[str, Any]:
+            p = plan_memory(
+                cfg,
+                dtype=self.dtype,
+                quantization=quant,
+                max_num_seqs=1,
+                num_snapshot_slots=0,
+                max_num_batched_tokens=self.args.chunk,
+                device_memory_bytes=total,
+            )
+            return {
+                "layers": cfg.num_hidden_layers,
+                "quantization": quant,
+                "weights_gib": p.weights_bytes / _GIB,
+                "kv_bytes_per_token": p.kv_bytes_per_token,
+                "mamba_slot_mib": p.mamba_slot_bytes / 2**20,
+                "activation_gib": p.activation_bytes / _GIB,
+                "reserve_gib": p.reserve_bytes / _GIB,
+                "budget_gib": None if p.budget_bytes is None else p.budget_bytes / _GIB,
+                "kv_tokens_that_fit": p.kv_tokens,
+                "max_position_embeddings": p.max_position_embeddings,
+                "longest_context": p.longest_context,
+                "fits": p.fits,
+                "summary": p.summary(),
+            }
+
+        self.plan = {"this_shape": plan(self.cfg, None)}
+        log(self.plan["this_shape"]["summary"])
+        if full_raw.get("num_hidden_layers") != self.cfg.num_hidden_layers:
+            full = JambaConfig.from_dict(full_raw, source="bench config (uncut)")
+            for quant in (None, "experts_int8"):
+                try:
+                    self.plan[f"uncut_{quant or 'bf16'}"] = plan(full, quant)
+                except Exception as e:  # noqa: BLE001 - information only
+                    self.plan[f"uncut_{quant or 'bf16'}"] = {"error": short_error(e)}
+
+    def longest_target(self) -> int:
+        """Tokens (prompt + 1 new) of the longest-context check: the plan's longest context, capped
+        by `--longest-cap`."""
+        assert self.cfg is not None
+        longest = self.plan.get("this_shape", {}).get("longest_context") or self.cfg.max_position_embeddings
+        return min(longest, self.args.longest_cap or longest)
+
+    def _make_llm(self) -> Any:
         assert self.ours is not None and self.cfg is not None
+        args = self.args
         self.tok_dir = Path(tempfile.mkdtemp(prefix="jamba-bench-tok-"))
         # The engine detokenises its output: any tokenizer with the model's vocab size will do.
         write_tiny_tokenizer(self.tok_dir, vocab_size=self.cfg.vocab_size)
-        return make_llm(self.ours, self.tok_dir, max(self.args.decode_batches), tokens)
+        batch = max(args.concurrent, args.tf_ref_batch, 1)
+        tokens = max(args.decode_prompt_len, args.concurrent_prompt_len) + args.new_tokens + 16
+        capacity = max([*args.ttft_lens, 0]) + 16
+        if "longest" in args.rows:
+            capacity = max(capacity, self.longest_target() + 16)
+        before = torch.cuda.memory_allocated(self.device) if self.cuda else None
+        llm = make_llm(self.ours, self.tok_dir, batch, tokens, args.chunk, capacity)
+        if before is not None:
+            self.engine_cache_bytes = torch.cuda.memory_allocated(self.device) - before
+        log(
+            f"engine: max_num_seqs {batch}, max_num_batched_tokens {args.chunk}, max_model_len "
+            f"{llm.engine.max_model_len:,}, cache {fmt(None if before is None else self.engine_cache_bytes / _GIB, '.2f')} GiB"
+        )
+        return llm
 
     # -- rows
-    def run_row(self, metric: str, fn: Callable[[], dict[str, Any]]) -> None:
+    def run_row(self, metric: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         self.reset_peak()
         t0 = time.perf_counter()
         log(f"{metric} ...")
@@ -653,8 +396,98 @@ class Bench:
             self.failures.append({"phase": metric, "side": side, "error": err})
             log(f"  {side} FAILED: {err[:300]}")
         free_memory()
-        log(f"{metric}: {summary(row)} ({row['seconds']:.1f}s, peak {fmt(row['peak_gib'], '.1f')} GiB)")
+        log(
+            f"{row['metric']}: {summary(row)} ({row['seconds']:.1f}s, peak {fmt(row['peak_gib'], '.1f')} GiB)"
+        )
         self.save()
+        return row
+
+    def sides(self, names: list[str]) -> dict[str, tuple[torch.nn.Module, Gen]]:
+        assert self.ours is not None and self.cfg is not None
+        ours, hf, llm = self.ours, self.hf, self.llm
+        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
+        out: dict[str, tuple[torch.nn.Module, Gen]] = {}
+        if "ours" in names and llm is not None:
+            out["ours"] = (ours.lm_head, lambda x, k: ours_engine_generate(llm, x, k))
+        if "ours_plain" in names and not self.args.no_plain:
+            out["ours_plain"] = (ours.lm_head, lambda x, k: ours_plain_generate(ours, x, k))
+        if "transformers" in names and hf is not None:
+            out["transformers"] = (hf.lm_head, lambda x, k: hf_generate(hf, x, k, pad))
+        return out
+
+    def generate_row(
+        self, metric: str, kind: str, b: int, p: int, n: int, names: list[str], repeats: int, seed: int
+    ) -> dict[str, Any]:
+        """Greedy generation of `n` tokens after `p`-token prompts at batch `b` on each side: warm-up,
+        then `repeats` timed runs alternating sides; decode and total rates, peaks, greedy agreement."""
+        assert self.cfg is not None
+        ids = prompts(self.cfg.vocab_size, b, p, seed=seed, device=self.device)
+        sides = self.sides(names)
+        row: dict[str, Any] = {"metric": metric, "kind": kind, "batch": b, "prompt_len": p, "new_tokens": n}
+        errors: dict[str, str] = {}
+        for side, (_, gen) in list(sides.items()):  # warm-up: compiles, allocator, cuBLAS heuristics
+            try:
+                gen(ids, min(n, 16))
+                self.clock.sync()
+            except Exception as e:  # noqa: BLE001
+                errors[side] = short_error(e)
+                del sides[side]
+                free_memory()
+        log("  warm-up done: " + ", ".join(sides) + (f"; failed: {', '.join(errors)}" if errors else ""))
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
+        peaks: dict[str, tuple[float | None, float | None]] = {}
+        for _ in range(repeats):
+            for side, (head, gen) in list(sides.items()):
+                try:
+                    res, peak, resident = self.with_peak(
+                        lambda: timed_generate(self.clock, head, gen, ids, n)
+                    )
+                    runs[side].append(res)
+                    old = peaks.get(side, (None, resident))[0]
+                    peaks[side] = (peak if old is None or peak is None else max(old, peak), resident)
+                except Exception as e:  # noqa: BLE001
+                    errors[side] = short_error(e)
+                    del sides[side]
+                    free_memory()
+        tokens: dict[str, list[list[int]]] = {}
+        for side, rs in runs.items():
+            if not rs:
+                continue
+            d = statistics.median(r["decode_s"] for r in rs)
+            window = statistics.median(r["window_tokens"] for r in rs)
+            total = statistics.median(r["total_s"] for r in rs)
+            peak, resident = peaks.get(side, (None, None))
+            row[side] = {
+                "ms_per_step": 1e3 * d / (n - 1),
+                "tokens_per_s": window / d if d > 0 else math.nan,
+                "total_tokens_per_s": b * n / total,
+                "total_s": total,
+                "first_token_s": statistics.median(r["first_token_s"] for r in rs),
+                "decode_s": [r["decode_s"] for r in rs],
+                "window_tokens": window,
+                "lm_head_calls": rs[-1]["calls"],
+                "peak_gib": peak,
+                "own_peak_gib": self.own_peak(side, peak, resident),
+            }
+            tokens[side] = rs[-1]["tokens"]
+        for x, y in [("ours", "transformers"), ("ours", "ours_plain"), ("ours_plain", "transformers")]:
+            if x in tokens and y in tokens:
+                prefix = [common_prefix(s, t) for s, t in zip(tokens[x], tokens[y])]
+                row[f"greedy_{x}_vs_{y}"] = {
+                    "identical": tokens[x] == tokens[y],
+                    "min_agreeing_prefix": min(prefix),
+                    "mean_agreeing_prefix": statistics.fmean(prefix),
+                }
+        assert self.cfg is not None
+        step = decode_step_bytes(self.cfg, self.acct, b, p + n / 2)
+        bw = self.hw["copy_bandwidth_bytes_s"]
+        row["floor_step_bytes"] = step
+        row["floor_ms_per_step"] = 1e3 * step / bw
+        row["floor_tokens_per_s"] = b * bw / step
+        prefill_s = b * p / prefill_floor(self.cfg, self.acct, p, self.hw)
+        row["floor_total_tokens_per_s"] = b * n / (prefill_s + n * step / bw)
+        row["errors"] = errors
+        return row
 
     def prefill_row(self, p: int) -> dict[str, Any]:
         assert self.ours is not None and self.cfg is not None
@@ -700,108 +533,253 @@ class Bench:
         row["errors"] = errors
         return row
 
-    def decode_row(self, b: int) -> dict[str, Any]:
-        assert self.ours is not None and self.cfg is not None
-        ours, hf, llm, args = self.ours, self.hf, self.llm, self.args
-        n, pd = args.new_tokens, args.decode_prompt_len
-        ids = prompts(self.cfg.vocab_size, b, pd, seed=200 + b, device=self.device)
-        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
-        sides: dict[str, tuple[torch.nn.Module, Callable[[torch.Tensor, int], list[list[int]]]]] = {}
-        if llm is not None:
-            sides["ours"] = (ours.lm_head, lambda x, k: ours_engine_generate(llm, x, k))
-        if not args.no_plain:
-            sides["ours_plain"] = (ours.lm_head, lambda x, k: ours_plain_generate(ours, x, k))
-        if hf is not None:
-            sides["transformers"] = (hf.lm_head, lambda x, k: hf_generate(hf, x, k, pad))
+    # -- long prompts
+    def tf_long_skip(self, length: int) -> tuple[str | None, dict[str, Any]]:
+        """Why transformers' pure-PyTorch prefill of `length` tokens is not attempted (None: try it),
+        and the estimates behind it."""
+        assert self.cfg is not None
+        cfg = self.cfg
+        # mamba_selective_scan's discrete_A, discrete_B and deltaB_u: float32 (b, d_inner, P, d_state) each.
+        scan = 3 * cfg.mamba_d_inner * length * cfg.mamba_d_state * 4
+        need = self.acct["total_bytes"] + scan
+        est: dict[str, Any] = {"min_bytes": need, "scan_tensors_bytes": scan}
+        ref = self.longest_tf_prefill()
+        if ref is not None:
+            est["seconds"] = ref[1] * length / ref[0]
+            est["from"] = f"{ref[1]:.2f}s at P={ref[0]}, linear in P"
+        if self.cuda:
+            card = torch.cuda.get_device_properties(self.device).total_memory
+            if need > card:
+                return (
+                    f"needs at least {need / _GIB:.0f} GiB (weights {self.acct['total_bytes'] / _GIB:.1f} + three "
+                    f"float32 d_inner x P x d_state scan tensors {scan / _GIB:.0f}); the card has {card / _GIB:.0f} GiB"
+                    + (f"; estimated time {est['seconds']:.0f}s ({est['from']})" if "seconds" in est else ""),
+                    est,
+                )
+        left = self.args.budget_s - elapsed() - self.args.reserve_s
+        if "seconds" in est and est["seconds"] > left:
+            return (
+                f"estimated {est['seconds']:.0f}s ({est['from']}), {left:.0f}s of the time budget left",
+                est,
+            )
+        return None, est
+
+    def longest_tf_prefill(self) -> tuple[int, float] | None:
+        """(P, seconds) of transformers' longest batch-1 prefill measured so far."""
+        best: tuple[int, float] | None = None
+        for r in self.rows:
+            tf = r.get("transformers")
+            if not isinstance(tf, dict) or r.get("batch", 1) != 1:
+                continue
+            if r.get("kind") == "prefill":
+                cand = (r["prompt_len"], tf["ms"] / 1e3)
+            elif r.get("kind") == "ttft":
+                cand = (r["prompt_len"], tf["ttft_s"])
+            else:
+                continue
+            if best is None or cand[0] > best[0]:
+                best = cand
+        return best
+
+    def longest_ours_ttft(self) -> tuple[int, float] | None:
+        best: tuple[int, float] | None = None
+        for r in self.rows:
+            if r.get("kind") in ("ttft", "longest") and isinstance(r.get("ours"), dict):
+                cand = (r["prompt_len"], r["ours"]["ttft_s"])
+                if best is None or cand[0] > best[0]:
+                    best = cand
+        return best
+
+    def one_token(self, side: str, ids: torch.Tensor, repeats: int) -> dict[str, Any]:
+        """Time to first token of one prompt on one side, `repeats` runs; peak memory of the worst."""
+        head, gen = self.sides([side])[side]
+        times, peak, resident = [], None, None
+        for _ in range(repeats):
+            res, pk, resident = self.with_peak(lambda: timed_generate(self.clock, head, gen, ids, 1))
+            times.append(res["total_s"])
+            peak = pk if peak is None or pk is None else max(peak, pk)
+            free_memory()
+        return {
+            "ttft_s": min(times),  # best of the runs: the first may include kernel compiles
+            "times_s": times,
+            "peak_gib": peak,
+            "resident_gib": resident,
+            "own_peak_gib": self.own_peak(side, peak, resident),
+            "lm_head_calls": res["calls"],
+        }
+
+    def ttft_row(self, length: int, kind: str = "ttft", metric: str | None = None) -> dict[str, Any]:
+        assert self.cfg is not None
+        ids = prompts(self.cfg.vocab_size, 1, length, seed=300 + length, device=self.device)
         row: dict[str, Any] = {
-            "metric": f"decode b={b} Pd={pd} N={n}",
-            "kind": "decode",
-            "batch": b,
-            "prompt_len": pd,
-            "new_tokens": n,
+            "metric": metric or f"TTFT P={length}",
+            "kind": kind,
+            "batch": 1,
+            "prompt_len": length,
+            "new_tokens": 1,
         }
         errors: dict[str, str] = {}
-        for side, (_, gen) in list(sides.items()):  # warm-up: compiles, allocator, cuBLAS heuristics
+        if self.llm is None:
+            errors["ours"] = "no engine (see the engine phase's failure)"
+        else:
             try:
-                gen(ids, min(n, 16))
-                self.clock.sync()
+                row["ours"] = self.one_token("ours", ids, self.args.ttft_repeats)
             except Exception as e:  # noqa: BLE001
-                errors[side] = short_error(e)
-                del sides[side]
+                errors["ours"] = short_error(e)
                 free_memory()
-        log("  warm-up done: " + ", ".join(sides) + (f"; failed: {', '.join(errors)}" if errors else ""))
-        runs: dict[str, list[tuple[float, float, list[list[int]], int]]] = {s: [] for s in sides}
-        for _ in range(args.repeats):
-            for side, (head, gen) in list(sides.items()):
+        if kind == "ttft" and self.hf is not None:
+            reason, est = self.tf_long_skip(length)
+            row["transformers_estimate"] = est
+            if reason is not None:
+                row["transformers_skipped"] = reason
+                log(f"  transformers skipped: {reason}")
+            else:
                 try:
-                    runs[side].append(timed_generate(self.clock, head, gen, ids, n))
+                    row["transformers"] = self.one_token("transformers", ids, 1)
                 except Exception as e:  # noqa: BLE001
-                    errors[side] = short_error(e)
-                    del sides[side]
+                    errors["transformers"] = short_error(e)
                     free_memory()
-        tokens: dict[str, list[list[int]]] = {}
-        for side, rs in runs.items():
-            if not rs:
-                continue
-            d = statistics.median(r[1] for r in rs)
-            row[side] = {
-                "tokens_per_s": b * (n - 1) / d,
-                "ms_per_step": 1e3 * d / (n - 1),
-                "ttft_s": statistics.median(r[0] for r in rs),
-                "decode_s": [r[1] for r in rs],
-                "lm_head_calls": rs[-1][3],
-            }
-            tokens[side] = rs[-1][2]
-        for x, y in [("ours", "transformers"), ("ours", "ours_plain"), ("ours_plain", "transformers")]:
-            if x in tokens and y in tokens:
-                prefix = [common_prefix(s, t) for s, t in zip(tokens[x], tokens[y])]
-                row[f"greedy_{x}_vs_{y}"] = {
-                    "identical": tokens[x] == tokens[y],
-                    "min_agreeing_prefix": min(prefix),
-                    "mean_agreeing_prefix": statistics.fmean(prefix),
-                }
-        step = decode_step_bytes(self.cfg, self.acct, b, pd + n / 2)
-        bw = self.hw["copy_bandwidth_bytes_s"]
-        row["floor_step_bytes"] = step
-        row["floor_ms_per_step"] = 1e3 * step / bw
-        row["floor_tokens_per_s"] = b * bw / step
+        floor = prefill_floor(self.cfg, self.acct, length, self.hw)
+        row["floor_ttft_s"] = length / floor
         row["errors"] = errors
         return row
 
+    def longest_row(self) -> dict[str, Any]:
+        """The plan's longest context, verified by one engine prefill of that many tokens (prompt of
+        N - 1 + 1 new token), or of the longest the time budget allows."""
+        assert self.cfg is not None
+        plan = self.plan.get("this_shape", {})
+        target = self.longest_target()
+        if self.llm is not None:
+            target = min(target, self.llm.engine.max_model_len)
+        note = []
+        if self.args.longest_cap and target == self.args.longest_cap:
+            note.append(f"capped by --longest-cap {self.args.longest_cap:,}")
+        ref = self.longest_ours_ttft()
+        left = self.args.budget_s - elapsed() - 5
+        if ref is not None and ref[0] < target:
+            est = ref[1] * (target / ref[0]) ** 1.5  # attention is quadratic in P, the rest linear
+            if est > left:
+                fit = int(ref[0] * (max(left, 0) / ref[1]) ** (1 / 1.5)) // 1024 * 1024
+                note.append(f"{target:,} estimated {est:.0f}s > {left:.0f}s left: verified at {fit:,}")
+                target = fit
+        # memory_plan's estimate for transformers' longest: weights + 3 float32 scan tensors per token.
+        tf_longest = None
+        if self.cuda:
+            card = torch.cuda.get_device_properties(self.device).total_memory
+            per_token = 3 * self.cfg.mamba_d_inner * self.cfg.mamba_d_state * 4
+            tf_longest = max(card - self.acct["total_bytes"], 0) // per_token
+        if ref is not None and target <= ref[0]:
+            row = {
+                "metric": f"longest context P={target:,}",
+                "kind": "longest",
+                "prompt_len": target,
+                "errors": {},
+            }
+            row["skipped_verification"] = "; ".join(
+                [*note, f"not longer than the TTFT row already measured at P={ref[0]:,}"]
+            )
+        else:
+            row = self.ttft_row(target - 1, kind="longest", metric=f"longest context {target:,} tokens")
+        row["planned_longest_context"] = plan.get("longest_context")
+        row["planned_kv_tokens_that_fit"] = plan.get("kv_tokens_that_fit")
+        row["max_position_embeddings"] = self.cfg.max_position_embeddings
+        row["transformers_longest_estimate"] = tf_longest
+        row["note"] = "; ".join(note)
+        return row
+
     # -- the plan
-    def run(self, raw: dict[str, Any]) -> int:
+    def run(self, raw: dict[str, Any], full_raw: dict[str, Any]) -> int:
         args = self.args
-        if not self.setup(raw):
+        if not self.setup(raw, full_raw):
             self.finish()
             return 1
-        first_prefill = args.prefill_lens[:1]
-        plan: list[tuple[str, int]] = [("prefill", p) for p in first_prefill]
-        plan += [("decode", b) for b in args.decode_batches]
-        plan += [("prefill", p) for p in args.prefill_lens[1:]]
-        for kind, size in plan:
-            metric = f"prefill P={size}" if kind == "prefill" else f"decode b={size}"
-            skip = self.over_budget(kind, size)
+        n = args.new_tokens
+        plan: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
+        if "decode" in args.rows:
+            pd = args.decode_prompt_len
+            plan.append(
+                (
+                    "decode",
+                    f"decode b=1 P={pd} N={n}",
+                    lambda: self.generate_row(
+                        f"decode b=1 P={pd} N={n}",
+                        "decode",
+                        1,
+                        pd,
+                        n,
+                        ["ours", "ours_plain", "transformers"],
+                        args.repeats,
+                        seed=201,
+                    ),
+                )
+            )
+        if "prefill" in args.rows:
+            for p in args.prefill_lens:
+                plan.append(("prefill", f"prefill b=1 P={p}", lambda p=p: self.prefill_row(p)))
+        if "concurrent" in args.rows:
+            b, pc = args.concurrent, args.concurrent_prompt_len
+            plan.append(
+                (
+                    "concurrent",
+                    f"concurrent {b} x (P={pc} + N={n})",
+                    lambda: self.generate_row(
+                        f"concurrent {b} x (P={pc} + N={n})",
+                        "concurrent",
+                        b,
+                        pc,
+                        n,
+                        ["ours", "transformers"],
+                        args.concurrent_repeats,
+                        seed=202,
+                    ),
+                )
+            )
+            rb = args.tf_ref_batch
+            plan.append(
+                (
+                    "concurrent-ref",
+                    f"concurrent {rb} x (P={pc} + N={n}) [transformers reference batch]",
+                    lambda: self.generate_row(
+                        f"concurrent {rb} x (P={pc} + N={n}) [transformers reference batch]",
+                        "concurrent",
+                        rb,
+                        pc,
+                        n,
+                        ["ours", "transformers"],
+                        args.concurrent_repeats,
+                        seed=203,
+                    ),
+                )
+            )
+        if "ttft" in args.rows:
+            for length in args.ttft_lens:
+                plan.append(("ttft", f"TTFT P={length}", lambda length=length: self.ttft_row(length)))
+        if "longest" in args.rows:
+            plan.append(("longest", "longest context", self.longest_row))
+        for kind, metric, fn in plan:
+            skip = self.over_budget(kind, metric)
             if skip:
                 self.rows.append({"metric": metric, "skipped": skip})
                 log(f"{metric}: skipped ({skip})")
+                self.save()
                 continue
-            if kind == "prefill":
-                self.run_row(metric, lambda: self.prefill_row(size))
-            else:
-                self.run_row(metric, lambda: self.decode_row(size))
+            self.run_row(metric, fn)
         return self.finish()
 
-    def over_budget(self, kind: str, size: int) -> str | None:
-        """Why a row would not fit the time budget, or None."""
+    def over_budget(self, kind: str, metric: str) -> str | None:
+        """Why a row is not run (time budget, or a reference row with nothing to add), or None."""
         left = self.args.budget_s - elapsed()
         if left <= 0:
             return f"past the {self.args.budget_s:.0f}s time budget"
-        first = next((r for r in self.rows if r.get("kind") == "prefill"), None)
-        if kind == "prefill" and first is not None and size != first["prompt_len"]:
-            per_call = sum(first[s]["ms"] / 1e3 for s in ("ours", "transformers") if s in first)
-            estimate = per_call * (size / first["prompt_len"]) ** 1.3 * (self.args.prefill_repeats + 1) + 5
-            if estimate > left:
-                return f"estimated {estimate:.0f}s, {left:.0f}s of the time budget left"
+        if kind == "concurrent-ref":
+            main_row = next((r for r in self.rows if r.get("kind") == "concurrent"), None)
+            if self.hf is None:
+                return "no transformers model"
+            if main_row is not None and "transformers" in main_row:
+                return "transformers ran at the full batch: no smaller reference needed"
+            if self.args.tf_ref_batch < 1 or self.args.tf_ref_batch >= self.args.concurrent:
+                return "--tf-ref-batch off"
         return None
 
     def finish(self) -> int:
@@ -810,23 +788,11 @@ class Bench:
         self.table = format_table(self.rows)
         print("\n" + self.table + "\n", flush=True)
         for r in self.rows:
-            if "logits_rel_err" in r:
-                print(
-                    f"{r['metric']}: logits ours vs transformers rel err {r['logits_rel_err']:.2e}, max |diff| "
-                    f"{r['logits_max_abs_diff']:.3g} (rms logit {r['logits_abs_mean_transformers']:.3g}), argmax "
-                    f"agreement {r['argmax_agreement']:.1%}, finite {r['logits_finite']}"
-                )
-            for key in (
-                "greedy_ours_vs_transformers",
-                "greedy_ours_vs_ours_plain",
-                "greedy_ours_plain_vs_transformers",
-            ):
-                if key in r:
-                    g = r[key]
-                    print(
-                        f"{r['metric']}: {key.removeprefix('greedy_')}: identical {g['identical']}, agreeing "
-                        f"prefix min {g['min_agreeing_prefix']} / mean {g['mean_agreeing_prefix']:.1f} of {r['new_tokens']}"
-                    )
+            for line in row_notes(r):
+                print(f"{r['metric']}: {line}")
+        for key, p in self.plan.items():
+            if "summary" in p:
+                print(f"memory plan ({key}):\n{p['summary']}")
         for ph in self.phases:
             print(f"phase {ph['phase']}: {ph['seconds']:.1f}s, peak {fmt(ph['peak_gib'], '.1f')} GiB")
         for f in self.failures:
@@ -842,118 +808,84 @@ class Bench:
         return 0 if measured else 1
 
 
-# ---- output ---------------------------------------------------------------------------------------
-def fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def summary(row: dict[str, Any]) -> str:
-    parts = []
-    for side in ("ours", "ours_plain", "transformers"):
-        if side in row:
-            ms = row[side].get("ms", row[side].get("ms_per_step"))
-            parts.append(f"{side} {row[side]['tokens_per_s']:,.1f} tok/s ({ms:.2f} ms)")
-    if "floor_tokens_per_s" in row:
-        parts.append(f"floor {row['floor_tokens_per_s']:,.0f} tok/s")
-    return ", ".join(parts) or "nothing measured"
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "metric",
-        "ours tok/s",
-        "ours plain",
-        "transformers",
-        "ours/tf",
-        "ours ms",
-        "plain ms",
-        "tf ms",
-        "floor tok/s",
-        "ours/floor",
-        "check",
-    )
-    lines = [head]
-    for r in rows:
-        if "skipped" in r or ("kind" not in r):
-            reason = r.get("skipped") or next(iter(r.get("errors", {}).values()), "?")
-            lines.append((r["metric"], *["-"] * 9, f"skipped/failed: {reason[:60]}"))
-            continue
-
-        def get(side: str, key: str) -> float | None:
-            return r[side][key] if side in r else None
-
-        ms_key = "ms" if r["kind"] == "prefill" else "ms_per_step"
-        ours = get("ours", "tokens_per_s")
-        best = ours if ours is not None else get("ours_plain", "tokens_per_s")
-        tf = get("transformers", "tokens_per_s")
-        if r["kind"] == "prefill":
-            check = f"rel err {r['logits_rel_err']:.1e}" if "logits_rel_err" in r else "-"
-        else:
-            g = r.get("greedy_ours_vs_transformers") or r.get("greedy_ours_plain_vs_transformers")
-            check = f"greedy prefix {g['min_agreeing_prefix']}/{r['new_tokens']}" if g else "-"
-        if r.get("errors"):
-            check += " FAILED: " + ",".join(r["errors"])
-        lines.append(
-            (
-                r["metric"],
-                fmt(ours, ",.1f"),
-                fmt(get("ours_plain", "tokens_per_s"), ",.1f"),
-                fmt(tf, ",.1f"),
-                fmt(best / tf if best is not None and tf else None, ".2f"),
-                fmt(get("ours", ms_key), ".2f"),
-                fmt(get("ours_plain", ms_key), ".2f"),
-                fmt(get("transformers", ms_key), ".2f"),
-                fmt(r.get("floor_tokens_per_s"), ",.0f"),
-                fmt(best / r["floor_tokens_per_s"] if best is not None else None, ".1%"),
-                check,
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = []
-    for j, line in enumerate(lines):
-        cells = [
-            c.ljust(w) if i in (0, len(head) - 1) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(line, widths))
-        ]
-        out.append("| " + " | ".join(cells) + " |")
-        if j == 0:
-            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return {
-            "name": props.name,
-            "memory_gib": props.total_memory / 2**30,
-            "capability": f"{props.major}.{props.minor}",
-        }
-    return {"name": platform.processor() or "cpu", "threads": torch.get_num_threads()}
-
-
-def software_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "transformers": transformers.__version__,
-    }
-    for mod in ("triton", "mamba_ssm", "causal_conv1d"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - absent or broken: say so
-            info[mod] = None
-    try:
-        from jamba_runtime.kernels.backend import get_kernel_backend
-
-        info["kernel_backend"] = get_kernel_backend()
-    except Exception:  # noqa: BLE001
-        info["kernel_backend"] = None
-    return info
-
-
 # ---- entry ----------------------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+# (device is cpu, quick) -> defaults. Lengths on CPU are scaled down: the tiny model is a logic check.
+_PROFILES: dict[tuple[bool, bool], dict[str, Any]] = {
+    (False, False): dict(
+        decode_prompt_len=1024,
+        new_tokens=128,
+        prefill_lens="2048",
+        concurrent=64,
+        concurrent_prompt_len=2048,
+        tf_ref_batch=8,
+        ttft_lens="32768,131072",
+        longest_cap=0,
+        chunk=8192,
+        repeats=3,
+        prefill_repeats=3,
+        concurrent_repeats=2,
+        ttft_repeats=2,
+        budget_s=420.0,
+        reserve_s=30.0,
+    ),
+    (False, True): dict(
+        decode_prompt_len=1024,
+        new_tokens=32,
+        prefill_lens="1024",
+        concurrent=16,
+        concurrent_prompt_len=1024,
+        tf_ref_batch=4,
+        ttft_lens="8192,32768",
+        longest_cap=65536,
+        chunk=8192,
+        repeats=2,
+        prefill_repeats=2,
+        concurrent_repeats=1,
+        ttft_repeats=1,
+        budget_s=150.0,
+        reserve_s=15.0,
+    ),
+    (True, False): dict(
+        decode_prompt_len=64,
+        new_tokens=16,
+        prefill_lens="256",
+        concurrent=8,
+        concurrent_prompt_len=64,
+        tf_ref_batch=2,
+        ttft_lens="512,1024",
+        longest_cap=2048,
+        chunk=256,
+        repeats=2,
+        prefill_repeats=2,
+        concurrent_repeats=1,
+        ttft_repeats=1,
+        budget_s=600.0,
+        reserve_s=30.0,
+    ),
+    (True, True): dict(
+        decode_prompt_len=32,
+        new_tokens=8,
+        prefill_lens="64",
+        concurrent=4,
+        concurrent_prompt_len=32,
+        tf_ref_batch=2,
+        ttft_lens="128,256",
+        longest_cap=512,
+        chunk=64,
+        repeats=1,
+        prefill_repeats=1,
+        concurrent_repeats=1,
+        ttft_repeats=1,
+        budget_s=120.0,
+        reserve_s=10.0,
+    ),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument(
@@ -964,43 +896,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--layers", type=int, default=8, help="layers kept from the config (default 8)")
     ap.add_argument(
-        "--prefill-lens", help="comma-separated P; the first always runs, the rest as time allows"
+        "--rows", default=",".join(ROWS), help=f"comma-separated rows to run, of {', '.join(ROWS)}"
     )
-    ap.add_argument("--decode-batches", help="comma-separated decode batch sizes")
-    ap.add_argument("--decode-prompt-len", type=int, help="prompt tokens before decoding (Pd)")
-    ap.add_argument("--new-tokens", type=int, help="decoded tokens per sequence (N)")
-    ap.add_argument("--repeats", type=int, help="timed decode runs per side after a warm-up")
-    ap.add_argument("--prefill-repeats", type=int, help="timed prefill calls per side after a warm-up")
-    ap.add_argument("--budget-s", type=float, help="skip remaining rows past this many seconds")
+    ap.add_argument("--decode-prompt-len", type=int, help="prompt tokens of the batch-1 decode row (1024)")
+    ap.add_argument("--new-tokens", type=int, help="new tokens per sequence in the decode rows (128)")
+    ap.add_argument("--prefill-lens", help="comma-separated P of the prefill (logits check) rows (2048)")
+    ap.add_argument("--concurrent", type=int, help="requests submitted at once in the concurrent row (64)")
+    ap.add_argument("--concurrent-prompt-len", type=int, help="prompt tokens per concurrent request (2048)")
+    ap.add_argument(
+        "--tf-ref-batch",
+        type=int,
+        help="smaller batch run by both sides when transformers fails at the full one (8); 0: off",
+    )
+    ap.add_argument("--ttft-lens", help="comma-separated prompt lengths of the TTFT rows (32768,131072)")
+    ap.add_argument("--longest-cap", type=int, help="cap on the longest-context check (0: none)")
+    ap.add_argument("--chunk", type=int, help="engine max_num_batched_tokens: the prefill chunk (8192)")
+    ap.add_argument("--repeats", type=int, help="timed runs per side of the batch-1 decode row")
+    ap.add_argument("--prefill-repeats", type=int, help="timed calls per side of a prefill row")
+    ap.add_argument("--concurrent-repeats", type=int, help="timed runs per side of a concurrent row")
+    ap.add_argument("--ttft-repeats", type=int, help="timed runs of ours per TTFT row (transformers: 1)")
+    ap.add_argument("--budget-s", type=float, help="skip rows that start past this many seconds (420)")
+    ap.add_argument(
+        "--reserve-s", type=float, help="seconds kept back when deciding to try a long transformers prefill"
+    )
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-model decode loop")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="JSON path (default $OUT/runtime_gpu.json, else bench/results/)")
-    ap.add_argument("--quick", action="store_true", help="~1 min: P=1024, decode b=1/16, N=32, fewer repeats")
+    ap.add_argument("--quick", action="store_true", help="shorter lengths and fewer repeats")
     args = ap.parse_args(argv)
-    cpu = args.device == "cpu"
-    # (prefill lens, decode batches, Pd, N, repeats, prefill repeats, budget)
-    profile = {
-        (False, False): ("2048,8192", "1,16,64", 256, 64, 3, 5, 330.0),
-        (False, True): ("1024", "1,16", 128, 32, 2, 3, 55.0),
-        (True, False): ("256", "1,4", 64, 16, 2, 3, 600.0),
-        (True, True): ("64", "1,4", 32, 8, 1, 1, 120.0),
-    }[(cpu, args.quick)]
-    lens, batches, pd, n, reps, preps, budget = profile
-    args.prefill_lens = [int(x) for x in (args.prefill_lens or lens).split(",") if x.strip()]
-    args.decode_batches = (
-        [int(x) for x in (args.decode_batches or batches).split(",") if x.strip()]
-        if (args.decode_batches or batches)
-        else []
-    )
-    args.decode_prompt_len = args.decode_prompt_len or pd
-    args.new_tokens = args.new_tokens or n
-    args.repeats = args.repeats or reps
-    args.prefill_repeats = args.prefill_repeats or preps
-    args.budget_s = args.budget_s or budget
+    for key, value in _PROFILES[(args.device == "cpu", args.quick)].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.prefill_lens = _ints(str(args.prefill_lens))
+    args.ttft_lens = _ints(str(args.ttft_lens))
+    args.rows = [x.strip() for x in args.rows.split(",") if x.strip()]
+    unknown = [x for x in args.rows if x not in ROWS]
+    if unknown or not args.rows:
+        ap.error(f"--rows {','.join(unknown) or '(empty)'}: choose from {', '.join(ROWS)}")
     if args.new_tokens < 2:
         ap.error("--new-tokens must be at least 2: decode time runs from the first token to the last")
-    if not args.prefill_lens or min(args.prefill_lens) < 1 or min(args.decode_batches, default=1) < 1:
-        ap.error("--prefill-lens needs at least one positive length; --decode-batches positive sizes")
+    sizes = [
+        args.decode_prompt_len,
+        args.concurrent,
+        args.concurrent_prompt_len,
+        args.chunk,
+        *args.prefill_lens,
+    ]
+    if min(sizes) < 1 or min(args.ttft_lens, default=1) < 2 or args.tf_ref_batch < 0 or args.longest_cap < 0:
+        ap.error(
+            "lengths, batch sizes and --chunk must be positive (--tf-ref-batch, --longest-cap: 0 is off)"
+        )
     return args
 
 
@@ -1016,13 +961,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)  # a logic check on a shared box: spinning OpenMP threads only add noise
     if args.config is not None:
-        raw = json.loads(args.config.read_text(encoding="utf-8"))
+        full_raw = json.loads(args.config.read_text(encoding="utf-8"))
     elif device.type == "cuda":
-        raw = MINI_CONFIG
+        full_raw = MINI_CONFIG
     else:
-        raw = {**TINY_CONFIG, **tiny_model_token_ids()}
+        full_raw = {**TINY_CONFIG, **tiny_model_token_ids()}
     try:
-        raw = cut_config(raw, args.layers)
+        raw = cut_config(full_raw, args.layers)
     except (ValueError, KeyError) as e:
         print(f"config: {e}", file=sys.stderr)
         return 2
@@ -1033,10 +978,11 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or REPO / "bench" / "results" / "runtime_gpu.json"
     log(
         f"device {device} ({device_info(device).get('name')}), {dtype}; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}; P={args.prefill_lens}, decode b={args.decode_batches} Pd={args.decode_prompt_len} "
-        f"N={args.new_tokens}, repeats {args.repeats} (prefill {args.prefill_repeats}), budget {args.budget_s:.0f}s"
+        f"{transformers.__version__}; rows {','.join(args.rows)}; decode P={args.decode_prompt_len} N={args.new_tokens}; "
+        f"prefill P={args.prefill_lens}; concurrent {args.concurrent} x P={args.concurrent_prompt_len} (tf ref "
+        f"{args.tf_ref_batch}); TTFT P={args.ttft_lens}; chunk {args.chunk}; budget {args.budget_s:.0f}s"
     )
-    return Bench(args, device, dtype, out).run(raw)
+    return Bench(args, device, dtype, out).run(raw, full_raw)
 
 
 if __name__ == "__main__":
