@@ -1,0 +1,149 @@
+"""`AsyncLocalChatModel`: a `ChatModel` over `jamba_runtime.AsyncLLM`, whose `achat` is native
+asyncio, so concurrent agents' turns run as one continuous batch in the engine.
+
+`app.client.LocalChatModel` serves one request at a time (a lock, `achat` in a worker thread); this
+adapter lives in `agents/` so the scheduler can batch without changing `app.client`. It renders,
+constrains and parses exactly as `LocalChatModel` does (`app.chat_format`).
+
+Prefix reuse (`reuse_prefix=True`): an agent's next turn re-sends its whole conversation, whose
+prompt begins with the previous turn's prompt. Each request saves a runtime snapshot at the end of
+its prompt (KV blocks shared, Mamba state copied: `LLMEngine` snapshots), and a later prompt that
+extends a saved one starts from it, so only the new messages are prefilled instead of re-reading
+the conversation. Snapshots live in the engine's `num_snapshot_slots` (oldest dropped first; give
+the engine about one slot per concurrent agent); a prompt that extends none is prefilled whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from typing_extensions import Unpack
+
+from agents.errors import AgentError
+from app.chat_format import ToolCallSplitter
+from app.client import ChatChunk, ChatModel, ChatOptions, ChatResponse, LocalChatModel, Usage, _Request
+from jamba_runtime.async_llm import AsyncLLM
+from jamba_runtime.errors import InvalidRequestError
+from jamba_runtime.llm import LLM
+from jamba_runtime.sampling_params import SamplingParams
+
+
+class AsyncLocalChatModel(ChatModel):
+    """Chat with an in-process model through `AsyncLLM`: many concurrent `achat` calls (from one
+    or several event loops) batch in the engine.
+
+    Make it with `AsyncLocalChatModel.from_llm(llm)` (or `from_local(LocalChatModel)`); while it is
+    open the `LLM`'s engine belongs to it: do not use the `LLM` or a `LocalChatModel` of it until
+    `close()`. `chat` / `stream` (sync) work from threads without a running event loop.
+    """
+
+    def __init__(self, engine: AsyncLLM, reuse_prefix: bool = True) -> None:
+        self.engine = engine
+        self.llm: LLM = engine.llm
+        self.reuse_prefix = reuse_prefix
+        self.prefix_requests = 0  # requests started from a snapshot of an earlier prompt
+        self._prefixes: OrderedDict[str, list[int]] = OrderedDict()  # snapshot key -> its prompt ids
+        self._settled: set[str] = set()  # keys whose request has ended
+
+    @classmethod
+    def from_llm(cls, llm: LLM, reuse_prefix: bool = True) -> AsyncLocalChatModel:
+        return cls(AsyncLLM.from_llm(llm), reuse_prefix)
+
+    @classmethod
+    def from_local(cls, model: LocalChatModel, reuse_prefix: bool = True) -> AsyncLocalChatModel:
+        return cls.from_llm(model.llm, reuse_prefix)
+
+    def close(self) -> None:
+        """Stop the engine loop (requests still running end as aborted); the `LLM` is free again."""
+        self.engine.shutdown()
+
+    async def achat(
+        self, messages: Sequence[Mapping[str, Any]], **options: Unpack[ChatOptions]
+    ) -> ChatResponse:
+        """One assistant turn, generated in the engine's shared batch. Cancelling the awaiting
+        task aborts the request (its cache is freed)."""
+        return await self._achat(_Request.make(messages, options))
+
+    async def _achat(self, request: _Request) -> ChatResponse:
+        ids, params = self._prepare(request)
+        inputs = request.inputs
+        splitter = ToolCallSplitter(self.llm.tokenizer, inputs.tools if inputs.uses_tools else None)
+        text: list[str] = []
+        finish_reason: str | None = None
+        prefix, save = self._snapshot_keys(ids)
+        try:
+            async with contextlib.aclosing(
+                self.engine.add_request(ids, params, prefix_snapshot=prefix, save_snapshot=save)
+            ) as deltas:
+                async for delta in deltas:
+                    text.append(splitter.feed(delta.text, delta.token_ids))
+                    finish_reason = delta.finish_reason or finish_reason
+        except InvalidRequestError:
+            if prefix is None or text:
+                raise
+            # The snapshot was dropped between our check and the engine taking the request.
+            self._prefixes.pop(prefix, None)
+            return await self._achat(request)
+        finally:
+            if save is not None:
+                self._settled.add(save)  # saved by now, or never will be
+        rest, calls = splitter.finish()
+        content = "".join(text) + rest
+        reason = finish_reason or "stop"
+        if calls and reason == "stop":
+            reason = "tool_calls"
+        usage = Usage(len(ids), len(splitter.token_ids))
+        return ChatResponse((content or None) if calls else content, tuple(calls), reason, usage)
+
+    def _snapshot_keys(self, ids: list[int]) -> tuple[str | None, str | None]:
+        """(the saved prompt this one extends, longest first; the key to save this one under)."""
+        if not self.reuse_prefix:
+            return None, None
+        snapshots = self.llm.engine.snapshots  # read from this thread: membership tests only
+        best: str | None = None
+        for key, prefix_ids in list(self._prefixes.items()):
+            if key not in snapshots:
+                if key in self._settled:  # dropped by the engine, or never saved
+                    del self._prefixes[key]
+                    self._settled.discard(key)
+            elif len(prefix_ids) < len(ids) and ids[: len(prefix_ids)] == prefix_ids:
+                if best is None or len(prefix_ids) > len(self._prefixes[best]):
+                    best = key
+        save = f"agent-ctx-{uuid.uuid4().hex[:16]}"
+        self._prefixes[save] = list(ids)
+        if best is not None:
+            self.prefix_requests += 1
+        return best, save
+
+    def _prepare(self, request: _Request) -> tuple[list[int], SamplingParams]:
+        # As LocalChatModel._prepare: the same prompt and sampling for the same request.
+        ids = request.inputs.render(self.llm.tokenizer)
+        spec = request.inputs.structured()
+        params = SamplingParams(
+            max_tokens=min(request.max_tokens, max(self.llm.max_model_len - len(ids), 1)),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=request.stop,
+            **({"structured": spec} if spec is not None else {}),
+        )
+        return ids, params
+
+    def _chat(self, request: _Request) -> ChatResponse:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._achat(request))
+        raise AgentError(
+            "AsyncLocalChatModel.chat() was called inside an event loop: use `await model.achat(...)`"
+        )
+
+    def _stream(self, request: _Request) -> Iterator[ChatChunk]:
+        # Whole-turn granularity: agents do not stream tokens; `chat` semantics in one chunk.
+        reply = self._chat(request)
+        yield ChatChunk(reply.content or "", reply.tool_calls, reply.finish_reason, reply.usage)
