@@ -20,10 +20,21 @@ model_app = typer.Typer(help="Make and inspect model checkpoints.", no_args_is_h
 app.add_typer(model_app, name="model")
 
 # Retrieval commands live with retrieval; mounted here so they are `jamba-stack ingest` / `search`.
-from retrieval.cli import ingest_cmd, search_cmd  # noqa: E402
+from retrieval.cli import ask_cmd, ingest_cmd, search_cmd  # noqa: E402
 
 app.command("ingest", help=ingest_cmd.__doc__)(ingest_cmd)
 app.command("search", help=search_cmd.__doc__)(search_cmd)
+app.command("ask", help=ask_cmd.__doc__)(ask_cmd)
+
+from retrieval.raft.cli import raft_app  # noqa: E402
+
+app.add_typer(raft_app, name="raft")
+
+# `up` only manages processes (the API server and `streamlit run ui/app.py`); ui.launch imports
+# no Streamlit and no ui page, so the CLI does not depend on the web app's code.
+from ui.launch import up_cmd  # noqa: E402
+
+app.command("up", help=up_cmd.__doc__)(up_cmd)
 
 DataDir = Annotated[
     Path | None,
@@ -209,6 +220,12 @@ def serve(
     max_body_bytes: Annotated[
         int | None, typer.Option("--max-body-bytes", help="Largest request body; larger gets 413.")
     ] = None,
+    quantization: Annotated[
+        str | None,
+        typer.Option(
+            "--quantization", help="experts_int8: MoE experts in int8 [env: JAMBA_STACK_QUANTIZATION]."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
@@ -226,6 +243,7 @@ def serve(
         port=port,
         served_model_name=served_model_name,
         max_body_bytes=max_body_bytes,
+        quantization=quantization,
     )
     sizes = {"max_num_seqs": max_num_seqs, "cache_memory_gb": cache_memory_gb}
     engine = EngineConfig(**{k: v for k, v in sizes.items() if v is not None})
@@ -235,6 +253,7 @@ def serve(
         dtype=settings.dtype,
         max_model_len=max_model_len,
         engine=engine,
+        quantization=settings.quantization or None,
     )
     run_server(llm, settings, log_level=log_level)
 

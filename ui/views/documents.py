@@ -1,0 +1,99 @@
+"""Documents: upload files into a collection (size limit, allowed types), ingest them with a
+progress bar, list collections and their sources, delete a source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from jamba_runtime.errors import JambaStackError
+from retrieval.store import check_collection_name
+from ui import session
+from ui.documents import ALLOWED_SUFFIXES, delete_source, ingest_files, list_collections, save_upload
+
+settings = session.settings()
+st.title("Documents")
+if flash := st.session_state.pop("doc_flash", None):
+    st.success(flash)
+
+collections = []
+with session.shows_errors("list the collections"):
+    collections = list_collections(settings)
+
+# ---- upload and ingest -----------------------------------------------------------------------------
+st.subheader("Add files")
+existing = [c.name for c in collections]
+collection = st.text_input(
+    "Collection",
+    value=existing[0] if existing else "docs",
+    help="An existing collection, or a new name (3-512 characters: letters, digits, . _ -).",
+    key="doc_collection",
+)
+uploads = st.file_uploader(
+    "Files",
+    accept_multiple_files=True,
+    help=f"Types: {' '.join(ALLOWED_SUFFIXES)}; at most {settings.max_upload_mb:g} MB each.",
+    key="doc_uploads",
+)
+st.caption(f"Allowed: {' '.join(ALLOWED_SUFFIXES)} \u00b7 at most {settings.max_upload_mb:g} MB per file")
+
+if st.button("Ingest", type="primary", disabled=not uploads, key="doc_ingest"):
+    saved: list[Path] = []
+    with session.shows_errors("use that collection name"):
+        check_collection_name(collection.strip())
+        for up in uploads or []:
+            try:
+                saved.append(save_upload(settings, collection.strip(), up.name, up.getvalue()))
+            except JambaStackError as exc:
+                st.error(f"Could not add {up.name}: {exc}", icon="\u274c")
+    if saved:
+        bar = st.progress(0.0, text=f"Ingesting {len(saved)} file(s)...")
+
+        def on_progress(done: int, total: int, message: str) -> None:
+            bar.progress(min(done / total, 1.0), text=message)
+
+        with session.shows_errors("ingest the files"):
+            reports = ingest_files(
+                settings, collection.strip(), saved, session.embedder(settings), on_progress=on_progress
+            )
+            bar.progress(1.0, text="Done")
+            for report in reports:
+                for skipped in report.skipped:
+                    st.warning(f"Skipped {Path(skipped.path).name}: {skipped.reason}")
+            added = sum(r.chunks_added for r in reports)
+            total = reports[-1].chunks_total if reports else 0
+            st.success(
+                f"Ingested {len(saved)} file(s) into {collection.strip()!r}: {added} chunks added, "
+                f"{total} in the collection."
+            )
+            with session.shows_errors("list the collections"):
+                collections = list_collections(settings)
+
+# ---- collections and sources -----------------------------------------------------------------------
+st.subheader("Collections")
+if not collections:
+    st.info("No collections yet: add files above.")
+for info in collections:
+    with st.expander(
+        f"{info.name} \u00b7 {info.chunks} chunks \u00b7 {len(info.sources)} files", expanded=True
+    ):
+        if not info.sources:
+            st.caption("No files recorded for this collection in this data dir.")
+            continue
+        st.dataframe(
+            [{"file": s.file_name, "chunks": s.chunks, "path": s.source} for s in info.sources],
+            hide_index=True,
+        )
+        labels = {s.source: f"{s.file_name} ({s.chunks} chunks)" for s in info.sources}
+        chosen = st.selectbox(
+            "Source", list(labels), format_func=labels.__getitem__, key=f"doc_src_{info.name}"
+        )
+        if st.button("Delete source", key=f"doc_del_{info.name}"):
+            with session.shows_errors(f"delete {Path(chosen).name}"):
+                n = delete_source(settings, info.name, chosen)
+                # Shown after the rerun, which lists the collection without the file.
+                st.session_state["doc_flash"] = (
+                    f"Deleted {Path(chosen).name}: {n} chunks removed from {info.name!r}."
+                )
+                st.rerun()
