@@ -26,7 +26,16 @@ from typing_extensions import Unpack
 
 from agents.errors import AgentError
 from app.chat_format import ToolCallSplitter
-from app.client import ChatChunk, ChatModel, ChatOptions, ChatResponse, LocalChatModel, Usage, _Request
+from app.client import (
+    ChatChunk,
+    ChatModel,
+    ChatOptions,
+    ChatResponse,
+    LocalChatModel,
+    Usage,
+    _Request,
+    local_prompt,
+)
 from jamba_runtime.async_llm import AsyncLLM
 from jamba_runtime.errors import InvalidRequestError
 from jamba_runtime.llm import LLM
@@ -121,18 +130,7 @@ class AsyncLocalChatModel(ChatModel):
         return best, save
 
     def _prepare(self, request: _Request) -> tuple[list[int], SamplingParams]:
-        # As LocalChatModel._prepare: the same prompt and sampling for the same request.
-        ids = request.inputs.render(self.llm.tokenizer)
-        spec = request.inputs.structured()
-        params = SamplingParams(
-            max_tokens=min(request.max_tokens, max(self.llm.max_model_len - len(ids), 1)),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=request.stop,
-            **({"structured": spec} if spec is not None else {}),
-        )
-        return ids, params
+        return local_prompt(self.llm, request)
 
     def _chat(self, request: _Request) -> ChatResponse:
         try:

@@ -204,6 +204,22 @@ class _Request:
 
 
 # ---- in-process ----------------------------------------------------------------------------------
+def local_prompt(llm: LLM, request: _Request) -> tuple[list[int], SamplingParams]:
+    """The prompt ids and sampling params an in-process model runs for `request` (shared by
+    `LocalChatModel` and the agents' async adapter, so both answer alike)."""
+    ids = request.inputs.render(llm.tokenizer)
+    spec = request.inputs.structured()
+    params = SamplingParams(
+        max_tokens=min(request.max_tokens, max(llm.max_model_len - len(ids), 1)),
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=request.stop,
+        **({"structured": spec} if spec is not None else {}),
+    )
+    return ids, params
+
+
 class LocalChatModel(ChatModel):
     """Chat with an in-process `LLM`. One request at a time (a lock): a stream holds the model
     until it is read to the end or closed. For many concurrent users, run the server."""
@@ -213,17 +229,7 @@ class LocalChatModel(ChatModel):
         self._lock = threading.Lock()
 
     def _prepare(self, request: _Request) -> tuple[list[int], SamplingParams]:
-        ids = request.inputs.render(self.llm.tokenizer)
-        spec = request.inputs.structured()
-        params = SamplingParams(
-            max_tokens=min(request.max_tokens, max(self.llm.max_model_len - len(ids), 1)),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=request.stop,
-            **({"structured": spec} if spec is not None else {}),
-        )
-        return ids, params
+        return local_prompt(self.llm, request)
 
     def _splitter(self, request: _Request) -> ToolCallSplitter:
         inputs = request.inputs
