@@ -4,7 +4,9 @@ Padding choice: the batch is *packed*. Tokens of all sequences sit in one flat `
 tensor, so no pad token ever enters a projection, the router or the LM head, and sequences of
 different lengths cost only their own tokens. The two ops that need a rectangle (attention over the
 cached keys, the Mamba conv and scan) pad inside the op with `ForwardBatch.pad` and read back with
-`unpad`; the padding there is masked so it never reaches a real token or a saved state.
+`unpad`; the padding there is masked so it never reaches a real token or a saved state. On the
+engine's GPU fast path (`paged` set, see docs/runtime.md) nothing is padded: the packed and paged
+kernels take the flat tensors with `cu_seqlens` and read state in place.
 """
 
 from __future__ import annotations
@@ -12,6 +14,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class PagedKernelArgs:
+    """What the packed/paged kernels need beyond `ForwardBatch`, made once per step (not per layer).
+
+    Its presence on a batch (`ForwardBatch.paged`) is the switch that sends the layers to the
+    kernels of the engine's paged cache; the runner sets it (`ModelRunner.execute`).
+
+    Attributes:
+        state_indices: `(batch,)` int32 state slot of each sequence.
+        context_lens: `(batch,)` int32 cached tokens before this step.
+        seq_lens: `(batch,)` int32 cached + new tokens.
+        has_initial_state: `(batch,)` bool, False for a sequence with nothing cached (its slot may
+            hold a previous occupant's state, which must not be read).
+        max_seq_len: longest `seq_lens` (a host int: the decode kernel sizes its grid from it).
+        decode: every sequence runs one token after a cached past, so the one-token kernels apply.
+        fresh_slots: `(n,)` slots of the sequences with nothing cached, None when there are none:
+            their SSM state is zeroed before the scan (the scan kernels apply `has_initial_state`
+            by multiplying the loaded state by 0, which leaves a NaN a previous occupant left).
+    """
+
+    state_indices: torch.Tensor
+    context_lens: torch.Tensor
+    seq_lens: torch.Tensor
+    has_initial_state: torch.Tensor
+    max_seq_len: int
+    decode: bool
+    fresh_slots: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +59,8 @@ class ForwardBatch:
         block_tables: `(batch, max_blocks)` KV block ids per sequence (paged cache only).
         slot_mapping: `(num_tokens,)` flat KV position (`block * block_size + offset`) where each
             new token's key and value go (paged cache only).
+        paged: set when the layers should call the packed/paged kernels on the paged cache's
+            tensors in place (the engine's GPU fast path); None for the reference path.
     """
 
     query_lens: tuple[int, ...]
@@ -38,6 +71,7 @@ class ForwardBatch:
     token_pos: torch.Tensor
     block_tables: torch.Tensor | None = None
     slot_mapping: torch.Tensor | None = None
+    paged: PagedKernelArgs | None = None
 
     @classmethod
     def build(
@@ -48,9 +82,11 @@ class ForwardBatch:
         device: torch.device | str = "cpu",
         block_tables: list[list[int]] | None = None,
         block_size: int = 0,
+        paged_kernels: bool = False,
     ) -> ForwardBatch:
         """Build the layout; `context_lens` defaults to zeros, `slots` to `0..batch-1`.
-        With `block_tables` (and `block_size`), also the paged-KV tensors."""
+        With `block_tables` (and `block_size`), also the paged-KV tensors; with `paged_kernels`
+        (needs `block_tables`), also `paged`, which turns the layers' fast path on."""
         query_lens = tuple(int(n) for n in query_lens)
         batch = len(query_lens)
         context_lens = tuple(int(n) for n in (context_lens if context_lens is not None else [0] * batch))
@@ -64,8 +100,10 @@ class ForwardBatch:
         lens = torch.tensor(query_lens, dtype=torch.long, device=device)
         cu = torch.zeros(batch + 1, dtype=torch.long, device=device)
         cu[1:] = torch.cumsum(lens, 0)
-        token_seq = torch.repeat_interleave(torch.arange(batch, device=device), lens)
-        token_pos = torch.arange(int(cu[-1]), device=device) - cu[token_seq]
+        token_seq = torch.repeat_interleave(
+            torch.arange(batch, device=device), lens, output_size=sum(query_lens)
+        )
+        token_pos = torch.arange(sum(query_lens), device=device) - cu[token_seq]  # host sum: no sync
         if block_tables is None:
             return cls(query_lens, context_lens, slots_t, cu, token_seq, token_pos)
         assert block_size > 0 and len(block_tables) == batch
@@ -76,7 +114,20 @@ class ForwardBatch:
         ctx = torch.tensor(context_lens, dtype=torch.long, device=device)
         pos = ctx[token_seq] + token_pos  # absolute position of each new token
         slot_mapping = tables[token_seq, pos // block_size] * block_size + pos % block_size
-        return cls(query_lens, context_lens, slots_t, cu, token_seq, token_pos, tables, slot_mapping)
+        paged = None
+        if paged_kernels:
+            totals = [c + q for c, q in zip(context_lens, query_lens, strict=True)]
+            fresh = [i for i, c in enumerate(context_lens) if c == 0]
+            paged = PagedKernelArgs(
+                state_indices=slots_t.to(torch.int32),
+                context_lens=ctx.to(torch.int32),
+                seq_lens=torch.tensor(totals, dtype=torch.int32, device=device),
+                has_initial_state=ctx > 0,
+                max_seq_len=max(totals),
+                decode=all(q == 1 for q in query_lens) and not fresh,
+                fresh_slots=slots_t[fresh] if fresh else None,
+            )
+        return cls(query_lens, context_lens, slots_t, cu, token_seq, token_pos, tables, slot_mapping, paged)
 
     @property
     def batch_size(self) -> int:

@@ -5,6 +5,12 @@ a step together, described by a `ForwardBatch`, with state read from and written
 The same layers serve a plain forward (`JambaForCausalLM.forward`), `LLM` generation on the
 contiguous `HybridCache`, and the engine's paged cache. Parameter names follow the published
 checkpoints (and `transformers`' `JambaForCausalLM.save_pretrained`), so a state dict loads as is.
+
+Two paths, chosen per step by `ForwardBatch.paged` (set by the engine's runner, docs/runtime.md):
+the reference path pads inside attention and the Mamba conv/scan and goes through `LayerCache`
+(CPU, `LLM` on `HybridCache`, plain forwards); the fast path hands the packed tensors and the paged
+cache's tensors to the packed/paged kernels (no KV gather, no padding, state updated in its slot),
+fuses each residual add with the next RMSNorm and runs the MoE as two grouped matmuls.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from torch import nn
 from jamba_runtime.batch import ForwardBatch
 from jamba_runtime.cache import HybridCache, LayerCache
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.kernels.attention import attention
-from jamba_runtime.kernels.causal_conv1d import causal_conv1d
-from jamba_runtime.kernels.moe import moe_ref
-from jamba_runtime.kernels.rmsnorm import rms_norm
-from jamba_runtime.kernels.selective_scan import selective_scan
-from jamba_runtime.quantization import expert_weights
+from jamba_runtime.kernels.attention import attention, paged_attention_decode, paged_attention_prefill
+from jamba_runtime.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update, causal_conv1d_varlen
+from jamba_runtime.kernels.moe import fused_moe, moe_ref
+from jamba_runtime.kernels.rmsnorm import fused_add_rms_norm, rms_norm
+from jamba_runtime.kernels.selective_scan import selective_scan, selective_scan_varlen, selective_state_update
+from jamba_runtime.paged_cache import PagedHybridCache
+from jamba_runtime.quantization import Int8Linear, expert_weights
 
 
 class JambaRMSNorm(nn.Module):
@@ -54,12 +61,42 @@ class JambaAttention(nn.Module):
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        if batch.paged is not None:
+            return self.o_proj(self._paged(q, k, v, batch, cache).reshape(n, self.num_heads * self.head_dim))
         k_all, v_all = cache.update_kv(self.layer_idx, k, v, batch)  # (batch, kv_heads, total, head_dim)
         q_pad = batch.pad(q).transpose(1, 2)  # (batch, heads, max_query_len, head_dim)
         ctx = torch.tensor(batch.context_lens, device=x.device)
         out = attention(q_pad, k_all.to(q.dtype), v_all.to(q.dtype), ctx, self.head_dim**-0.5)
         out = batch.unpad(out.transpose(1, 2)).reshape(n, self.num_heads * self.head_dim)
         return self.o_proj(out)
+
+    def _paged(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch, cache: LayerCache
+    ) -> torch.Tensor:
+        """Fast path: store the new keys/values at `slot_mapping`, attend over the blocks in place.
+        Returns `(num_tokens, heads, head_dim)`."""
+        p = batch.paged
+        assert p is not None and isinstance(cache, PagedHybridCache), "the fast path needs the paged cache"
+        assert batch.block_tables is not None and batch.slot_mapping is not None
+        kbuf, vbuf = cache.kv_pool(self.layer_idx)
+        kbuf.index_copy_(0, batch.slot_mapping, k.to(kbuf.dtype))
+        vbuf.index_copy_(0, batch.slot_mapping, v.to(vbuf.dtype))
+        scale, bs = self.head_dim**-0.5, cache.block_size
+        if p.decode:  # one query per sequence: q is (batch, heads, head_dim)
+            return paged_attention_decode(
+                q, kbuf, vbuf, batch.block_tables, p.seq_lens, bs, scale, p.max_seq_len
+            )
+        return paged_attention_prefill(
+            q,
+            kbuf,
+            vbuf,
+            batch.block_tables,
+            batch.cu_seqlens,
+            p.context_lens,
+            bs,
+            scale,
+            batch.max_query_len,
+        )
 
 
 class JambaMambaMixer(nn.Module):
@@ -88,6 +125,8 @@ class JambaMambaMixer(nn.Module):
         self.c_layernorm = JambaRMSNorm(self.d_state, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
+        if batch.paged is not None:
+            return self._paged(x, batch, cache)
         xz = batch.pad(self.in_proj(x))  # (batch, L, 2 * d_inner)
         xs, z = xz.transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
         conv_state, ssm_state = cache.mamba_state(self.layer_idx, batch)
@@ -116,6 +155,37 @@ class JambaMambaMixer(nn.Module):
         cache.set_mamba_state(self.layer_idx, batch, conv_state, ssm_state)
         return self.out_proj(batch.unpad(y.transpose(1, 2)).to(x.dtype))
 
+    def _paged(self, x: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
+        """Fast path: conv and scan on the packed `(num_tokens, d_inner)` tensors, each sequence's
+        conv window and SSM state read from and written back to its slot in place."""
+        p = batch.paged
+        assert p is not None and isinstance(cache, PagedHybridCache), "the fast path needs the paged cache"
+        conv_states, ssm_states = cache.state_pool(self.layer_idx)
+        if p.fresh_slots is not None:
+            ssm_states.index_fill_(0, p.fresh_slots, 0.0)  # see PagedKernelArgs.fresh_slots
+        xz = self.in_proj(x)  # (num_tokens, 2 * d_inner); x and z are column views of it
+        xs, z = xz[:, : self.d_inner], xz[:, self.d_inner :]
+        w, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias  # (d_inner, d_conv)
+        if p.decode:
+            xs = causal_conv1d_update(xs, w, bias, conv_states, p.state_indices)
+        else:
+            xs = causal_conv1d_varlen(
+                xs, w, bias, conv_states, batch.cu_seqlens, p.state_indices, p.has_initial_state,
+                batch.max_query_len,
+            )  # fmt: skip
+        dt, b, c = torch.split(self.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], -1)
+        dt = F.linear(self.dt_layernorm(dt), self.dt_proj.weight)  # bias is added inside the scan
+        b, c = self.b_layernorm(b), self.c_layernorm(c)
+        a, d = -torch.exp(self.A_log.float()), self.D.float()
+        if p.decode:
+            y = selective_state_update(ssm_states, xs, dt, a, b, c, d, z, self.dt_proj.bias, p.state_indices)
+        else:
+            y = selective_scan_varlen(
+                xs, dt, a, b, c, d, z, self.dt_proj.bias, ssm_states, batch.cu_seqlens, p.state_indices,
+                p.has_initial_state,
+            )  # fmt: skip
+        return self.out_proj(y.to(x.dtype))
+
 
 class JambaMLP(nn.Module):
     """Dense SwiGLU feed-forward (also the shape of one expert)."""
@@ -141,7 +211,15 @@ class JambaSparseMoeBlock(nn.Module):
             JambaMLP(config.hidden_size, config.intermediate_size) for _ in range(config.num_experts)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (w13, w2, fingerprint of the per-expert weights they were made from); see `stacked_experts`.
+        self._stacked: tuple[torch.Tensor, torch.Tensor, tuple] | None = None
+
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """`(tokens, hidden)` -> `(tokens, hidden)`. `fused` (the fast path) runs `fused_moe` on the
+        stacked weights when the experts are float; int8 experts always take the reference loop."""
+        stacked = self.stacked_experts() if fused else None
+        if stacked is not None:
+            return fused_moe(x, self.router.weight, stacked[0], stacked[1], self.top_k)
         # Int8 experts (ExpertsInt8) come as lazily dequantized weights, one expert at a time.
         return moe_ref(
             x,
@@ -151,6 +229,60 @@ class JambaSparseMoeBlock(nn.Module):
             expert_weights([e.down_proj for e in self.experts], x.dtype),
             self.top_k,
         )
+
+    def stacked_experts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`(w13 (experts, 2 * inter, hidden), w2 (experts, hidden, inter))` for `fused_moe`, made
+        on first use and kept on the module; None when the experts are int8 (ExpertsInt8).
+
+        When the per-expert weights already sit in one buffer in this layout (e.g. views of a fused
+        checkpoint tensor), the stacks are views of it and cost nothing; otherwise they are a copy:
+        the layer's expert weights once more (`3 * experts * inter * hidden` values). Remade when
+        an expert weight is replaced or written in place."""
+        gate = [e.gate_proj for e in self.experts]
+        up = [e.up_proj for e in self.experts]
+        down = [e.down_proj for e in self.experts]
+        if any(isinstance(m, Int8Linear) for m in (*gate, *up, *down)):
+            return None
+        weights = [m.weight for m in (*gate, *up, *down)]
+        key = tuple((w.data_ptr(), w.dtype, _version(w)) for w in weights)
+        if self._stacked is None or self._stacked[2] != key:
+            g, u, d = weights[: len(gate)], weights[len(gate) : 2 * len(gate)], weights[2 * len(gate) :]
+            w13 = _stacked_view([[a, b] for a, b in zip(g, u, strict=True)])
+            if w13 is None:
+                w13 = torch.stack([torch.cat([a, b]) for a, b in zip(g, u, strict=True)])
+            w2 = _stacked_view([[a] for a in d])
+            if w2 is None:
+                w2 = torch.stack(d)
+            self._stacked = (w13.detach(), w2.detach(), key)
+        return self._stacked[0], self._stacked[1]
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place write counter (inference tensors have none: they cannot be written outside
+    inference mode, and the stacks are remade if such a weight is replaced)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+def _stacked_view(parts: list[list[torch.Tensor]]) -> torch.Tensor | None:
+    """A `(len(parts), rows, cols)` view over `parts[e]` concatenated by rows, when they already lie
+    back to back in one storage in that order; None otherwise (the caller copies)."""
+    first = parts[0][0]
+    cols = first.shape[1]
+    rows = sum(t.shape[0] for t in parts[0])
+    storage = first.untyped_storage().data_ptr()
+    pos = first.storage_offset()
+    for group in parts:
+        for t in group:
+            same = t.untyped_storage().data_ptr() == storage and t.dtype == first.dtype
+            if not (same and t.is_contiguous() and t.shape[1] == cols and t.storage_offset() == pos):
+                return None
+            pos += t.numel()
+        if sum(t.shape[0] for t in group) != rows:
+            return None
+    return first.detach().as_strided((len(parts), rows, cols), (rows * cols, cols, 1), first.storage_offset())
 
 
 class JambaDecoderLayer(nn.Module):
@@ -171,6 +303,24 @@ class JambaDecoderLayer(nn.Module):
         self.input_layernorm = JambaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.pre_ff_layernorm = JambaRMSNorm(config.hidden_size, config.rms_norm_eps)
 
+    def forward_fused(
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor,
+        next_norm: JambaRMSNorm,
+        batch: ForwardBatch,
+        cache: LayerCache,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fast path: `h` is `input_layernorm(residual)` already; each residual add is fused with
+        the norm after it. Returns `(next_norm(residual + ...), residual + ...)`."""  # fmt: skip
+        h = self.self_attn(h, batch, cache) if self.is_attention else self.mamba(h, batch, cache)
+        normed, residual = fused_add_rms_norm(
+            h, residual, self.pre_ff_layernorm.weight, self.pre_ff_layernorm.eps
+        )
+        ff = self.feed_forward
+        h = ff(normed, fused=True) if isinstance(ff, JambaSparseMoeBlock) else ff(normed)
+        return fused_add_rms_norm(h, residual, next_norm.weight, next_norm.eps)
+
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
         h = self.input_layernorm(x)
         h = self.self_attn(h, batch, cache) if self.is_attention else self.mamba(h, batch, cache)
@@ -187,6 +337,12 @@ class JambaModel(nn.Module):
 
     def forward(self, token_ids: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:
         x = self.embed_tokens(token_ids)
+        if batch.paged is not None and len(self.layers) > 0:
+            h = self.layers[0].input_layernorm(x)
+            for i, layer in enumerate(self.layers):
+                nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.final_layernorm
+                h, x = layer.forward_fused(h, x, nxt, batch, cache)
+            return h
         for layer in self.layers:
             x = layer(x, batch, cache)
         return self.final_layernorm(x)

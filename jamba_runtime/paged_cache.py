@@ -3,6 +3,9 @@
 It implements `LayerCache` (see `cache.py`) with the step's block tables, slot mapping and slot
 indices from `ForwardBatch`, so the model's layers run on it unchanged. Which block or slot belongs
 to whom is decided by `CacheManager`; this class only holds and moves the numbers.
+
+On CUDA (or under Triton's interpreter) the layers skip `LayerCache` and hand its tensors to the
+packed/paged kernels in place (`paged_kernels_available`, `kv_pool`, `state_pool`; docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 from jamba_runtime.batch import ForwardBatch
 from jamba_runtime.cache import MambaStateSlots
 from jamba_runtime.config import JambaConfig
+from jamba_runtime.kernels.backend import use_triton
 
 _MIB = 1 << 20
 
@@ -62,10 +66,31 @@ class PagedHybridCache(MambaStateSlots):
         self.values = {
             i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
         }
+        self._probe = torch.empty(0, dtype=dtype, device=device)  # where the tensors live, for dispatch
 
     def nbytes(self) -> int:
         kv = [*self.keys.values(), *self.values.values()]
         return sum(t.numel() * t.element_size() for t in kv) + self.state_nbytes()
+
+    # ---- the fast path: tensors handed to the kernels in place ------------------------------------
+    def paged_kernels_available(self) -> bool:
+        """True when the packed/paged Triton kernels can run on these tensors under the selected
+        kernel backend: CUDA (or `triton` forced under the interpreter), float32 SSM slots (the
+        scan kernels keep the state in float32), and a conv of at most 5 taps."""
+        if self.config.mamba_d_conv > 5:
+            return False
+        if any(t.dtype != torch.float32 for t in self.ssm.values()):
+            return False
+        return use_triton(self._probe)
+
+    def kv_pool(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer_idx`'s `(num_blocks * block_size, kv_heads, head_dim)` keys and values."""
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def state_pool(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer_idx`'s conv `(num_slots, d_inner, d_conv - 1)` and float32 SSM
+        `(num_slots, d_inner, d_state)` state slots, updated in place by the kernels."""
+        return self.conv[layer_idx], self.ssm[layer_idx]
 
     # ---- LayerCache ------------------------------------------------------------------------------
     def update_kv(

@@ -1,5 +1,11 @@
 """Turns a scheduled step into one packed forward: flat token ids, `cu_seqlens`, block tables, slot
-indices; runs the model's layers on the paged cache; returns the logits to sample from."""
+indices; runs the model's layers on the paged cache; returns the logits to sample from.
+
+The one switch between the reference path and the GPU fast path lives here: `execute` asks the
+cache whether the packed/paged kernels can run (`PagedHybridCache.paged_kernels_available`) and,
+when `fast_path` is on, builds the batch with `paged_kernels=True`; the layers then call the
+kernels on the packed tensors and the cache's tensors in place (docs/runtime.md).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,23 @@ from jamba_runtime.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: JambaForCausalLM, cache: PagedHybridCache) -> None:
+    """Runs scheduled steps on `cache`.
+
+    Attributes:
+        fast_path: let steps use the packed/paged kernels when the cache says they can run (on by
+            default; off runs the layers' reference path over `LayerCache`, padded kernels included,
+            which benchmarks and bisections compare against).
+    """
+
+    def __init__(self, model: JambaForCausalLM, cache: PagedHybridCache, fast_path: bool = True) -> None:
         self.model = model
         self.cache = cache
+        self.fast_path = fast_path
+
+    def uses_fast_path(self) -> bool:
+        """Whether the next step runs the packed/paged kernels (decided per step: the kernel
+        backend can change between steps, e.g. under `kernel_backend("reference")`)."""
+        return self.fast_path and self.cache.paged_kernels_available()
 
     def execute(self, step: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor]:
         """Run every scheduled chunk in one forward.
@@ -48,6 +68,7 @@ class ModelRunner:
             device=device,
             block_tables=tables,
             block_size=self.cache.block_size,
+            paged_kernels=self.uses_fast_path(),
         )
         logits = self.model.forward_packed(
             torch.tensor(token_ids, device=device),

@@ -51,7 +51,8 @@ def _scan_kernel(
     s_ptrs = s_ptr + slot * ss_s + d[:, None] * ss_d + n[None, :] * ss_n
     h = tl.load(s_ptrs, mask=dn_ok, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
     if HAS_INIT:
-        h = h * (tl.load(init_ptr + seq) != 0).to(tl.float32)
+        # where, not a multiply: a slot left NaN by an earlier request must not leak into a fresh one.
+        h = tl.where(tl.load(init_ptr + seq) != 0, h, 0.0)
     tt = tl.arange(0, BLOCK_T)
     for t0 in range(0, length, BLOCK_T):
         t = t0 + tt  # (BLOCK_T,)
@@ -115,7 +116,8 @@ def _scan_seq_kernel(
     s_ptrs = s_ptr + slot * ss_s + d[:, None] * ss_d + n[None, :] * ss_n
     h = tl.load(s_ptrs, mask=dn_ok, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
     if HAS_INIT:
-        h = h * (tl.load(init_ptr + seq) != 0).to(tl.float32)
+        # where, not a multiply: a slot left NaN by an earlier request must not leak into a fresh one.
+        h = tl.where(tl.load(init_ptr + seq) != 0, h, 0.0)
     for t in range(0, length):
         tok = start + t
         x = tl.load(x_ptr + seq64 * sx_b + tok * sx_t + d * sx_d, mask=d_ok, other=0.0).to(tl.float32)
