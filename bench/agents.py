@@ -37,8 +37,10 @@ from typing import Any, Literal
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# This file is bench/agents.py: with bench/ on sys.path (as `python bench/agents.py` puts it),
+# `import agents` would import this script instead of the package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() not in (_HERE, REPO)]
 
 from pydantic import Field  # noqa: E402
 
