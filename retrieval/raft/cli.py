@@ -95,7 +95,24 @@ def generate_cmd(
     chunk_tokens: Annotated[
         int | None, typer.Option("--chunk-tokens", help="Tokens per chunk (default: the RAG default).")
     ] = None,
-    overlap_tokens: Annotated[int, typer.Option("--overlap-tokens", help="Overlap between chunks.")] = 32,
+    overlap_tokens: Annotated[
+        int, typer.Option("--overlap-tokens", help="Overlap between chunks (tokens chunking).")
+    ] = 32,
+    chunking: Annotated[
+        str,
+        typer.Option(
+            "--chunking",
+            help="tokens: the RAG ingest's chunker; semantic: cut where adjacent sentences' embeddings "
+            "differ most (chunks still at most --chunk-tokens, no overlap).",
+        ),
+    ] = "tokens",
+    semantic_percentile: Annotated[
+        float,
+        typer.Option(
+            "--semantic-percentile",
+            help="Semantic chunking: gaps less similar than this percentile of a section's gaps are cuts.",
+        ),
+    ] = 10.0,
     max_chunks: Annotated[
         int | None, typer.Option("--max-chunks", help="Use only the first N chunks.")
     ] = None,
@@ -152,11 +169,14 @@ def generate_cmd(
         emb = make_embedder(embedder, cache_dir=Path(s.data_dir) / "models" / "embeddings")
         chunks, retriever = build_corpus(
             docs, data_dir=s.data_dir, embedder=emb, chroma_url=s.chroma_url, collection=collection,
-            chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens, progress=not quiet,
+            chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens, chunking=chunking,
+            semantic_percentile=semantic_percentile, progress=not quiet,
         )  # fmt: skip
         chat, name = _chat_model(s, model, api_key, served_model)
         teacher = Teacher(chat, grammar=grammar, temperature=temperature, name=name)
         extra = f"{docs.resolve()}\x00{chunk_tokens}\x00{overlap_tokens}\x00{embedder}"
+        if chunking != "tokens":  # runs made before --chunking keep their fingerprint
+            extra += f"\x00{chunking}\x00{semantic_percentile}"
         rows, summary = generate(
             chunks,
             retriever,
@@ -175,6 +195,7 @@ def generate_cmd(
         "out": str(out),
         "collection": retriever.collection.name,
         "embedder": embedder,
+        "chunking": chunking,
     }
     (out / "summary.json").write_text(json.dumps(report, indent=1))
     typer.echo(json.dumps(report) if as_json else f"{summary.text()}\nsplits: {counts}; exports in {out}")
@@ -198,6 +219,14 @@ def eval_cmd(
     adapter: Annotated[
         Path | None, typer.Option("--adapter", help="A `raft train` adapter to merge into a local --model.")
     ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Base + RAG against base with --adapter + RAG at each --rag-k (default 3,5,7): "
+            "one table of EM, F1 and citation precision.",
+        ),
+    ] = False,
     api_key: ApiKey = None,
     served_model: RemoteName = None,
     data_dir: DataDir = None,
@@ -206,41 +235,85 @@ def eval_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Answer the eval split with its documents; report exact match, F1, citation precision,
-    abstention rate, with and without the oracle (and with retrieved top-k documents: --rag-k)."""
+    abstention rate, with and without the oracle (and with retrieved top-k documents: --rag-k).
+    With --compare: only the RAG runs, once for the base model and once with --adapter merged."""
     from app.settings import load_settings
-    from retrieval.raft.evaluate import answer_rows, load_eval_rows, rag_rows, score
+    from retrieval.raft.evaluate import answer_rows, compare_table, format_compare, load_eval_rows, score
 
     s = load_settings(data_dir=data_dir, chroma_url=chroma_url)
     progress = not quiet and not as_json
     try:
         rows = load_eval_rows(data, split)[:limit]  # a bad --data fails before a model loads
-        ks = [int(k) for k in rag_k.split(",")] if rag_k else []
-        chat, target = _chat_model(s, model, api_key, served_model)
-        if adapter is not None:
-            from app.client import LocalChatModel
-            from retrieval.raft.train import merge_adapter
-
-            if not isinstance(chat, LocalChatModel):
-                raise typer.BadParameter(f"--adapter needs a local --model, not {target}")
-            merge_adapter(chat.llm.model, adapter)
+        ks = [int(k) for k in rag_k.split(",")] if rag_k else ([3, 5, 7] if compare else [])
+        if compare and adapter is None:
+            raise typer.BadParameter("--compare needs --adapter (the fine-tuned model to compare)")
+        if compare:
+            retriever = _eval_retriever(data, s)
+            base = _rag_scores(
+                s, model, None, api_key, served_model, rows, retriever, ks, max_tokens, progress
+            )
+            tuned = _rag_scores(
+                s, model, adapter, api_key, served_model, rows, retriever, ks, max_tokens, progress
+            )
+            table = compare_table(base, tuned, ks)
+            result = {"rows": len(rows), "ks": ks, "table": table, "base": base, "finetuned": tuned}
+            typer.echo(json.dumps(result) if as_json else format_compare(table))
+            return
+        chat = _eval_chat(s, model, adapter, api_key, served_model)
         result = score(rows, answer_rows(chat, rows, max_tokens=max_tokens, progress=progress))
         if ks:
-            from retrieval.search import open_retriever
+            from retrieval.raft.evaluate import rag_scores
 
-            meta = json.loads((data / "summary.json").read_text())
-            retriever = open_retriever(
-                meta["collection"], data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=meta["embedder"]
-            )
-            result["rag"] = {}
-            for k in ks:
-                rrows = rag_rows(rows, retriever, k)
-                replies = answer_rows(chat, rrows, max_tokens=max_tokens, progress=progress)
-                result["rag"][f"top{k}"] = score(rrows, replies) | {
-                    "recall": sum(r["oracle_present"] for r in rrows) / max(len(rrows), 1)
-                }
+            retriever = _eval_retriever(data, s)
+            result["rag"] = rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
     except (JambaStackError, ValueError, OSError, KeyError) as e:
         raise _fail(e) from None
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=1))
+
+
+def _eval_chat(
+    s: Any, model: str | None, adapter: Path | None, api_key: str | None, served: str | None
+) -> Any:
+    """The answering model for `raft eval`: --model, with --adapter merged when given."""
+    chat, target = _chat_model(s, model, api_key, served)
+    if adapter is not None:
+        from app.client import LocalChatModel
+        from retrieval.raft.train import merge_adapter
+
+        if not isinstance(chat, LocalChatModel):
+            raise typer.BadParameter(f"--adapter needs a local --model, not {target}")
+        merge_adapter(chat.llm.model, adapter)
+    return chat
+
+
+def _eval_retriever(data: Path, s: Any) -> Any:
+    """The retriever over the corpus collection `raft generate` recorded in summary.json."""
+    from retrieval.search import open_retriever
+
+    meta = json.loads((data / "summary.json").read_text())
+    return open_retriever(
+        meta["collection"], data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=meta["embedder"]
+    )
+
+
+def _rag_scores(
+    s: Any,
+    model: str | None,
+    adapter: Path | None,
+    api_key: str | None,
+    served: str | None,
+    rows: list[dict[str, Any]],
+    retriever: Any,
+    ks: list[int],
+    max_tokens: int,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """`rag_scores` of a freshly loaded model: the fine-tuned run never shares an engine (and its
+    prefix cache, filled under the base weights) with the base run."""
+    from retrieval.raft.evaluate import rag_scores
+
+    chat = _eval_chat(s, model, adapter, api_key, served)
+    return rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
 
 
 @raft_app.command("train")

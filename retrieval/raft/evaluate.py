@@ -136,6 +136,58 @@ def rag_rows(rows: Sequence[dict[str, Any]], retriever: Any, k: int) -> list[dic
     return out
 
 
+def rag_scores(
+    model: Any,
+    rows: Sequence[dict[str, Any]],
+    retriever: Any,
+    ks: Sequence[int],
+    *,
+    max_tokens: int = 384,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """`{"top{k}": score(...) | {"recall": share of rows whose oracle was retrieved}}` for each k:
+    the rows answered with the retriever's top k instead of their stored documents."""
+    out: dict[str, dict[str, Any]] = {}
+    for k in ks:
+        rrows = rag_rows(rows, retriever, k)
+        replies = answer_rows(model, rrows, max_tokens=max_tokens, progress=progress)
+        out[f"top{k}"] = score(rrows, replies) | {
+            "recall": sum(r["oracle_present"] for r in rrows) / max(len(rrows), 1)
+        }
+    return out
+
+
+COMPARE_METRICS = ("exact_match", "f1", "citation_precision")
+
+
+def compare_table(
+    base: dict[str, dict[str, Any]], finetuned: dict[str, dict[str, Any]], ks: Sequence[int]
+) -> list[dict[str, Any]]:
+    """One row per k: `{"k", "base": {metric: value}, "finetuned": {metric: value}}` for the
+    `COMPARE_METRICS`, read from two `rag_scores` results (nothing is rescored here)."""
+    return [
+        {
+            "k": k,
+            "base": {m: base[f"top{k}"][m] for m in COMPARE_METRICS},
+            "finetuned": {m: finetuned[f"top{k}"][m] for m in COMPARE_METRICS},
+        }
+        for k in ks
+    ]
+
+
+def format_compare(table: Sequence[dict[str, Any]]) -> str:
+    """`compare_table` as a fixed-width text table (EM, F1, citation precision per model)."""
+    head = f"{'k':>3} | {'base EM':>8} {'base F1':>8} {'base cite':>9} | {'ft EM':>8} {'ft F1':>8} {'ft cite':>9}"
+    lines = [head, "-" * len(head)]
+    for r in table:
+        b, f = r["base"], r["finetuned"]
+        lines.append(
+            f"{r['k']:>3} | {b['exact_match']:>8.3f} {b['f1']:>8.3f} {b['citation_precision']:>9.3f}"
+            f" | {f['exact_match']:>8.3f} {f['f1']:>8.3f} {f['citation_precision']:>9.3f}"
+        )
+    return "\n".join(lines)
+
+
 def evaluate(
     model: Any,
     data: Path,

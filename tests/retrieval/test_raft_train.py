@@ -94,3 +94,52 @@ def test_merged_equals_lora_model_and_changes_outputs(trained, tiny_model_dir: P
     plain = LLM(tiny_model_dir).chat(msgs, sp).text
     assert load_merged_llm(tiny_model_dir, out).chat(msgs, sp).text != plain
     assert LLM(data / "merged").chat(msgs, sp).text != plain  # the merged checkpoint serves the same way
+
+
+def test_compare_table_equals_separate_runs(trained, tiny_model_dir: Path, tmp_path: Path, embedder) -> None:  # noqa: ANN001
+    """`raft eval --compare`: one table (rows k = 3, 5, 7; EM, F1, citation precision of the base
+    and the fine-tuned model, both with RAG) whose numbers are those of the separate --rag-k runs."""
+    import shutil
+
+    from retrieval.raft.corpus import build_corpus
+    from retrieval.raft.evaluate import COMPARE_METRICS, format_compare
+
+    data, adapter, _ = trained
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, city in enumerate(["Paris", "Berlin", "Rome", "Madrid", "Vienna", "Lisbon", "Oslo", "Prague"]):
+        (docs / f"c{i}.md").write_text(f"{city} is a capital city in Europe with {i + 2} million people.")
+    _, retriever = build_corpus(docs, data_dir=tmp_path / "d", embedder=embedder)
+    ev = tmp_path / "ev"
+    shutil.copytree(data, ev, ignore=shutil.ignore_patterns("adapter", "merged"))
+    (ev / "summary.json").write_text(
+        json.dumps({"collection": retriever.collection.name, "embedder": "minilm-fp32"})
+    )
+    common = [
+        "eval", "--data", str(ev), "--model", str(tiny_model_dir), "--split", "train", "--max-tokens", "8",
+        "--json", "--data-dir", str(tmp_path / "d"),
+    ]  # fmt: skip
+
+    def run(*extra: str) -> dict:
+        res = CliRunner().invoke(raft_app, [*common, *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    cmp = run("--compare", "--adapter", str(adapter))
+    assert cmp["ks"] == [3, 5, 7] and cmp["rows"] == 3
+    assert [r["k"] for r in cmp["table"]] == [3, 5, 7]
+    for r in cmp["table"]:
+        assert set(r) == {"k", "base", "finetuned"}
+        assert set(r["base"]) == set(r["finetuned"]) == set(COMPARE_METRICS)
+    base = run("--rag-k", "3,5,7")["rag"]
+    tuned = run("--rag-k", "3,5,7", "--adapter", str(adapter))["rag"]
+    assert cmp["base"] == base and cmp["finetuned"] == tuned
+    for r in cmp["table"]:
+        for m in COMPARE_METRICS:
+            assert r["base"][m] == base[f"top{r['k']}"][m]
+            assert r["finetuned"][m] == tuned[f"top{r['k']}"][m]
+    text = format_compare(cmp["table"]).splitlines()
+    assert len(text) == 2 + 3 and "base EM" in text[0] and "ft cite" in text[0]
+    assert text[2].split()[0] == "3" and text[4].split()[0] == "7"
+    no_adapter = CliRunner().invoke(raft_app, [*common, "--compare"])
+    assert no_adapter.exit_code == 2 and "--compare needs --adapter" in no_adapter.output
