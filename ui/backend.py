@@ -56,6 +56,25 @@ class UISettings(Settings):
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 
+    @property
+    def raft_sets_dir(self) -> Path:
+        """Where the RAFT builder writes generated sets (one folder each: rows, exports)."""
+        return self.data_dir / "raft" / "sets"
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Where the Fine-tune page saves LoRA adapters (one folder each, with `merged/`)."""
+        return self.data_dir / "raft" / "adapters"
+
+
+def list_raft_sets(settings: UISettings) -> list[Path]:
+    """The RAFT builder's generated sets (folders with a `chat.jsonl`), newest first."""
+    root = settings.raft_sets_dir
+    if not root.is_dir():
+        return []
+    sets = [p for p in root.iterdir() if (p / "chat.jsonl").is_file()]
+    return sorted(sets, key=lambda p: p.stat().st_mtime, reverse=True)
+
 
 def load_ui_settings(**overrides: object) -> UISettings:
     """Settings from env and `.env`, with non-None `overrides` on top."""

@@ -25,9 +25,19 @@ from ui.backend import (
     server_runtime_info,
 )
 
+MODEL_OVERRIDE_KEY = "model_override"
+"""Session key of a checkpoint directory that replaces the configured in-process model for this
+browser session (set by the Fine-tune page's "Use for chat")."""
+
 
 def settings() -> UISettings:
-    return load_ui_settings()
+    """The app's settings, with this session's model override (an in-process checkpoint) on top;
+    the override does nothing while the app talks to a server."""
+    s = load_ui_settings()
+    override = st.session_state.get(MODEL_OVERRIDE_KEY)
+    if override and not s.server_url:
+        return s.model_copy(update={"model": str(override)})
+    return s
 
 
 @st.cache_resource(show_spinner="Loading the model...")

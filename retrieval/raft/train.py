@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,18 @@ def read_chat_rows(data: Path, split: str = "train") -> list[dict[str, Any]]:
 
 
 def train_lora(
-    model_dir: Path, data: Path, out: Path, cfg: TrainConfig, *, device: str = "cpu", progress: bool = False
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `data/chat.train.jsonl` over the checkpoint in `model_dir`; save it in
-    `out` (PEFT layout, plus `train_log.json`). Raises `OptionalDependencyError` without peft,
+    `out` (PEFT layout, plus `train_log.json`). `on_step(step, loss)` is called after every
+    optimizer step (1-based), e.g. for a live chart. Raises `OptionalDependencyError` without peft,
     `RaftDataError` for a missing or unusable export."""
     from tqdm.auto import tqdm
 
@@ -161,6 +170,8 @@ def train_lora(
         loss.backward()
         opt.step()
         result.losses.append(round(loss.detach().item(), 6))
+        if on_step is not None:
+            on_step(len(result.losses), result.losses[-1])
     out.mkdir(parents=True, exist_ok=True)
     save_adapter(model, lora, out)
     result.adapter_dir = str(out)

@@ -196,14 +196,6 @@ def test_runtime_page_and_chat_against_a_server(
     assert metrics["Context length"] == "262,144"
 
 
-def test_placeholder_pages_say_what_is_coming(ui_env: Path) -> None:
-    at = app()
-    for page, words in (("views/raft.py", "RAFT"), ("views/finetune.py", "LoRA")):
-        at.switch_page(page).run()
-        assert not errors(at)
-        assert any(words in i.value and "not built yet" in i.value for i in at.info)
-
-
 @pytest.mark.parametrize(
     ("name", "safe"),
     [

@@ -100,7 +100,9 @@ if st.button("Run", type="primary", key="ag_run"):
             instructions=instructions,
             tools=tools,
             model=session.chat_model(settings),
-            policy=Policy(max_steps=int(max_steps), validators={t.name: deny for t in tools if t.name in denied}),
+            policy=Policy(
+                max_steps=int(max_steps), validators={t.name: deny for t in tools if t.name in denied}
+            ),
             tool_choice=(lambda step: "required" if step == 0 else "auto")
             if choice == "first" and tools
             else "auto",

@@ -1,13 +1,254 @@
-"""RAFT builder (placeholder until the page lands on `retrieval.raft`)."""
+"""RAFT builder: choose a corpus (an upload folder or a collection's files) and the options, generate
+RAFT rows with a progress bar, preview them, and download the exports.
+
+Generation runs in this script run, as `raft generate` does (`retrieval.raft`): the corpus is
+ingested into its own collection, the session's model is the teacher. `generate` takes no progress
+callback, so the bar is driven by a `Teacher` subclass that reports each batch it is asked for
+(chunks asked for questions, then rows answered, read back from the checkpointed `rows.jsonl`).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import streamlit as st
 
+from retrieval.loaders import SUPPORTED_SUFFIXES
+from retrieval.raft.teacher import AnswerRequest, Teacher
+from ui import session
+from ui.backend import UISettings, list_raft_sets
+from ui.documents import list_collections
+from ui.errors import UIError
+
+LAST_SET_KEY = "raft_last_set"
+SKIP_DOWNLOADS = {"checkpoint.json", "questions.jsonl"}
+
+
+class ProgressTeacher(Teacher):
+    """A `Teacher` that calls `on_batch(phase, done)` after each batch: phase "questions" with the
+    chunks asked so far, phase "rows" with the rows written so far (read from `out/rows.jsonl`,
+    which `generate` appends to after each batch of answers)."""
+
+    def __init__(self, model: Any, out: Path, on_batch: Callable[[str, int], None], **kw: Any) -> None:
+        super().__init__(model, **kw)
+        self._out, self._on_batch, self._chunks = out, on_batch, 0
+
+    def questions(
+        self,
+        messages: Sequence[list[dict[str, str]]],
+        schema: Mapping[str, Any],
+        seeds: Sequence[int],
+        max_tokens: int,
+    ) -> list[list[dict[str, str]] | None]:
+        got = super().questions(messages, schema, seeds, max_tokens)
+        self._chunks += len(messages)
+        self._on_batch("questions", self._chunks)
+        return got
+
+    def answers(self, requests: Sequence[AnswerRequest], max_tokens: int) -> list[str | None]:
+        got = super().answers(requests, max_tokens)
+        self._on_batch("rows", _count_lines(self._out / "rows.jsonl"))
+        return got
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
+
+
+def corpus_choices(s: UISettings) -> dict[str, list[Path]]:
+    """{label: files} for each upload folder with files the loaders read, and each collection whose
+    ingested files still exist (RAFT's own `raft-*` collections left out)."""
+    out: dict[str, list[Path]] = {}
+    if s.uploads_dir.is_dir():
+        for folder in sorted(p for p in s.uploads_dir.iterdir() if p.is_dir()):
+            files = sorted(
+                f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES
+            )
+            if files:
+                out[f"Uploaded files: {folder.name}"] = files
+    for info in list_collections(s):
+        files = [Path(src.source) for src in info.sources if Path(src.source).is_file()]
+        if files and not info.name.startswith("raft-"):
+            out[f"Collection: {info.name}"] = files
+    return out
+
+
+def corpus_folder(s: UISettings, label: str, files: list[Path]) -> Path:
+    """One folder holding the corpus: an upload folder itself, or a copy of a collection's files
+    (its sources can lie anywhere; `build_corpus` reads one file or folder)."""
+    parents = {f.parent for f in files}
+    if len(parents) == 1 and all(f.parent.parent == s.uploads_dir for f in files):
+        return parents.pop()
+    folder = s.data_dir / "raft" / "corpora" / re.sub(r"[^A-Za-z0-9._-]+", "_", label)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy2(f, folder / f.name)
+    return folder
+
+
+def check_set_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise UIError(f"set name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def run_generation(s: UISettings, docs: Path, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    """Ingest `docs`, generate rows into `out` with the session's model as teacher, write every
+    export and `summary.json` (as `raft generate` does). Returns the summary. Raises `RaftError`
+    (bad options), what ingest and the model raise."""
+    from retrieval.raft.corpus import build_corpus
+    from retrieval.raft.export import export_all
+    from retrieval.raft.generate import RaftConfig, generate
+
+    # A bad option fails here, before the corpus is ingested or the model loads.
+    cfg = RaftConfig(
+        questions_per_chunk=opts["questions_per_chunk"], distractors=opts["distractors"], p=opts["p"],
+        seed=opts["seed"], max_tokens=opts["max_tokens"], question_max_tokens=opts["max_tokens"],
+        max_chunks=opts["max_chunks"] or None, checkpoint_every=4,
+    )  # fmt: skip
+    if not 0.0 <= opts["eval_fraction"] < 1.0:
+        raise UIError(f"eval fraction {opts['eval_fraction']} is invalid: use 0 <= fraction < 1")
+    bar = st.progress(0.0, text="Ingesting the corpus...")
+    embedder = session.embedder(s)
+    chunk_tokens = opts["chunk_tokens"] or None
+    # The RAG default overlap, cut for small chunks (the chunker wants it under half a chunk).
+    overlap = min(32, (chunk_tokens or embedder.chunk_tokens) // 4)
+    try:
+        chunks, retriever = build_corpus(
+            docs, data_dir=s.data_dir, embedder=embedder, chroma_url=s.chroma_url,
+            chunk_tokens=chunk_tokens, overlap_tokens=overlap,
+        )  # fmt: skip
+    except ValueError as exc:  # the chunker's check of chunk_tokens
+        raise UIError(f"{exc}: change the chunk tokens") from None
+    n_chunks = min(len(chunks), cfg.max_chunks or len(chunks))
+    bar.progress(0.1, text=f"{len(chunks)} chunks; asking the teacher for questions...")
+
+    def on_batch(phase: str, done: int) -> None:
+        if phase == "questions":
+            bar.progress(
+                0.1 + 0.3 * min(done / max(n_chunks, 1), 1.0), text=f"Questions: {done}/{n_chunks} chunks"
+            )
+            return
+        qs = out / "questions.jsonl"
+        total = sum(len(r.get("questions") or []) for r in map(json.loads, qs.read_text().splitlines()))
+        bar.progress(0.4 + 0.6 * min(done / max(total, 1), 1.0), text=f"Rows: {done}/{total}")
+
+    model = session.chat_model(s)
+    teacher = ProgressTeacher(model, out, on_batch, grammar=True, name=str(s.model or "tiny"))
+    extra = f"{docs.resolve()}\x00{chunk_tokens}\x00{overlap}\x00{s.embedder}"
+    rows, summary = generate(chunks, retriever, teacher, out, cfg, overwrite=True, fingerprint_extra=extra)
+    hf = importlib.util.find_spec("datasets") is not None
+    counts = export_all(out, rows, eval_fraction=opts["eval_fraction"], seed=cfg.seed, hf=hf)
+    report = summary.to_json() | {
+        "splits": counts,
+        "out": str(out),
+        "collection": retriever.collection.name,
+        "embedder": s.embedder,
+    }
+    (out / "summary.json").write_text(json.dumps(report, indent=1))
+    bar.progress(1.0, text=f"Done: {summary.rows} rows")
+    return report
+
+
+def export_files(out: Path) -> list[Path]:
+    """The files a person downloads from a set: rows, summary and every export (no HF folder)."""
+    files = [
+        p for p in sorted(out.rglob("*")) if p.is_file() and "hf_dataset" not in p.relative_to(out).parts
+    ]
+    return [p for p in files if p.name not in SKIP_DOWNLOADS]
+
+
+# ---- page -------------------------------------------------------------------------------------------
+settings = session.settings()
 st.title("RAFT builder")
-st.info(
-    "Coming next: choose a corpus and options (questions per chunk, distractors, oracle share), "
-    "generate RAFT training rows with a progress bar, preview them, and download the exports. "
-    "This page is not built yet; the data generator lives in `retrieval.raft`.",
-    icon=":material/construction:",
+st.caption(
+    "Training rows for retrieval-augmented fine-tuning: each question is shown with its oracle chunk "
+    "(with probability P) among distractor chunks, and answered with quotes by the teacher model."
 )
+session.random_model_notice(settings)
+
+choices: dict[str, list[Path]] = {}
+with session.shows_errors("list the documents"):
+    choices = corpus_choices(settings)
+
+st.subheader("Generate")
+if not choices:
+    st.error(
+        "No documents to build from: upload files on the Documents page first (they land in the data "
+        "dir's uploads folder).",
+        icon="\u274c",
+    )
+else:
+    label = st.selectbox("Corpus", list(choices), key="raft_corpus")
+    st.caption(", ".join(f.name for f in choices[label]))
+    c1, c2, c3, c4 = st.columns(4)
+    qpc = c1.number_input("Questions per chunk", value=2, step=1, key="raft_qpc")
+    distractors = c2.number_input("Distractors", value=3, step=1, key="raft_distractors")
+    # No min/max on P: an out-of-range value gets the generator's own message, not a clamped widget.
+    p = c3.number_input("P (oracle shown)", value=0.8, step=0.05, format="%.2f", key="raft_p")
+    seed = c4.number_input("Seed", value=0, step=1, key="raft_seed")
+    with st.expander("More options"):
+        name = st.text_input("Set name", value="raft-set", key="raft_name")
+        a1, a2, a3, a4 = st.columns(4)
+        max_tokens = a1.number_input(
+            "Teacher max tokens", value=384, min_value=8, step=16, key="raft_max_tokens"
+        )
+        max_chunks = a2.number_input(
+            "Max chunks (0: all)", value=0, min_value=0, step=1, key="raft_max_chunks"
+        )
+        chunk_tokens = a3.number_input(
+            "Chunk tokens (0: RAG default)", value=0, min_value=0, step=16, key="raft_chunk_tokens"
+        )
+        eval_fraction = a4.number_input("Eval fraction", value=0.2, step=0.05, format="%.2f", key="raft_eval")
+    if st.button("Generate", type="primary", key="raft_generate"):
+        with session.shows_errors("generate the RAFT set"):
+            out = settings.raft_sets_dir / check_set_name(name.strip())
+            opts = dict(
+                questions_per_chunk=int(qpc), distractors=int(distractors), p=float(p), seed=int(seed),
+                max_tokens=int(max_tokens), max_chunks=int(max_chunks), chunk_tokens=int(chunk_tokens),
+                eval_fraction=float(eval_fraction),
+            )  # fmt: skip
+            docs = corpus_folder(settings, label, choices[label])
+            report = run_generation(settings, docs, out, opts)
+            st.session_state[LAST_SET_KEY] = out.name
+            st.success(
+                f"{report['rows']} rows ({report['oracle_rows']} with the oracle, P realised "
+                f"{report['p_realised']:.2f}) in {out.name}: splits {report['splits']}."
+            )
+            if not report["rows"]:
+                st.warning("No row passed verification: try more questions per chunk or a larger budget.")
+
+# ---- preview and downloads ---------------------------------------------------------------------------
+st.subheader("Generated sets")
+sets = list_raft_sets(settings)
+if not sets:
+    st.info("No generated sets yet.")
+else:
+    names = [p.name for p in sets]
+    last = st.session_state.get(LAST_SET_KEY)
+    chosen = st.selectbox("Set", names, index=names.index(last) if last in names else 0, key="raft_set")
+    folder = settings.raft_sets_dir / chosen
+    rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text().splitlines() if line.strip()]
+    if (folder / "summary.json").is_file():
+        meta = json.loads((folder / "summary.json").read_text())
+        st.caption(
+            f"{meta.get('rows', len(rows))} rows \u00b7 splits {meta.get('splits')} \u00b7 teacher "
+            f"{Path(str(meta.get('teacher', ''))).name} \u00b7 {meta.get('seconds', 0):.1f} s"
+        )
+    st.dataframe(
+        [
+            {"question": r["question"], "oracle_present": r["oracle_present"], "cot_answer": r["cot_answer"]}
+            for r in rows
+        ],
+        hide_index=True,
+    )
+    st.markdown("**Downloads**")
+    for i, f in enumerate(export_files(folder)):
+        rel = str(f.relative_to(folder))
+        st.download_button(rel, data=f.read_bytes(), file_name=rel.replace("/", "_"), key=f"raft_dl_{i}")
