@@ -27,9 +27,12 @@ class CorpusChunk:
     source: str
     doc_id: str
     index: int
+    # `source` relative to the corpus root, as exports show it: a dataset should not carry the
+    # path of the machine that built it.
+    shown_source: str = ""
 
     def as_document(self) -> dict[str, str]:
-        return {"id": self.id, "text": self.text, "source": self.source}
+        return {"id": self.id, "text": self.text, "source": self.shown_source or self.source}
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,19 @@ def build_corpus(
 
     col = Store(data_dir, chroma_url).open(name, embedder_name=embedder.name, dim=embedder.dim)
     retriever = Retriever(col, embedder, load_bm25(col))
+    root = docs.resolve() if docs.is_dir() else docs.resolve().parent
     chunks: list[CorpusChunk] = []
     for ids, texts, metas in col.iter_all():
         for cid, text, meta in zip(ids, texts, metas, strict=True):
             source = str(meta.get("source", ""))
             chunks.append(
                 CorpusChunk(
-                    cid, text, source, str(meta.get("doc_id", source)), int(meta.get("chunk_index", 0))
+                    cid,
+                    text,
+                    source,
+                    str(meta.get("doc_id", source)),
+                    int(meta.get("chunk_index", 0)),
+                    _relative(source, root),
                 )
             )
     chunks.sort(key=lambda c: (c.source, c.doc_id, c.index, c.id))
@@ -214,6 +223,14 @@ def read_questions_file(path: Path, chunks: list[CorpusChunk]) -> tuple[list[QA]
             oracle = max(cands, key=lambda c: len(words & set(normalize_question(c.text).split())))
         out.append(QA(qa_id(question, oracle.id), question, answer, oracle.id, "file"))
     return out, unmatched
+
+
+def _relative(source: str, root: Path) -> str:
+    """`source` relative to `root` when it lies under it (else unchanged: e.g. a BEIR doc id)."""
+    try:
+        return Path(source).resolve().relative_to(root).as_posix()
+    except (ValueError, OSError):
+        return source
 
 
 def _by_source(by_source: dict[str, list[CorpusChunk]], source: str) -> list[CorpusChunk]:

@@ -247,7 +247,7 @@ def _row(qa: QA, ds: Any, oracle: CorpusChunk, cot: str, attempts: int) -> dict[
         "oracle_index": ds.oracle_index,
         "oracle_id": oracle.id,
         "oracle_text": oracle.text,
-        "oracle_source": oracle.source,
+        "oracle_source": oracle.shown_source or oracle.source,
         "cot_answer": cot,
         "final_answer": final_answer(cot) or "",
         "quotes": extract_quotes(cot),

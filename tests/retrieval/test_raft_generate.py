@@ -152,6 +152,9 @@ def test_rows_are_well_formed(run, corpus) -> None:  # noqa: ANN001
     for r in rows:
         ids = [d["id"] for d in r["documents"]]
         assert len(ids) == CFG["distractors"] + 1 and len(set(ids)) == len(ids)
+        # sources relative to the corpus folder: no path of the machine that built the set
+        assert all(not d["source"].startswith("/") for d in r["documents"]), r["documents"]
+        assert not r["oracle_source"].startswith("/")
         if r["oracle_present"]:
             assert ids[r["oracle_index"]] == r["oracle_id"]
             assert ids.count(r["oracle_id"]) == 1
