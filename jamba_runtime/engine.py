@@ -242,7 +242,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running: use a new id")
         spec = params.structured
-        grammar = self.grammars.matcher(spec) if spec is not None else None
+        grammar = self.grammars.matcher(spec, stagger=sum(ids[-4:])) if spec is not None else None
         gen = None
         if not params.greedy:
             gen = torch.Generator(device=self.model.device)

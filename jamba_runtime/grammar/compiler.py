@@ -121,12 +121,14 @@ class GrammarCompiler:
         """Compile `spec` (cached) so a request that uses it cannot fail later; raises as `compile`."""
         self.compile(spec)
 
-    def matcher(self, spec: StructuredOutput) -> GrammarMatcher:
-        """A fresh matcher at the start of `spec`'s grammar; raises as `compile`."""
+    def matcher(self, spec: StructuredOutput, stagger: int = 0) -> GrammarMatcher:
+        """A fresh matcher at the start of `spec`'s grammar; raises as `compile`. `stagger` (any
+        int derived from the request, e.g. from its prompt) spreads the matchers' closing-path
+        estimates over steps, so a batch that started together does not estimate all at once."""
         compiled = self.compile(spec)
         with self._lock:
             m = compiled.template.deep_copy()
-        return GrammarMatcher(self, compiled, m)
+        return GrammarMatcher(self, compiled, m, stagger)
 
     @property
     def token_table(self) -> TokenTable:

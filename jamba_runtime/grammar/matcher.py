@@ -7,7 +7,6 @@ replaces a sampled token that would leave no way to finish within `max_tokens`.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 _MIN_WINDOW = 16
 _ESTIMATE_EVERY = 16
 ESTIMATE_CAP = 1024  # the longest closing path an estimate looks for
-_matcher_ids = itertools.count()
 
 
 class GrammarMatcher:
@@ -40,7 +38,11 @@ class GrammarMatcher:
     """
 
     def __init__(
-        self, compiler: GrammarCompiler, compiled: CompiledGrammar, matcher: llguidance.LLMatcher
+        self,
+        compiler: GrammarCompiler,
+        compiled: CompiledGrammar,
+        matcher: llguidance.LLMatcher,
+        stagger: int = 0,
     ) -> None:
         self.compiler = compiler
         self.compiled = compiled
@@ -48,7 +50,9 @@ class GrammarMatcher:
         self.num_accepted = 0
         self.in_block = False  # a `<tool_calls>` block has started
         self.closed_by_budget = False  # the end was forced to fit max_tokens
-        self._offset = next(_matcher_ids) % _ESTIMATE_EVERY
+        # From the request, never from a global counter: the estimate's timing decides when the
+        # closing path starts, so it must not depend on what else ran (same seed, same output).
+        self._offset = stagger % _ESTIMATE_EVERY
         self._reset_budget()
 
     def _reset_budget(self) -> None:
