@@ -188,7 +188,7 @@ def read_questions_file(path: Path, chunks: list[CorpusChunk]) -> tuple[list[QA]
         by_doc.setdefault(c.doc_id, []).append(c)
         by_source.setdefault(c.source, []).append(c)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")
     except OSError as e:
         raise QuestionsFileError(f"cannot read questions file {path}: {e.strerror or e}") from e
     out: list[QA] = []

@@ -38,7 +38,7 @@ def load_eval_rows(data: Path, split: str = "eval") -> list[dict[str, Any]]:
 
 def _read(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

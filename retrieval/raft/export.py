@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.raft.errors import OptionalDependencyError
+from retrieval.raft.jsonl import dumps_line
 from retrieval.raft.prompts import student_messages
 
 SPLITS = ("train", "eval")
@@ -62,7 +63,7 @@ def _jsonl(path: Path, objs: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for o in objs:
-            f.write(json.dumps(o, ensure_ascii=False) + "\n")
+            f.write(dumps_line(o))
     tmp.replace(path)
 
 

@@ -29,6 +29,7 @@ from retrieval.raft.corpus import (
     read_questions_file,
 )
 from retrieval.raft.errors import CheckpointMismatchError, RaftError
+from retrieval.raft.jsonl import dumps_line, split_lines
 from retrieval.raft.prompts import ABSTAIN_REASON, question_messages, question_schema, student_messages
 from retrieval.raft.quotes import cot_regex, extract_quotes, final_answer, split_sentences, verify_answer
 from retrieval.raft.teacher import AnswerRequest, Teacher
@@ -141,14 +142,14 @@ def _write_atomic(path: Path, text: str) -> None:
 def _append_jsonl(path: Path, objs: list[dict[str, Any]]) -> None:
     with path.open("a", encoding="utf-8") as f:
         for o in objs:
-            f.write(json.dumps(o, ensure_ascii=False) + "\n")
+            f.write(dumps_line(o))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in split_lines(path.read_text(encoding="utf-8")):
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -165,7 +166,7 @@ def generate_questions(
 
     path = out / "questions.jsonl"
     done = {r["chunk_id"]: r for r in _read_jsonl(path)}
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
+    _write_atomic(path, "".join(dumps_line(r) for r in done.values()))
     todo = [c for c in chunks if c.id not in done]
     schema = question_schema(cfg.questions_per_chunk)
     with tqdm(
@@ -310,7 +311,7 @@ def generate(
     dropped: Counter[str] = Counter(ckpt.get("dropped", {}))
     regenerated = int(ckpt.get("regenerated", 0))
     rows = [r for r in _read_jsonl(rows_path) if r["id"] in finished]
-    _write_atomic(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _write_atomic(rows_path, "".join(dumps_line(r) for r in rows))
     todo = [q for q in qas if q.qid not in finished]
     n_hard = 4 * (cfg.distractors + 1) + 1
     with tqdm(

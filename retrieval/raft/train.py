@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.raft.errors import OptionalDependencyError, RaftDataError
+from retrieval.raft.jsonl import split_lines
 
 TARGET_MODULES = (
     r".*\.(mamba\.(in_proj|x_proj|out_proj)|self_attn\.(q_proj|k_proj|v_proj|o_proj)"
@@ -114,7 +115,7 @@ def read_chat_rows(data: Path, split: str = "train") -> list[dict[str, Any]]:
     path = data / f"chat.{split}.jsonl"
     if not path.is_file():
         raise RaftDataError(f"{path} not found: pass the --out folder of `raft generate`")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
 
 
 def train_lora(
