@@ -4,9 +4,10 @@
     TRITON_INTERPRET=1 python bench/engine_gpu_check.py --smoke   # CPU, tiny only (timings meaningless)
 
 For the tiny model and the Jamba-1.5-Mini shape cut to `--layers` layers (random weights, built by
-`bench/runtime_gpu.py`'s code), one `LLM` engine runs three ways, switched between steps:
+`bench/runtime_gpu.py`'s code), one `LLM` engine runs four ways, switched between steps:
 
-  fast       kernel backend `auto`, `ModelRunner.fast_path` on: the packed/paged kernels
+  graphs     the fast path with decode steps replayed from CUDA graphs (the engine's default)
+  fast       kernel backend `auto`, `ModelRunner.fast_path` on: the packed/paged kernels, eager
   padded     `auto`, fast path off: what the engine ran before (padded Triton kernels + KV gather)
   reference  kernel backend `reference`: the PyTorch `_ref` ops everywhere
 
@@ -59,7 +60,7 @@ from jamba_runtime.tiny import TINY_CONFIG  # noqa: E402
 from jamba_runtime.tiny_tokenizer import write_tiny_tokenizer  # noqa: E402
 
 START = time.perf_counter()
-MODES = ("fast", "padded", "reference")
+MODES = ("graphs", "fast", "padded", "reference")
 
 
 def log(msg: str) -> None:
@@ -75,12 +76,15 @@ def sync(device: torch.device) -> None:
 def mode(llm: Any, name: str, fast_backend: str) -> Iterator[None]:
     """Run a block on one path (see the module docstring)."""
     runner = llm.engine.runner
-    runner.fast_path = name == "fast"
+    graphs = runner.graphs
+    runner.fast_path = name in ("fast", "graphs")
+    runner.graphs = graphs if name == "graphs" else None
     try:
         with kernel_backend("reference" if name == "reference" else fast_backend):
             yield
     finally:
         runner.fast_path = True
+        runner.graphs = graphs
 
 
 def generate_recording(
@@ -217,12 +221,16 @@ def run_model(name: str, raw: dict[str, Any], args: argparse.Namespace, device: 
         scheduler.config = budget
     ref_ids, ref_steps, _ = results["reference"]
     row["mixed"] = {"prompt_lens": lens, "budget": args.mixed_budget}
-    for m in ("fast", "padded"):
+    for m in ("graphs", "fast", "padded"):
         ids, steps, all_fast = results[m]
         row["mixed"][m] = {**compare(steps, ref_steps), **agreement(ids, ref_ids), "all_steps_fast": all_fast}
     fast_ids, fast_steps, _ = results["fast"]
     row["mixed"]["fast_vs_padded"] = {**compare(fast_steps, results["padded"][1]),
                                       **agreement(fast_ids, results["padded"][0])}  # fmt: skip
+    row["mixed"]["graphs_vs_fast"] = {**compare(results["graphs"][1], fast_steps),
+                                      **agreement(results["graphs"][0], fast_ids)}  # fmt: skip
+    graphs = llm.engine.runner.graphs
+    row["graphs_captured"] = graphs.captured if graphs is not None else None
     results.clear()
     # Speed.
     acct = accounting(model, cfg)
@@ -255,7 +263,7 @@ def run_model(name: str, raw: dict[str, Any], args: argparse.Namespace, device: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=8, help="layers of the Mini-shape cut")
-    p.add_argument("--batches", default="1,64")
+    p.add_argument("--batches", default="1,8,64")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--mixed-batch", type=int, default=6)
@@ -311,16 +319,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['model']}: ERROR {row['error']}")
             continue
         mixed = row["mixed"]
-        for m in ("fast", "padded"):
+        for m in ("graphs", "fast", "padded"):
             r = mixed[m]
             print(f"{row['model']}: {m} vs reference: max logit rel err {r['max_rel_err']} over {r['steps_compared']} "
                   f"steps, greedy identical {r['identical_sequences']}/{r['sequences']}, "
                   f"mean agreeing prefix {r['mean_agreeing_prefix']:.1f}/{r['new_tokens']}")  # fmt: skip
         failed |= not mixed["fast"]["all_steps_fast"] or not mixed["fast"]["finite"]
+        failed |= not mixed["graphs"]["finite"]
+        g = mixed["graphs_vs_fast"]
+        print(f"{row['model']}: graphs vs fast: max logit rel err {g['max_rel_err']}, greedy identical "
+              f"{g['identical_sequences']}/{g['sequences']}; captured {row['graphs_captured']}")  # fmt: skip
         for b, d in row["decode"].items():
             cells = " ".join(f"{k}={v:.2f}" for k, v in d.items() if isinstance(v, float))
             print(f"{row['model']}: decode {b} ms/step: {cells}")
-            failed |= "fast_error" in d
+            failed |= "fast_error" in d or "graphs_error" in d
         print(f"{row['model']}: stacked experts {row['stacked_experts']}")
     print(f"wrote {out} in {time.perf_counter() - START:.0f}s")
     return 1 if failed else 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jamba_runtime.cache_manager import CacheAllocation, CacheManager
+from jamba_runtime.cuda_graphs import DecodeGraphs, capture_blocker
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
 from jamba_runtime.grammar import GrammarCompiler, GrammarMatcher
 from jamba_runtime.memory_plan import engine_memory_plan
@@ -49,6 +50,9 @@ class EngineConfig:
         max_model_len: longest sequence (prompt + output); default: the model's limit, capped by
             what the cache can hold.
         num_snapshot_slots: state slots kept for prefix snapshots.
+        cuda_graphs: replay decode steps from CUDA graphs captured per padded batch size (CUDA
+            fast path only; see `cuda_graphs.py`). Off runs every step eagerly, for debugging
+            and for comparison.
     """
 
     max_num_seqs: int = 64
@@ -58,6 +62,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
     num_snapshot_slots: int = 4
+    cuda_graphs: bool = True
 
 
 @dataclass
@@ -132,7 +137,6 @@ class LLMEngine:
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens), self.cache_manager
         )
-        self.runner = ModelRunner(model, self.cache)
         capacity = num_blocks * cfg.block_size if mcfg.attention_layers else mcfg.max_position_embeddings
         limit = min(mcfg.max_position_embeddings, capacity)
         if cfg.max_model_len is not None:
@@ -143,6 +147,14 @@ class LLMEngine:
                 )
             limit = cfg.max_model_len
         self.max_model_len = limit
+        graphs = None
+        if cfg.cuda_graphs and model.device.type == "cuda":
+            blocker = capture_blocker(model)
+            if blocker is None:
+                graphs = DecodeGraphs(model, self.cache, cfg.max_num_seqs, limit)
+            else:
+                logger.info("decode steps run without CUDA graphs: %s", blocker)
+        self.runner = ModelRunner(model, self.cache, graphs=graphs)
         logger.info("%s", engine_memory_plan(model, cfg, limit).summary())
         self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)
         self.requests: dict[str, Sequence] = {}

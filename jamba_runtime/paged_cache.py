@@ -59,7 +59,10 @@ class PagedHybridCache(MambaStateSlots):
         self.block_size = block_size
         self.num_slots = num_slots
         g, d = config.num_key_value_heads, config.head_dim
-        positions = num_blocks * block_size
+        # One row past the last block: padding rows of a captured decode batch store their
+        # (unused) key and value there; no block table ever points at it.
+        self.scratch_row = num_blocks * block_size
+        positions = self.scratch_row + 1
         self.keys = {
             i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
         }

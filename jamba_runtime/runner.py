@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from jamba_runtime.batch import ForwardBatch
+from jamba_runtime.cuda_graphs import DecodeGraphs
 from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.paged_cache import PagedHybridCache
 from jamba_runtime.scheduler import SchedulerOutput
@@ -25,12 +26,21 @@ class ModelRunner:
         fast_path: let steps use the packed/paged kernels when the cache says they can run (on by
             default; off runs the layers' reference path over `LayerCache`, padded kernels included,
             which benchmarks and bisections compare against).
+        graphs: captured decode steps (`cuda_graphs.py`), used for a step where every sequence
+            runs its one newest token on the fast path; None runs every step eagerly.
     """
 
-    def __init__(self, model: JambaForCausalLM, cache: PagedHybridCache, fast_path: bool = True) -> None:
+    def __init__(
+        self,
+        model: JambaForCausalLM,
+        cache: PagedHybridCache,
+        fast_path: bool = True,
+        graphs: DecodeGraphs | None = None,
+    ) -> None:
         self.model = model
         self.cache = cache
         self.fast_path = fast_path
+        self.graphs = graphs
 
     def uses_fast_path(self) -> bool:
         """Whether the next step runs the packed/paged kernels (decided per step: the kernel
@@ -44,6 +54,16 @@ class ModelRunner:
         a next token) and their `(len(those), vocab)` logits, in that order. A prefill chunk that
         stops short of its sequence's end only updates the cache.
         """
+        if self._graph_step(step):
+            assert self.graphs is not None
+            seqs = [item.seq for item in step.scheduled]
+            logits = self.graphs.run(
+                [s.token_range(s.num_tokens - 1, s.num_tokens)[0] for s in seqs],
+                [s.alloc.slot for s in seqs],  # type: ignore[misc]
+                [s.num_tokens for s in seqs],
+                [s.alloc.block_table for s in seqs],
+            )
+            return seqs, logits
         token_ids: list[int] = []
         query_lens, context_lens, slots, tables = [], [], [], []
         to_sample: list[Sequence] = []
@@ -77,3 +97,18 @@ class ModelRunner:
             logits_indices=torch.tensor(logits_indices, dtype=torch.long, device=device),
         )
         return to_sample, logits
+
+    def _graph_step(self, step: SchedulerOutput) -> bool:
+        """Whether `step` replays a captured graph: graphs on, the fast path on, and every
+        sequence running exactly its newest token after a cached past (a decode step)."""
+        if self.graphs is None or self.graphs.padded_size(len(step.scheduled)) is None:
+            return False
+        for item in step.scheduled:
+            seq = item.seq
+            if (
+                item.num_tokens != 1
+                or seq.num_computed_tokens != seq.num_tokens - 1
+                or seq.num_computed_tokens == 0
+            ):
+                return False
+        return self.uses_fast_path()

@@ -60,20 +60,33 @@ def sample(
     Returns:
         the chosen token id per row.
     """
-    out: list[int] = []
     logits = logits.float()
     if bitmask is not None and mask_rows:
         # A copy: the caller's logits still give logprobs of the unmasked distribution.
         logits = logits.clone()
         apply_token_bitmask(logits, bitmask, mask_rows)
-    for row, p, gen, seen in zip(logits, params, generators, seen_tokens, strict=True):
+    # Every choice stays on the device and the host reads them once at the end: a read per row
+    # would stall the host on the GPU once per sequence per step.
+    plain = [
+        i for i, (p, seen) in enumerate(zip(params, seen_tokens, strict=True))
+        if p.greedy and (p.repetition_penalty == 1.0 or seen.numel() == 0)
+    ]  # fmt: skip
+    if len(plain) == len(params):
+        return torch.argmax(logits, -1).tolist()
+    chosen = torch.zeros(len(params), dtype=torch.long, device=logits.device)
+    if plain:
+        rows = torch.tensor(plain, device=logits.device)
+        chosen[rows] = torch.argmax(logits[rows], -1)
+    done = set(plain)
+    for i, (row, p, gen, seen) in enumerate(zip(logits, params, generators, seen_tokens, strict=True)):
+        if i in done:
+            continue
         row = apply_repetition_penalty(row, seen, p.repetition_penalty)
         if p.greedy:
-            out.append(int(torch.argmax(row)))
-            continue
-        probs = torch.softmax(filter_logits(row, p), -1)
-        out.append(int(torch.multinomial(probs, 1, generator=gen)))
-    return out
+            chosen[i] = torch.argmax(row)
+        else:
+            chosen[i] = torch.multinomial(torch.softmax(filter_logits(row, p), -1), 1, generator=gen)[0]
+    return chosen.tolist()
 
 
 def logprobs_of(logits: torch.Tensor, token: int, top_n: int) -> dict:

@@ -163,7 +163,9 @@ def paged_attention_decode(
         k_cache, v_cache: `(num_blocks * block_size, kv_heads, head_dim)`, the new token's key
             and value already stored.
         block_tables: `(batch, max_blocks)` int; seq_lens: `(batch,)` keys per sequence (cached + 1).
-        max_seq_len: an upper bound on `seq_lens` (a host int: sizes the split over keys).
+        max_seq_len: an upper bound on `seq_lens` (a host int: caps the split over keys). Each
+            sequence divides its own keys among the splits inside the kernel, so one launch (a
+            captured CUDA graph) serves every length up to `max_seq_len`.
 
     Returns:
         `(batch, heads, head_dim)` in `q.dtype`.
@@ -181,12 +183,11 @@ def paged_attention_decode(
     # on an H100), but never below one key tile per split.
     want = max(1, -(-264 // (batch * kv_heads)))
     splits = max(1, min(want, -(-max_seq_len // block_n), 64))
-    chunk = -(-max_seq_len // (splits * block_n)) * block_n
     o_part = torch.empty(batch, heads, splits, hd, dtype=torch.float32, device=q.device)
     lse = torch.empty(batch, heads, splits, dtype=torch.float32, device=q.device)
     _decode_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens.to(torch.int32), o_part, lse,
-        scale * _LOG2E, hd, chunk, block_size, group, *q.stride(), k_cache.stride(0), k_cache.stride(1),
+        scale * _LOG2E, hd, splits, block_size, group, *q.stride(), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), block_tables.stride(0), *o_part.stride(), *lse.stride(),
         IEEE=q.dtype == torch.float32, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(hd), num_warps=4,
@@ -309,7 +310,7 @@ if HAS_TRITON:
     @triton.jit
     def _decode_kernel(
         q_ptr, k_ptr, v_ptr, table_ptr, len_ptr, o_ptr, lse_ptr,
-        qk_scale, head_dim, chunk, block_size, group,
+        qk_scale, head_dim, splits, block_size, group,
         sq_b, sq_h, sq_d, sk_t, sk_h, sv_t, sv_h, stride_tb, so_b, so_h, so_s, so_d, sl_b, sl_h, sl_s,
         IEEE: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):  # fmt: skip
@@ -328,6 +329,8 @@ if HAS_TRITON:
         m_i = tl.full((GROUP_PAD,), -1.0e30, dtype=tl.float32)
         l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)
         acc = tl.zeros((GROUP_PAD, BLOCK_D), dtype=tl.float32)
+        # This sequence's keys in `splits` equal runs of whole tiles (empty runs at the end).
+        chunk = tl.cdiv(tl.cdiv(kv_len, splits), BLOCK_N) * BLOCK_N
         lo = split * chunk
         hi = tl.minimum(kv_len, lo + chunk)
         for n0 in range(lo, hi, BLOCK_N):

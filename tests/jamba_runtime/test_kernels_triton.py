@@ -312,6 +312,25 @@ def test_paged_attention_decode(dtype: torch.dtype) -> None:
     _check(out, ref, dtype, "paged decode")
 
 
+@runs_kernels
+def test_paged_attention_decode_bound_far_above_the_lengths_and_padding_rows() -> None:
+    """A captured decode graph launches with the engine's longest context as the bound and pads
+    the batch with zero-length rows: each sequence still splits its own keys, and a padding row
+    comes out as zeros."""
+    seq_lens = [8, 1, 100, 0]
+    k_cache, v_cache, tables = _paged_case(torch.float32, 16, [8, 1, 100, 1], seed=81)
+    q = _randn(4, 8, 32, dtype=torch.float32, seed=84)
+    lens = torch.tensor(seq_lens, device=DEVICE)
+    _poison()
+    out = attn.paged_attention_decode(q, k_cache, v_cache, tables, lens, 16, 32**-0.5, 262_144)
+    cu = torch.arange(4, device=DEVICE)
+    ref = attn.paged_attention_ref(
+        q[:3].float(), k_cache.float(), v_cache.float(), tables[:3], cu, lens[:3] - 1, 16, 32**-0.5
+    )
+    _check(out[:3], ref, torch.float32, "paged decode, large bound")
+    assert torch.equal(out[3], torch.zeros_like(out[3]))
+
+
 # ---- MoE ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_moe_matches_expert_loop(dtype: torch.dtype) -> None:
