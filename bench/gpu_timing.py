@@ -84,15 +84,39 @@ def measure_hardware(device: torch.device, dtype: torch.dtype, quick: bool) -> d
     }
 
 
+def _mark_steps(source: Any, on_step: Callable[[int], None]) -> Callable[[], None]:
+    """Call `on_step(logits rows)` after each step of `source` and return the undo.
+
+    `source` is an LM head (`nn.Module`: a forward hook; every step of a plain loop ends in one
+    call) or our engine's `ModelRunner` (its `execute` wrapped: a decode step replayed from a CUDA
+    graph calls no module's forward)."""
+    if isinstance(source, torch.nn.Module):
+        handle = source.register_forward_hook(lambda _m, _i, out: on_step(math.prod(out.shape[:-1])))
+        return handle.remove
+    execute = source.execute
+
+    def marked(step: Any) -> Any:
+        seqs, logits = execute(step)
+        on_step(logits.shape[0])
+        return seqs, logits
+
+    source.execute = marked
+
+    def undo() -> None:
+        del source.execute
+
+    return undo
+
+
 def timed_generate(
     clock: Clock,
-    lm_head: torch.nn.Module,
+    lm_head: Any,
     gen: Callable[[torch.Tensor, int], list[list[int]]],
     ids: torch.Tensor,
     n: int,
 ) -> dict[str, Any]:
-    """Run `gen(ids, n)` with a forward hook on `lm_head` marking each step (every step ends in one
-    LM-head call; a prefill chunk that completes no prompt gives a call with 0 rows).
+    """Run `gen(ids, n)` marking each step (`_mark_steps`: `lm_head` is an LM head module or our
+    engine's runner; a prefill chunk that completes no prompt gives a step with 0 rows).
 
     Returns total_s (submit -> last call), first_token_s (submit -> the call N from the end: the
     last sequence's first token), decode_s (that call -> the last), window_tokens (logits rows in
@@ -100,15 +124,12 @@ def timed_generate(
     than N calls happened or a sequence got other than N tokens."""
     marks: list[tuple[Any, int]] = []
 
-    def hook(_mod: Any, _inp: Any, out: torch.Tensor) -> None:
-        marks.append((clock.mark(), math.prod(out.shape[:-1])))
-
-    handle = lm_head.register_forward_hook(hook)
+    undo = _mark_steps(lm_head, lambda rows: marks.append((clock.mark(), rows)))
     try:
         t0 = clock.mark()
         tokens = gen(ids, n)
     finally:
-        handle.remove()
+        undo()
     clock.sync()
     if len(marks) < n or any(len(t) != n for t in tokens):
         raise RuntimeError(

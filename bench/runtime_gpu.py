@@ -29,9 +29,11 @@ every row: `max_num_seqs` = the concurrent batch, prefill chunks of `--chunk` to
 (`max_num_batched_tokens`), a cache sized for the concurrent row and the longest prompt.
 
 Method (also stored in the JSON):
-  decode      greedy, ignore eos. A forward hook on each side's `lm_head` records a CUDA event and the
-              number of logits rows per step; decode time runs from the step that yields the last
-              sequence's first token to the step that yields the final token (N - 1 steps).
+  decode      greedy, ignore eos. A forward hook on each side's `lm_head` (ours: a wrapper around
+              the engine runner's step, as a CUDA graph replay calls no forward) records a CUDA
+              event and the number of logits rows per step; decode time runs from the step that
+              yields the last sequence's first token to the step that yields the final token
+              (N - 1 steps).
               ms/token = decode time / (N - 1); tokens/s = tokens sampled in that window / its time.
   concurrent  total tokens/s = b * N / (submit -> final token), prefill included; decode tokens/s as
               above (sequences admitted in prefill chunks finish at different steps).
@@ -402,13 +404,14 @@ class Bench:
         self.save()
         return row
 
-    def sides(self, names: list[str]) -> dict[str, tuple[torch.nn.Module, Gen]]:
+    def sides(self, names: list[str]) -> dict[str, tuple[Any, Gen]]:
         assert self.ours is not None and self.cfg is not None
         ours, hf, llm = self.ours, self.hf, self.llm
         pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
-        out: dict[str, tuple[torch.nn.Module, Gen]] = {}
+        out: dict[str, tuple[Any, Gen]] = {}
         if "ours" in names and llm is not None:
-            out["ours"] = (ours.lm_head, lambda x, k: ours_engine_generate(llm, x, k))
+            # The runner, not the LM head: a decode step replayed from a CUDA graph calls no forward.
+            out["ours"] = (llm.engine.runner, lambda x, k: ours_engine_generate(llm, x, k))
         if "ours_plain" in names and not self.args.no_plain:
             out["ours_plain"] = (ours.lm_head, lambda x, k: ours_plain_generate(ours, x, k))
         if "transformers" in names and hf is not None:

@@ -228,7 +228,10 @@ def _launch_flash(
     # float32 inputs get exact float32 dots (Triton's default for them is tf32, ~1e-3 relative).
     fp32 = q[0].dtype == torch.float32
     # No spills on sm_90 at 8 warps (64 x 64 spilled); float32 tiles are twice the bytes.
-    block_m, block_n = (32, 32) if fp32 else (64, 32)
+    block_m, block_n, warps, stages = (32, 32, 8, None) if fp32 else (64, 32, 8, None)
+    if FLASH_TILES is not None:
+        block_m, block_n, warps, stages = FLASH_TILES
+    extra = {} if stages is None else {"num_stages": stages}
     grid = (triton.cdiv(max_q, block_m), q_lens.shape[0] * heads)
     tables = block_tables if block_tables is not None else q_lens
     _flash_kernel[grid](
@@ -236,9 +239,13 @@ def _launch_flash(
         scale * _LOG2E, heads, heads // kv_heads, hd, max(block_size, 1), tables.stride(0),
         *q[1:], *k[1:], *v[1:], *out[1:],
         PAGED=block_tables is not None, IEEE=fp32, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=triton.next_power_of_2(hd), num_warps=8,
+        BLOCK_D=triton.next_power_of_2(hd), num_warps=warps, **extra,
     )  # fmt: skip
 
+
+FLASH_TILES: tuple[int, int, int, int | None] | None = None
+"""Override of the prefill kernel's (BLOCK_M, BLOCK_N, num_warps, num_stages), for tile sweeps
+(`bench/prefill_kernels_gpu.py`); None keeps the defaults above."""
 
 if HAS_TRITON:
 
@@ -250,6 +257,41 @@ if HAS_TRITON:
             return (blk * block_size + p % block_size) * stride_kt
         else:
             return seq64 * stride_kb + p.to(tl.int64) * stride_kt
+
+    @triton.jit
+    def _attend_tile(
+        q, acc, m_i, l_i, n0, i, ctx, kv_len, dd, d_ok, kvh, seq64, k_ptr, v_ptr, table_ptr,
+        stride_tb, block_size, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, qk_scale,
+        PAGED: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        """One key tile of the online softmax: keys `n0 .. n0 + BLOCK_N`; MASKED applies the
+        causal mask and the sequence end (an unmasked tile lies wholly below both)."""
+        p = n0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions
+        p_ok = p < kv_len
+        k_off = _key_rows(p, seq64, table_ptr, stride_tb, block_size, sk_b, sk_t, PAGED) + kvh * sk_h
+        v_off = _key_rows(p, seq64, table_ptr, stride_tb, block_size, sv_b, sv_t, PAGED) + kvh * sv_h
+        if MASKED:
+            kv_mask = p_ok[:, None] & d_ok[None, :]
+        else:
+            kv_mask = d_ok[None, :]
+        k = tl.load(k_ptr + k_off[:, None] + dd[None, :], mask=kv_mask, other=0.0).to(q.dtype)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        if MASKED:
+            s = tl.where((p[None, :] <= ctx + i[:, None]) & p_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        pr = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(pr, axis=1)
+        v = tl.load(v_ptr + v_off[:, None] + dd[None, :], mask=kv_mask, other=0.0).to(q.dtype)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(pr, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
+        return acc, m_new, l_i
 
     @triton.jit
     def _flash_kernel(
@@ -279,30 +321,21 @@ if HAS_TRITON:
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         # Causal: query i sees keys up to ctx + i, so this tile needs keys below ctx + its last row + 1.
         hi = tl.minimum(kv_len, ctx + (pid_m + 1) * BLOCK_M)
-        for n0 in range(0, hi, BLOCK_N):
-            p = n0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions
-            p_ok = p < kv_len
-            k_off = _key_rows(p, seq64, table_ptr, stride_tb, block_size, sk_b, sk_t, PAGED) + kvh * sk_h
-            v_off = _key_rows(p, seq64, table_ptr, stride_tb, block_size, sv_b, sv_t, PAGED) + kvh * sv_h
-            kv_mask = p_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_ptr + k_off[:, None] + dd[None, :], mask=kv_mask, other=0.0).to(q.dtype)
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            s = s * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-            allowed = (p[None, :] <= ctx + i[:, None]) & p_ok[None, :]
-            s = tl.where(allowed, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            pr = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(pr, axis=1)
-            v = tl.load(v_ptr + v_off[:, None] + dd[None, :], mask=kv_mask, other=0.0).to(q.dtype)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(pr, v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
-            m_i = m_new
+        # Keys below ctx + the tile's first row are visible to every row of the tile: whole key
+        # tiles there skip the causal mask (most of the work after a long cached prefix).
+        full = (tl.minimum(ctx + pid_m * BLOCK_M, hi) // BLOCK_N) * BLOCK_N
+        for n0 in range(0, full, BLOCK_N):
+            acc, m_i, l_i = _attend_tile(
+                q, acc, m_i, l_i, n0, i, ctx, kv_len, dd, d_ok, kvh, seq64, k_ptr, v_ptr, table_ptr,
+                stride_tb, block_size, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, qk_scale,
+                PAGED=PAGED, IEEE=IEEE, MASKED=False, BLOCK_N=BLOCK_N,
+            )  # fmt: skip
+        for n0 in range(full, hi, BLOCK_N):
+            acc, m_i, l_i = _attend_tile(
+                q, acc, m_i, l_i, n0, i, ctx, kv_len, dd, d_ok, kvh, seq64, k_ptr, v_ptr, table_ptr,
+                stride_tb, block_size, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, qk_scale,
+                PAGED=PAGED, IEEE=IEEE, MASKED=True, BLOCK_N=BLOCK_N,
+            )  # fmt: skip
         out = acc / l_i[:, None]
         o_rows = seq64 * so_b + (q_start + i) * so_t + head * so_h
         tl.store(o_ptr + o_rows[:, None] + dd[None, :], out, mask=i_ok[:, None] & d_ok[None, :])

@@ -298,6 +298,25 @@ def test_paged_attention_prefill(dtype: torch.dtype, block_size: int) -> None:
 
 @runs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_attention_prefill_after_a_long_prefix(dtype: torch.dtype) -> None:
+    """Prefixes longer than several key tiles: whole tiles below the causal diagonal take the
+    kernel's unmasked loop, the rest the masked one; query runs span more than one query tile."""
+    q_lens, ctx = [70, 3, 33], [100, 131, 0]
+    k_cache, v_cache, tables = _paged_case(
+        dtype, 16, [a + b for a, b in zip(q_lens, ctx, strict=True)], seed=75
+    )
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], device=DEVICE)
+    q = _randn(sum(q_lens), 4, 32, dtype=dtype, seed=76)  # 4 query heads over 2 KV heads
+    ctx_t = torch.tensor(ctx, device=DEVICE)
+    _poison()
+    out = attn.paged_attention_prefill(q, k_cache, v_cache, tables, cu, ctx_t, 16, 32**-0.5, max(q_lens))
+    ref = attn.paged_attention_ref(q.float(), k_cache.float(), v_cache.float(), tables, cu, ctx_t, 16,
+                                   32**-0.5)  # fmt: skip
+    _check(out, ref, dtype, "paged prefill, long prefix")
+
+
+@runs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_paged_attention_decode(dtype: torch.dtype) -> None:
     seq_lens = [8, 1, 100]  # 100 keys: split over several programs, then combined
     k_cache, v_cache, tables = _paged_case(dtype, 16, seq_lens, seed=80)

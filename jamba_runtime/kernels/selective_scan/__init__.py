@@ -24,6 +24,9 @@ from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 # (one time step after another, the state in registers). Both are kept until the GPU bench says
 # which is faster; bench/kernels_gpu.py times each.
 SCAN_VARIANT = "chunked"
+SCAN_TILES: tuple[int, int, int] | None = None
+"""Override of the chunked scan's (BLOCK_D, BLOCK_T, num_warps), for tile sweeps
+(`bench/prefill_kernels_gpu.py`); None keeps the defaults chosen from `d_state`."""
 _INTERPRET = False
 if HAS_TRITON:
     import triton
@@ -311,6 +314,9 @@ def _launch_scan(
     # per array keeps it in registers at 4 warps.
     block_d = max(4, min(16, 256 // block_n))
     block_t = max(4, 4096 // (block_d * block_n))
+    warps = 4
+    if SCAN_TILES is not None:
+        block_d, block_t, warps = SCAN_TILES
     if _INTERPRET:
         # The interpreter applies the combine per element in Python: short chunks waste less of
         # it on the padding past a sequence's end.
@@ -318,5 +324,5 @@ def _launch_scan(
     grid = (lens.shape[0], triton.cdiv(d_inner, block_d))
     _scan_kernel[grid](
         *args, HAS_MASK=mask is not None, HAS_INIT=has_init is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
     )  # fmt: skip
