@@ -30,16 +30,17 @@ from jamba_runtime.paged_cache import PagedHybridCache
 def capture_blocker(model: JambaForCausalLM) -> str | None:
     """Why a decode step of `model` cannot be captured, or None when it can.
 
-    The MoE layers must take the grouped path (`fused_moe` on stacked bf16 experts): the
-    reference expert loop reads which experts were chosen on the host, which capture forbids.
+    The MoE layers must take a grouped path (`fused_moe` on stacked bf16 experts, or
+    `fused_moe_int8` on stacked int8 ones): the reference expert loop reads which experts were
+    chosen on the host, which capture forbids.
     """
     moe = [m for m in model.modules() if isinstance(m, JambaSparseMoeBlock)]
     if not moe:
         return None
     if model.dtype != torch.bfloat16:
         return f"the MoE layers' grouped matmul runs in bfloat16 only on CUDA (the model is {model.dtype})"
-    if any(m.stacked_experts() is None for m in moe):
-        return "int8 experts (ExpertsInt8) run the reference expert loop"
+    if any(m.stacked_experts() is None and m.stacked_int8() is None for m in moe):
+        return "int8 experts not in the stacked layout run the reference expert loop"
     return None
 
 

@@ -21,7 +21,12 @@ from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.parallel.layers import TensorParallelGroup
 from jamba_runtime.parallel.model import shard_model
 from jamba_runtime.parallel.sharding import shard_tensor
-from jamba_runtime.quantization import prepare_experts_int8, quantize_int8, resolve_quantization
+from jamba_runtime.quantization import (
+    prepare_experts_int8,
+    quantize_int8,
+    resolve_quantization,
+    stack_experts_int8,
+)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -233,6 +238,8 @@ def load_model(
         )
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    if quant is not None:
+        stack_experts_int8(model)  # the layout the int8 MoE kernel reads (one layer at a time)
     return model.eval()
 
 

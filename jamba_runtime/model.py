@@ -25,10 +25,11 @@ from jamba_runtime.config import JambaConfig
 from jamba_runtime.kernels.attention import attention, paged_attention_decode, paged_attention_prefill
 from jamba_runtime.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update, causal_conv1d_varlen
 from jamba_runtime.kernels.moe import fused_moe, moe_ref
+from jamba_runtime.kernels.moe_int8 import fused_moe_int8
 from jamba_runtime.kernels.rmsnorm import fused_add_rms_norm, rms_norm
 from jamba_runtime.kernels.selective_scan import selective_scan, selective_scan_varlen, selective_state_update
 from jamba_runtime.paged_cache import PagedHybridCache
-from jamba_runtime.quantization import Int8Linear, expert_weights
+from jamba_runtime.quantization import Int8Linear, Int8Stack, expert_weights, stacked_int8_view
 
 
 class JambaRMSNorm(nn.Module):
@@ -216,10 +217,15 @@ class JambaSparseMoeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
         """`(tokens, hidden)` -> `(tokens, hidden)`. `fused` (the fast path) runs `fused_moe` on the
-        stacked weights when the experts are float; int8 experts always take the reference loop."""
+        stacked weights when the experts are float, `fused_moe_int8` when they are int8 in the
+        stacked layout (`quantization.stack_int8_experts`, what the loader leaves); otherwise the
+        reference loop over experts."""
         stacked = self.stacked_experts() if fused else None
         if stacked is not None:
             return fused_moe(x, self.router.weight, stacked[0], stacked[1], self.top_k)
+        int8 = self.stacked_int8() if fused else None
+        if int8 is not None:
+            return fused_moe_int8(x, self.router.weight, *int8, self.top_k)
         # Int8 experts (ExpertsInt8) come as lazily dequantized weights, one expert at a time.
         return moe_ref(
             x,
@@ -229,6 +235,14 @@ class JambaSparseMoeBlock(nn.Module):
             expert_weights([e.down_proj for e in self.experts], x.dtype),
             self.top_k,
         )
+
+    def stacked_int8(self) -> Int8Stack | None:
+        """The int8 experts as `fused_moe_int8` takes them (views, no copy), or None when the
+        experts are float or their int8 tensors are not in the stacked layout."""
+        return stacked_int8_view(
+            [e.gate_proj for e in self.experts], [e.up_proj for e in self.experts],
+            [e.down_proj for e in self.experts],
+        )  # fmt: skip
 
     def stacked_experts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`(w13 (experts, 2 * inter, hidden), w2 (experts, hidden, inter))` for `fused_moe`, made

@@ -157,8 +157,9 @@ def prepare_experts_int8(model: nn.Module) -> list[str]:
 
 
 def quantize_experts_int8(model: nn.Module) -> list[str]:
-    """Quantize the float expert weights of a loaded model in place (each on its own device).
-    Returns the names of the quantized weights; a model without experts is left as it was."""
+    """Quantize the float expert weights of a loaded model in place (each on its own device),
+    then lay each layer's int8 experts out stacked (`stack_experts_int8`). Returns the names of
+    the quantized weights; a model without experts is left as it was."""
     names: list[str] = []
     for module_name, module in list(model.named_modules()):
         for proj in EXPERT_PROJECTIONS:
@@ -167,7 +168,101 @@ def quantize_experts_int8(model: nn.Module) -> list[str]:
             if isinstance(child, nn.Linear) and is_expert_weight(full):
                 setattr(module, proj, Int8Linear.from_float(child.weight.detach()))
                 names.append(full)
+    stack_experts_int8(model)
     return names
+
+
+def stack_experts_int8(model: nn.Module) -> int:
+    """Lay out the int8 experts of every MoE layer of `model` stacked (`stack_int8_experts`), one
+    layer at a time, unless already so. Returns how many layers were restacked."""
+    done = 0
+    for module in model.modules():
+        experts = getattr(module, "experts", None)
+        if not isinstance(experts, nn.ModuleList) or not experts:
+            continue
+        gate = [e.gate_proj for e in experts]
+        up = [e.up_proj for e in experts]
+        down = [e.down_proj for e in experts]
+        layers = [*gate, *up, *down]
+        if not all(isinstance(m, Int8Linear) for m in layers) or any(m.weight.is_meta for m in layers):
+            continue
+        if stacked_int8_view(gate, up, down) is None:
+            stack_int8_experts(gate, up, down)  # type: ignore[arg-type]
+            done += 1
+    return done
+
+
+Int8Stack = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""`(w13_q (experts, 2 * inter, hidden) int8, w13_scale (experts, 2 * inter) float32,
+w2_q (experts, hidden, inter) int8, w2_scale (experts, hidden) float32)`: what `fused_moe_int8` takes."""
+
+
+def stack_int8_experts(
+    gate: Sequence[Int8Linear], up: Sequence[Int8Linear], down: Sequence[Int8Linear]
+) -> Int8Stack:
+    """Move one MoE layer's int8 experts into the stacked layout in place: each expert's weight
+    and scale become views of four layer-wide buffers, and the separate tensors are freed.
+
+    Costs one extra copy of the layer's int8 experts while it runs (the buffers are filled before
+    the old tensors go), never of the whole model. Returns the stacks (see `Int8Stack`)."""
+    e, inter, hidden = len(gate), gate[0].out_features, gate[0].in_features
+    dev = gate[0].weight.device
+    w13 = torch.empty(e, 2 * inter, hidden, dtype=torch.int8, device=dev)
+    s13 = torch.empty(e, 2 * inter, dtype=torch.float32, device=dev)
+    w2 = torch.empty(e, hidden, inter, dtype=torch.int8, device=dev)
+    s2 = torch.empty(e, hidden, dtype=torch.float32, device=dev)
+    for x in range(e):
+        parts = ((gate[x], w13[x, :inter], s13[x, :inter]), (up[x], w13[x, inter:], s13[x, inter:]),
+                 (down[x], w2[x], s2[x]))  # fmt: skip
+        for layer, w, sc in parts:
+            w.copy_(layer.weight)
+            sc.copy_(layer.weight_scale)
+            layer.weight = nn.Parameter(w, requires_grad=False)
+            layer.weight_scale = nn.Parameter(sc, requires_grad=False)
+    return w13, s13, w2, s2
+
+
+def stacked_int8_view(
+    gate: Sequence[nn.Module], up: Sequence[nn.Module], down: Sequence[nn.Module]
+) -> Int8Stack | None:
+    """The layer's `Int8Stack` as views, when its int8 experts already lie in the stacked layout
+    (`stack_int8_experts`); None when any expert is not int8 or not laid out that way."""
+    layers = [*gate, *up, *down]
+    if not all(isinstance(m, Int8Linear) for m in layers):
+        return None
+    e, inter, hidden = len(gate), gate[0].out_features, gate[0].in_features
+
+    def base_of(
+        first: torch.Tensor, offsets: list[tuple[torch.Tensor, int]], shape: tuple[int, ...]
+    ) -> torch.Tensor | None:
+        start, size, storage = first.data_ptr(), first.element_size(), first.untyped_storage().data_ptr()
+        for t, off in offsets:
+            same = t.untyped_storage().data_ptr() == storage
+            if not same or t.data_ptr() != start + off * size or not t.is_contiguous():
+                return None
+        strides = torch.empty(shape, device="meta").stride()
+        return first.detach().as_strided(shape, strides, first.storage_offset())
+
+    row13, row2 = 2 * inter * hidden, hidden * inter
+    w13 = base_of(
+        gate[0].weight,
+        [(m.weight, x * row13 + k * inter * hidden) for x in range(e) for k, m in ((0, gate[x]), (1, up[x]))],
+        (e, 2 * inter, hidden),
+    )
+    s13 = base_of(
+        gate[0].weight_scale,
+        [
+            (m.weight_scale, x * 2 * inter + k * inter)
+            for x in range(e)
+            for k, m in ((0, gate[x]), (1, up[x]))
+        ],
+        (e, 2 * inter),
+    )
+    w2 = base_of(down[0].weight, [(down[x].weight, x * row2) for x in range(e)], (e, hidden, inter))
+    s2 = base_of(down[0].weight_scale, [(down[x].weight_scale, x * hidden) for x in range(e)], (e, hidden))
+    if w13 is None or s13 is None or w2 is None or s2 is None:
+        return None
+    return w13, s13, w2, s2
 
 
 def model_quantization(model: nn.Module) -> str | None:

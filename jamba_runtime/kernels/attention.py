@@ -227,8 +227,10 @@ def _launch_flash(
         assert t[0].stride(-1) == 1, "head_dim must be contiguous"
     # float32 inputs get exact float32 dots (Triton's default for them is tf32, ~1e-3 relative).
     fp32 = q[0].dtype == torch.float32
-    # No spills on sm_90 at 8 warps (64 x 64 spilled); float32 tiles are twice the bytes.
-    block_m, block_n, warps, stages = (32, 32, 8, None) if fp32 else (64, 32, 8, None)
+    # bf16: 128 x 64 tiles, 8 warps, 3 stages measured fastest of nine candidates on an H100 at
+    # 8K queries after 0 / 24K / 120K cached keys (259-298 TFLOP/s against 153-172 for 64 x 32;
+    # bench/prefill_kernels_gpu.py, bench/NOTES.md). float32 tiles are twice the bytes.
+    block_m, block_n, warps, stages = (32, 32, 8, None) if fp32 else (128, 64, 8, 3)
     if FLASH_TILES is not None:
         block_m, block_n, warps, stages = FLASH_TILES
     extra = {} if stages is None else {"num_stages": stages}

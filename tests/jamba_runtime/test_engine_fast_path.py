@@ -173,7 +173,13 @@ def test_stacked_experts_are_copies_or_views_and_follow_the_weights(tiny_model_d
         block.experts[1].down_proj.weight.mul_(2)
     assert torch.equal(block.stacked_experts()[1][1], block.experts[1].down_proj.weight)
     quantize_experts_int8(llm.model)
-    assert block.stacked_experts() is None, "int8 experts keep the reference loop"
+    assert block.stacked_experts() is None, "int8 experts have no float stacks"
+    w13, s13, w2, s2 = block.stacked_int8()
+    for e, expert in enumerate(block.experts):  # views of the layer-wide int8 buffers
+        assert torch.equal(w13[e, :inter], expert.gate_proj.weight)
+        assert torch.equal(s13[e, inter:], expert.up_proj.weight_scale)
+        assert torch.equal(w2[e], expert.down_proj.weight)
+        assert expert.down_proj.weight.data_ptr() == w2[e].data_ptr()
 
 
 def test_capture_sizes_cover_every_batch_up_to_the_maximum() -> None:
@@ -216,3 +222,20 @@ def test_decode_graphs_replay_what_eager_steps_compute(tiny_model_dir: Path) -> 
     with_graphs = [o.token_ids for o in llm.generate(prompts, params)]
     llm.engine.runner.graphs = None
     assert [o.token_ids for o in llm.generate(prompts, params)] == with_graphs
+
+
+@runs_kernels
+def test_int8_experts_on_the_fast_path_match_the_reference(tiny_model_dir: Path) -> None:
+    """ExpertsInt8: the fast path's int8 MoE kernel (weights dequantized inside the GEMM) gives
+    the logits of the reference expert loop over the same int8 weights."""
+    engine = EngineConfig(max_num_seqs=4, max_num_batched_tokens=8, block_size=4, cache_memory_gb=0.01)
+    llm = LLM(model=tiny_model_dir, device=DEVICE, engine=engine, quantization="experts_int8")
+    assert all(b.stacked_int8() is not None for b in _moe_blocks(llm)), "the loader stacks int8 experts"
+    prompts = [[1, 17, 230, 5], [1, *range(40, 51)]]
+    _poison_state_slots(llm)
+    ref_ids, ref_logits, _, _ = _run(llm, "reference", prompts, max_tokens=3)
+    _poison_state_slots(llm)
+    ids, logits, fast, _ = _run(llm, FAST, prompts, max_tokens=3)
+    assert all(fast)
+    _assert_close(logits, ref_logits)
+    assert ids == ref_ids
