@@ -9,8 +9,11 @@ Prefix reuse (`reuse_prefix=True`): an agent's next turn re-sends its whole conv
 prompt begins with the previous turn's prompt. Each request saves a runtime snapshot at the end of
 its prompt (KV blocks shared, Mamba state copied: `LLMEngine` snapshots), and a later prompt that
 extends a saved one starts from it, so only the new messages are prefilled instead of re-reading
-the conversation. Snapshots live in the engine's `num_snapshot_slots` (oldest dropped first; give
-the engine about one slot per concurrent agent); a prompt that extends none is prefilled whole.
+the conversation. The turn that extends a snapshot saves under the same key, replacing it: a
+conversation holds one snapshot however many turns it has (a second turn extending the same prompt
+while the first is in flight, a fork, gets a key of its own). Snapshots live in the engine's
+`num_snapshot_slots` (oldest dropped first; give the engine about one slot per concurrent agent); a
+prompt that extends none is prefilled whole. `close()` drops every snapshot this adapter saved.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -30,10 +32,10 @@ from app.client import (
     ChatChunk,
     ChatModel,
     ChatOptions,
+    ChatRequest,
     ChatResponse,
     LocalChatModel,
     Usage,
-    _Request,
     local_prompt,
 )
 from jamba_runtime.async_llm import AsyncLLM
@@ -56,8 +58,10 @@ class AsyncLocalChatModel(ChatModel):
         self.llm: LLM = engine.llm
         self.reuse_prefix = reuse_prefix
         self.prefix_requests = 0  # requests started from a snapshot of an earlier prompt
-        self._prefixes: OrderedDict[str, list[int]] = OrderedDict()  # snapshot key -> its prompt ids
-        self._settled: set[str] = set()  # keys whose request has ended
+        # Every key this adapter saves starts with it, so `close` can find them in the engine.
+        self.snapshot_prefix = f"agent-ctx-{uuid.uuid4().hex[:12]}-"
+        self._prefixes: dict[str, list[int]] = {}  # snapshot key -> its prompt ids
+        self._pending: set[str] = set()  # keys that a request in flight will save under
 
     @classmethod
     def from_llm(cls, llm: LLM, reuse_prefix: bool = True) -> AsyncLocalChatModel:
@@ -68,17 +72,25 @@ class AsyncLocalChatModel(ChatModel):
         return cls.from_llm(model.llm, reuse_prefix)
 
     def close(self) -> None:
-        """Stop the engine loop (requests still running end as aborted); the `LLM` is free again."""
+        """Stop the engine loop (requests still running end as aborted) and drop the snapshots
+        this adapter saved; the `LLM` is free again. Idempotent."""
         self.engine.shutdown()
+        # Only this adapter knows these keys: left in the engine they would hold state slots and
+        # KV blocks for good, and crowd out the batch of whoever uses the engine next. The loop has
+        # stopped, so this thread may touch the engine.
+        engine = self.llm.engine
+        for key in [k for k in engine.snapshots if k.startswith(self.snapshot_prefix)]:
+            engine.drop_snapshot(key)
+        self._prefixes.clear()
 
     async def achat(
         self, messages: Sequence[Mapping[str, Any]], **options: Unpack[ChatOptions]
     ) -> ChatResponse:
         """One assistant turn, generated in the engine's shared batch. Cancelling the awaiting
         task aborts the request (its cache is freed)."""
-        return await self._achat(_Request.make(messages, options))
+        return await self._achat(ChatRequest.make(messages, options))
 
-    async def _achat(self, request: _Request) -> ChatResponse:
+    async def _achat(self, request: ChatRequest) -> ChatResponse:
         ids, params = self._prepare(request)
         inputs = request.inputs
         splitter = ToolCallSplitter(self.llm.tokenizer, inputs.tools if inputs.uses_tools else None)
@@ -100,7 +112,7 @@ class AsyncLocalChatModel(ChatModel):
             return await self._achat(request)
         finally:
             if save is not None:
-                self._settled.add(save)  # saved by now, or never will be
+                self._pending.discard(save)  # saved by now, or never will be
         rest, calls = splitter.finish()
         content = "".join(text) + rest
         reason = finish_reason or "stop"
@@ -117,22 +129,29 @@ class AsyncLocalChatModel(ChatModel):
         best: str | None = None
         for key, prefix_ids in list(self._prefixes.items()):
             if key not in snapshots:
-                if key in self._settled:  # dropped by the engine, or never saved
+                if key not in self._pending:  # dropped by the engine, or never saved
                     del self._prefixes[key]
-                    self._settled.discard(key)
             elif len(prefix_ids) < len(ids) and ids[: len(prefix_ids)] == prefix_ids:
                 if best is None or len(prefix_ids) > len(self._prefixes[best]):
                     best = key
-        save = f"agent-ctx-{uuid.uuid4().hex[:16]}"
-        self._prefixes[save] = list(ids)
         if best is not None:
             self.prefix_requests += 1
+        # Continuing a conversation replaces its snapshot (same key): one per conversation, not one
+        # per turn, which would fill the engine's slots with prompts no later turn extends. The
+        # engine restores when it takes the request and saves at the end of its prompt, so one
+        # request may read and then replace a key; and it checks the tokens of what it restores.
+        save = best if best is not None and best not in self._pending else self._new_key()
+        self._pending.add(save)
+        self._prefixes[save] = list(ids)
         return best, save
 
-    def _prepare(self, request: _Request) -> tuple[list[int], SamplingParams]:
+    def _new_key(self) -> str:
+        return f"{self.snapshot_prefix}{uuid.uuid4().hex[:16]}"
+
+    def _prepare(self, request: ChatRequest) -> tuple[list[int], SamplingParams]:
         return local_prompt(self.llm, request)
 
-    def _chat(self, request: _Request) -> ChatResponse:
+    def _chat(self, request: ChatRequest) -> ChatResponse:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -141,7 +160,7 @@ class AsyncLocalChatModel(ChatModel):
             "AsyncLocalChatModel.chat() was called inside an event loop: use `await model.achat(...)`"
         )
 
-    def _stream(self, request: _Request) -> Iterator[ChatChunk]:
+    def _stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         # Whole-turn granularity: agents do not stream tokens; `chat` semantics in one chunk.
         reply = self._chat(request)
         yield ChatChunk(reply.content or "", reply.tool_calls, reply.finish_reason, reply.usage)

@@ -39,6 +39,7 @@ __all__ = [
     "ChatChunk",
     "ChatModel",
     "ChatOptions",
+    "ChatRequest",
     "ChatResponse",
     "LocalChatModel",
     "RemoteAPIError",
@@ -132,13 +133,13 @@ class ChatModel(ABC):
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **options: Unpack[ChatOptions]) -> ChatResponse:
         """Answer the conversation with one assistant turn."""
-        return self._chat(_Request.make(messages, options))
+        return self._chat(ChatRequest.make(messages, options))
 
     def stream(
         self, messages: Sequence[Mapping[str, Any]], **options: Unpack[ChatOptions]
     ) -> Iterator[ChatChunk]:
         """Answer as it is generated. Closing the iterator early stops the generation."""
-        return self._stream(_Request.make(messages, options))
+        return self._stream(ChatRequest.make(messages, options))
 
     async def achat(
         self, messages: Sequence[Mapping[str, Any]], **options: Unpack[ChatOptions]
@@ -158,14 +159,21 @@ class ChatModel(ABC):
         return None
 
     @abstractmethod
-    def _chat(self, request: _Request) -> ChatResponse: ...
+    def _chat(self, request: ChatRequest) -> ChatResponse: ...
 
     @abstractmethod
-    def _stream(self, request: _Request) -> Iterator[ChatChunk]: ...
+    def _stream(self, request: ChatRequest) -> Iterator[ChatChunk]: ...
 
 
 @dataclass(frozen=True)
-class _Request:
+class ChatRequest:
+    """One chat turn as a `ChatModel` implementation receives it: the checked chat inputs
+    (messages, tools, tool choice, documents, response format) and the sampling options.
+
+    `ChatModel.chat` / `stream` build it with `ChatRequest.make` and pass it to the
+    implementation's `_chat` / `_stream`; an implementation reads it and never builds one itself.
+    """
+
     inputs: ChatInputs
     max_tokens: int
     temperature: float
@@ -174,7 +182,7 @@ class _Request:
     stop: tuple[str, ...]
 
     @classmethod
-    def make(cls, messages: Sequence[Mapping[str, Any]], options: ChatOptions) -> _Request:
+    def make(cls, messages: Sequence[Mapping[str, Any]], options: ChatOptions) -> ChatRequest:
         unknown = set(options) - set(ChatOptions.__annotations__)
         if unknown:
             raise InvalidRequestError(f"unknown chat options {sorted(unknown)}: see ChatOptions")
@@ -204,7 +212,7 @@ class _Request:
 
 
 # ---- in-process ----------------------------------------------------------------------------------
-def local_prompt(llm: LLM, request: _Request) -> tuple[list[int], SamplingParams]:
+def local_prompt(llm: LLM, request: ChatRequest) -> tuple[list[int], SamplingParams]:
     """The prompt ids and sampling params an in-process model runs for `request` (shared by
     `LocalChatModel` and the agents' async adapter, so both answer alike)."""
     ids = request.inputs.render(llm.tokenizer)
@@ -228,14 +236,14 @@ class LocalChatModel(ChatModel):
         self.llm = llm
         self._lock = threading.Lock()
 
-    def _prepare(self, request: _Request) -> tuple[list[int], SamplingParams]:
+    def _prepare(self, request: ChatRequest) -> tuple[list[int], SamplingParams]:
         return local_prompt(self.llm, request)
 
-    def _splitter(self, request: _Request) -> ToolCallSplitter:
+    def _splitter(self, request: ChatRequest) -> ToolCallSplitter:
         inputs = request.inputs
         return ToolCallSplitter(self.llm.tokenizer, inputs.tools if inputs.uses_tools else None)
 
-    def _chat(self, request: _Request) -> ChatResponse:
+    def _chat(self, request: ChatRequest) -> ChatResponse:
         # Through the stream: the tool-call block is found token by token, as the server does.
         text: list[str] = []
         last = ChatChunk()
@@ -244,7 +252,7 @@ class LocalChatModel(ChatModel):
         assert last.usage is not None, "a stream ends with its usage"
         return _response("".join(text), last.tool_calls, last.finish_reason, last.usage)
 
-    def _stream(self, request: _Request) -> Iterator[ChatChunk]:
+    def _stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         ids, params = self._prepare(request)
         self.llm.engine.prompt_ids(ids)  # a too-long prompt raises here, not at the first chunk
         return self._run(ids, params, self._splitter(request))
@@ -326,7 +334,7 @@ class RemoteChatModel(ChatModel):
     def close(self) -> None:
         self._client.close()
 
-    def _body(self, request: _Request) -> dict[str, Any]:
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
         inputs = request.inputs
         body: dict[str, Any] = {
             "model": self.model,
@@ -366,7 +374,7 @@ class RemoteChatModel(ChatModel):
                 "connection_error",
             ) from exc
 
-    def _chat(self, request: _Request) -> ChatResponse:
+    def _chat(self, request: ChatRequest) -> ChatResponse:
         resp = self._call(self._client.chat.completions.create, **self._body(request))
         choice = resp.choices[0]
         calls = [
@@ -375,7 +383,7 @@ class RemoteChatModel(ChatModel):
         usage = Usage(resp.usage.prompt_tokens, resp.usage.completion_tokens) if resp.usage else Usage(0, 0)
         return _response(choice.message.content or "", calls, choice.finish_reason, usage)
 
-    def _stream(self, request: _Request) -> Iterator[ChatChunk]:
+    def _stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
         # Sent now: a refused request raises here, not at the first chunk.
         return self._chunks(self._call(self._client.chat.completions.create, **body))

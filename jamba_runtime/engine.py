@@ -49,7 +49,8 @@ class EngineConfig:
             on CUDA, `gpu_memory_utilization` of the memory free after loading the model.
         max_model_len: longest sequence (prompt + output); default: the model's limit, capped by
             what the cache can hold.
-        num_snapshot_slots: state slots kept for prefix snapshots.
+        num_snapshot_slots: state slots kept for prefix snapshots: at most this many are kept
+            (oldest dropped first; 0 keeps none), so the `max_num_seqs` others stay with requests.
         cuda_graphs: replay decode steps from CUDA graphs captured per padded batch size (CUDA
             fast path only; see `cuda_graphs.py`). Off runs every step eagerly, for debugging
             and for comparison.
@@ -251,6 +252,11 @@ class LLMEngine:
         """
         ids = self.prompt_ids(prompt)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if save_snapshot is not None and self.config.num_snapshot_slots == 0:
+            raise InvalidRequestError(
+                "this engine keeps no prefix snapshots (num_snapshot_slots=0): raise num_snapshot_slots "
+                "to save one"
+            )
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running: use a new id")
         spec = params.structured
@@ -431,6 +437,13 @@ class LLMEngine:
         """Keep `seq`'s state at the end of its prompt: share its KV blocks, copy its state slot."""
         if key in self.snapshots:
             self.drop_snapshot(key)
+        # Snapshots keep to their `num_snapshot_slots`. One in a slot of the batch's share would
+        # keep it: the scheduler admits no request without a slot, and snapshots are given up only
+        # once nothing runs, so the batch would shrink to what finishing requests make room for.
+        while self.snapshots and len(self.snapshots) >= self.config.num_snapshot_slots:
+            self.drop_snapshot(min(self.snapshots.values(), key=lambda s: s.created).key)
+        if self.config.num_snapshot_slots == 0:
+            return
         alloc = CacheAllocation()
         if not self.cache_manager.allocate_slot(alloc):
             oldest = min(self.snapshots.values(), key=lambda s: s.created, default=None)

@@ -97,6 +97,7 @@ class JambaAttention(nn.Module):
             bs,
             scale,
             batch.max_query_len,
+            host_lens=(batch.query_lens, batch.context_lens),
         )
 
 

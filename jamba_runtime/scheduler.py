@@ -85,9 +85,13 @@ class Scheduler:
         while self.waiting and budget > 0 and not preempted and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if self.cache.num_free_slots == 0 and seq.alloc.slot is None:
-                break
-            if not self.cache.can_grow(seq.alloc, seq.num_computed_tokens + n):
+            fits = seq.alloc.slot is not None or self.cache.num_free_slots > 0
+            if not (fits and self.cache.can_grow(seq.alloc, seq.num_computed_tokens + n)):
+                # Requests restored from a snapshot hold a slot and blocks while they wait. Give
+                # those behind `seq` up (latest first; they are recomputed) rather than let the
+                # batch shrink until it empties: running sequences free nothing before they end.
+                if self._release_restored_behind(seq):
+                    continue
                 break
             self.waiting.pop(0)
             self.cache.allocate_slot(seq.alloc)
@@ -106,6 +110,17 @@ class Scheduler:
             self.waiting.remove(seq)
         self.cache.free(seq.alloc)
         seq.status = SequenceStatus.FINISHED
+
+    def _release_restored_behind(self, seq: Sequence) -> bool:
+        """Free the cache of the latest waiting request after `seq` that holds any; True if one did."""
+        for other in reversed(self.waiting):
+            if other is seq:
+                return False
+            if other.alloc.slot is not None or other.alloc.block_table:
+                self.cache.free(other.alloc)
+                other.num_computed_tokens = 0
+                return True
+        return False
 
     def _victim(self) -> Sequence:
         """The lowest-priority, latest-arrived running sequence."""

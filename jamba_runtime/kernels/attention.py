@@ -114,6 +114,7 @@ def paged_attention_prefill(
     block_size: int,
     scale: float,
     max_query_len: int,
+    host_lens: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> torch.Tensor:
     """Packed queries (a prefill chunk per sequence, after a cached prefix) over the paged cache.
 
@@ -124,6 +125,10 @@ def paged_attention_prefill(
         block_tables: `(batch, max_blocks)` int; cu_seqlens: `(batch + 1,)` query offsets;
         context_lens: `(batch,)` cached tokens before each sequence's queries.
         max_query_len: the longest query run (a host int: the grid is sized from it).
+        host_lens: `(query_lens, context_lens)` as host ints, when the caller has them: on CUDA
+            in bf16/fp16, sequences with at least `SDPA_MIN_QUERY` new tokens then go to
+            PyTorch's SDPA (flash) over their keys gathered out of the blocks, which measured
+            faster than this kernel for long chunks (`bench/prefill_kernels_gpu.py`).
 
     Returns:
         `(num_tokens, heads, head_dim)` in `q.dtype`.
@@ -137,6 +142,17 @@ def paged_attention_prefill(
     out = torch.empty_like(q)  # (num_tokens, heads, head_dim)
     q_lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     ctx = context_lens.to(torch.int32)
+    long = _sdpa_sequences(q, host_lens)
+    if long:
+        assert host_lens is not None
+        short_lens = [0 if i in long else n for i, n in enumerate(host_lens[0])]
+        for i in long:
+            _sdpa_prefill(q, k_cache, v_cache, block_tables, host_lens, i, block_size, scale, out)
+        if not any(short_lens):
+            return out
+        # The kernel skips the long sequences' programs (zero queries); their rows are written.
+        q_lens = torch.tensor(short_lens, dtype=torch.int32, device=q.device)
+        max_query_len = max(short_lens)
     _launch_flash(
         (q, 0, q.stride(0), q.stride(1)), (k_cache, 0, k_cache.stride(0), k_cache.stride(1)),
         (v_cache, 0, v_cache.stride(0), v_cache.stride(1)), (out, 0, out.stride(0), out.stride(1)),
@@ -198,6 +214,50 @@ def paged_attention_decode(
         SPLITS=triton.next_power_of_2(splits), BLOCK_D=triton.next_power_of_2(hd),
     )  # fmt: skip
     return out
+
+
+SDPA_MIN_QUERY = 1024
+"""New tokens of one sequence from which a prefill chunk goes to PyTorch's SDPA (see
+`paged_attention_prefill`); shorter ones stay in the Triton kernel, batched in one launch."""
+
+
+def _sdpa_sequences(q: torch.Tensor, host_lens: tuple[tuple[int, ...], tuple[int, ...]] | None) -> list[int]:
+    """Indices of the sequences whose chunk goes to SDPA (none off CUDA or in float32)."""
+    if host_lens is None or not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16):
+        return []
+    return [i for i, n in enumerate(host_lens[0]) if n >= SDPA_MIN_QUERY]
+
+
+def _sdpa_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    host_lens: tuple[tuple[int, ...], tuple[int, ...]],
+    i: int,
+    block_size: int,
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """Sequence `i`'s chunk: its keys gathered out of the blocks into one contiguous tensor, then
+    SDPA with the causal mask aligned to the bottom right (the chunk follows its cached prefix)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    q_lens, ctx_lens = host_lens
+    start, n = sum(q_lens[:i]), q_lens[i]
+    total = ctx_lens[i] + n
+    blocks = -(-total // block_size)
+    rows = (block_tables[i, :blocks, None] * block_size + torch.arange(block_size, device=q.device)).reshape(
+        -1
+    )
+    rows = rows[:total]
+    k = k_cache[rows].transpose(0, 1)[None].to(q.dtype)  # (1, kv_heads, total, head_dim)
+    v = v_cache[rows].transpose(0, 1)[None].to(q.dtype)
+    qi = q[start : start + n].transpose(0, 1)[None]  # (1, heads, n, head_dim)
+    o = F.scaled_dot_product_attention(
+        qi, k, v, attn_mask=causal_lower_right(n, total), scale=scale, enable_gqa=True
+    )
+    out[start : start + n] = o[0].transpose(0, 1)
 
 
 _LOG2E = 1.0 / math.log(2.0)

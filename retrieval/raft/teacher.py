@@ -8,7 +8,7 @@ sentences of the shown documents (`quotes.cot_regex`), so its quotes are verbati
 Why not through `ChatModel`: its options carry JSON mode, a JSON schema and tools, but no regex or
 grammar, and `LocalChatModel` runs one request at a time. What would let this go through the
 interface: a `ChatOptions.regex: str | None` (and `grammar: str | None` for Lark) mapped in
-`_Request.make` to `StructuredOutput(regex=...)` locally and, for servers, to
+`ChatRequest.make` to `StructuredOutput(regex=...)` locally and, for servers, to
 `response_format={"type": "regex", "regex": ...}` on ours and `extra_body={"structured_outputs":
 {"regex": ...}}` on vLLM; and a `chat_many` that batches on the local engine.
 """

@@ -60,7 +60,9 @@ def test_scheduler_batches_agents_on_one_engine(llm: LLM) -> None:
         assert all("queued_ms" in e.data for e in r.trace if e.type == "llm")
     assert scheduler.call_gate is not None and scheduler.call_gate.max_in_flight == 4
     assert sorted(scheduler.call_gate.admitted) == sorted([f"a{i}" for i in range(4)] * 3)
-    # The adapter was closed: the in-process model serves synchronous calls again.
+    # The adapter was closed: its snapshots are gone and the in-process model serves synchronous
+    # calls again.
+    assert not [k for k in llm.engine.snapshots if k.startswith("agent-ctx-")]
     assert local.chat([{"role": "user", "content": "hi"}], max_tokens=2).usage.completion_tokens >= 1
 
 
@@ -88,6 +90,32 @@ def test_async_adapter_reuses_the_conversation_prefix(llm: LLM) -> None:
         adapter.close()
     assert result.stop_reason == "max_steps" and result.steps == 3
     check_tool_steps(result)
+
+
+def test_async_adapter_keeps_one_snapshot_per_conversation(llm: LLM) -> None:
+    """Each turn replaces the snapshot of the turn it extends, so two conversations of three turns
+    hold two snapshots (not six, which would crowd the engine's state slots); `close` drops them."""
+    engine = llm.engine
+    before = set(engine.snapshots)
+    adapter = AsyncLocalChatModel.from_local(LocalChatModel(llm))
+    agents = [
+        make_agent(adapter, name=f"c{i}", tool_choice="required", policy=Policy(max_steps=3))
+        for i in range(2)
+    ]
+
+    async def both() -> list:
+        return await asyncio.gather(*(a.arun(f"Weather for trip #{i}?") for i, a in enumerate(agents)))
+
+    try:
+        results = asyncio.run(both())
+        mine = [k for k in engine.snapshots if k.startswith(adapter.snapshot_prefix)]
+        assert adapter.prefix_requests == 4 and len(mine) == 2
+    finally:
+        adapter.close()
+    assert set(engine.snapshots) == before
+    for r in results:
+        assert r.stop_reason == "max_steps" and r.steps == 3
+        check_tool_steps(r)
 
 
 def test_async_adapter_chat_matches_local(llm: LLM) -> None:

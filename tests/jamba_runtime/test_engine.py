@@ -415,3 +415,10 @@ def test_bad_input_is_refused_without_leaking(tiny_model_dir: Path) -> None:
     engine.step()
     engine.abort("dup")  # midway: its blocks and slot are back at once
     assert_clean(engine)
+
+
+def test_saving_a_snapshot_without_snapshot_slots_is_refused(llm: LLM) -> None:
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(max_num_seqs=2, num_snapshot_slots=0))
+    with pytest.raises(InvalidRequestError, match="num_snapshot_slots"):
+        engine.add_request([1, 5, 9], SamplingParams(max_tokens=2), save_snapshot="p")
+    assert not engine.has_unfinished()

@@ -315,6 +315,29 @@ def test_paged_attention_prefill_after_a_long_prefix(dtype: torch.dtype) -> None
     _check(out, ref, dtype, "paged prefill, long prefix")
 
 
+@pytest.mark.skipif(not CUDA, reason="the SDPA route is taken on CUDA only")
+def test_paged_attention_prefill_sends_long_chunks_to_sdpa() -> None:
+    """A step with one chunk past `SDPA_MIN_QUERY` (SDPA over its gathered keys) beside short
+    ones (the Triton kernel, the long row's programs skipped): every row as the reference."""
+    q_lens, ctx = [5, attn.SDPA_MIN_QUERY + 37, 1], [40, 300, 9]
+    k_cache, v_cache, tables = _paged_case(
+        torch.bfloat16, 16, [a + b for a, b in zip(q_lens, ctx, strict=True)], seed=77
+    )
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], device=DEVICE)
+    q = _randn(sum(q_lens), 8, 64, dtype=torch.bfloat16, seed=78)
+    k_cache, v_cache = (t.repeat(1, 1, 2) for t in (k_cache, v_cache))  # head_dim 64: a flash size
+    ctx_t = torch.tensor(ctx, device=DEVICE)
+    _poison()
+    out = attn.paged_attention_prefill(q, k_cache, v_cache, tables, cu, ctx_t, 16, 64**-0.5, max(q_lens),
+                                       host_lens=(tuple(q_lens), tuple(ctx)))  # fmt: skip
+    ref = attn.paged_attention_ref(q.float(), k_cache.float(), v_cache.float(), tables, cu, ctx_t, 16,
+                                   64**-0.5)  # fmt: skip
+    _check(out, ref, torch.bfloat16, "paged prefill via SDPA")
+    for b in range(3):
+        rows = slice(int(cu[b]), int(cu[b + 1]))
+        _check(out[rows], ref[rows], torch.bfloat16, f"sequence {b}")
+
+
 @runs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_paged_attention_decode(dtype: torch.dtype) -> None:
