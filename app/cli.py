@@ -226,6 +226,20 @@ def serve(
             "--quantization", help="experts_int8: MoE experts in int8 [env: JAMBA_STACK_QUANTIZATION]."
         ),
     ] = None,
+    kv_cache_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--kv-cache-dtype",
+            help="auto (model dtype) or fp8: float8 KV cache [env: JAMBA_STACK_KV_CACHE_DTYPE].",
+        ),
+    ] = None,
+    mamba_ssm_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--mamba-ssm-dtype",
+            help="float32 (default) or bfloat16: Mamba state precision [env: JAMBA_STACK_MAMBA_SSM_DTYPE].",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
@@ -244,9 +258,15 @@ def serve(
         served_model_name=served_model_name,
         max_body_bytes=max_body_bytes,
         quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
+        mamba_ssm_dtype=mamba_ssm_dtype,
     )
     sizes = {"max_num_seqs": max_num_seqs, "cache_memory_gb": cache_memory_gb}
-    engine = EngineConfig(**{k: v for k, v in sizes.items() if v is not None})
+    engine = EngineConfig(
+        **{k: v for k, v in sizes.items() if v is not None},
+        kv_cache_dtype=settings.kv_cache_dtype,
+        mamba_ssm_dtype=settings.mamba_ssm_dtype,
+    )
     llm = AsyncLLM(
         model=_model_path(settings),
         device=settings.device,

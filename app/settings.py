@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         chroma_url: a Chroma server URL; empty means the embedded store in the data dir.
         quantization: empty (weights as `dtype`) or "experts_int8" (MoE experts in int8, see
             docs/scaling.md).
+        kv_cache_dtype: "auto" (the model dtype) or "fp8" (float8 KV cache, half of bf16).
+        mamba_ssm_dtype: "float32" (default) or "bfloat16" (half the Mamba state memory; the
+            GPU fast path needs float32).
 
     Example:
         >>> Settings(data_dir="/srv/jamba").tiny_model_dir
@@ -45,6 +48,8 @@ class Settings(BaseSettings):
     served_model_name: str = ""
     chroma_url: str = ""
     quantization: str = ""
+    kv_cache_dtype: str = "auto"
+    mamba_ssm_dtype: str = "float32"
 
     @property
     def tiny_model_dir(self) -> Path:

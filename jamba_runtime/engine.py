@@ -22,7 +22,13 @@ from jamba_runtime.errors import ContextLengthError, InvalidRequestError, Reques
 from jamba_runtime.grammar import GrammarCompiler, GrammarMatcher
 from jamba_runtime.memory_plan import engine_memory_plan
 from jamba_runtime.model import JambaForCausalLM
-from jamba_runtime.paged_cache import PagedHybridCache, block_bytes, slot_bytes
+from jamba_runtime.paged_cache import (
+    PagedHybridCache,
+    block_bytes,
+    resolve_kv_cache_dtype,
+    resolve_ssm_dtype,
+    slot_bytes,
+)
 from jamba_runtime.runner import ModelRunner
 from jamba_runtime.sampler import logprobs_of, sample
 from jamba_runtime.sampling_params import SamplingParams
@@ -54,6 +60,12 @@ class EngineConfig:
         cuda_graphs: replay decode steps from CUDA graphs captured per padded batch size (CUDA
             fast path only; see `cuda_graphs.py`). Off runs every step eagerly, for debugging
             and for comparison.
+        kv_cache_dtype: "auto" (the model dtype) or "fp8" (float8 e4m3, half the bytes of bf16
+            per cached token; keys and values are cast when stored, no scale, and upcast when
+            read).
+        mamba_ssm_dtype: "float32" (default, as AI21 recommends) or "bfloat16" (half the state
+            slot memory; the GPU fast path's scan kernels keep float32 state, so bfloat16 runs the
+            reference path).
     """
 
     max_num_seqs: int = 64
@@ -64,6 +76,8 @@ class EngineConfig:
     max_model_len: int | None = None
     num_snapshot_slots: int = 4
     cuda_graphs: bool = True
+    kv_cache_dtype: str = "auto"
+    mamba_ssm_dtype: str = "float32"
 
 
 @dataclass
@@ -122,10 +136,12 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = cfg = config or EngineConfig()
         mcfg = model.config
+        kv_dtype = resolve_kv_cache_dtype(cfg.kv_cache_dtype, model.dtype)
+        ssm_dtype = resolve_ssm_dtype(cfg.mamba_ssm_dtype)
         budget = self._cache_budget(cfg)
         num_slots = cfg.max_num_seqs + cfg.num_snapshot_slots
-        per_block = max(block_bytes(mcfg, cfg.block_size, model.dtype), 1)
-        num_blocks = (budget - num_slots * slot_bytes(mcfg, model.dtype)) // per_block
+        per_block = max(block_bytes(mcfg, cfg.block_size, kv_dtype), 1)
+        num_blocks = (budget - num_slots * slot_bytes(mcfg, model.dtype, ssm_dtype)) // per_block
         if num_blocks < 1:
             raise InvalidRequestError(
                 f"cache budget of {budget / _GIB:.2f} GiB holds no KV block after {num_slots} state slots: "
@@ -134,7 +150,9 @@ class LLMEngine:
         if not mcfg.attention_layers:
             num_blocks = 1  # no attention layer: blocks cost nothing, one stands in for bookkeeping
         self.cache_manager = CacheManager(num_blocks, cfg.block_size, num_slots)
-        self.cache = PagedHybridCache(mcfg, num_blocks, cfg.block_size, num_slots, model.dtype, model.device)
+        self.cache = PagedHybridCache(
+            mcfg, num_blocks, cfg.block_size, num_slots, model.dtype, model.device, ssm_dtype, kv_dtype
+        )
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens), self.cache_manager
         )

@@ -28,6 +28,7 @@ import torch
 from jamba_runtime.config import JambaConfig
 from jamba_runtime.errors import InsufficientMemoryError, InvalidRequestError
 from jamba_runtime.loader import empty_model, param_dtype, resolve_dtype
+from jamba_runtime.paged_cache import resolve_kv_cache_dtype, resolve_ssm_dtype
 from jamba_runtime.parallel.sharding import check_tensor_parallel, local_numel
 from jamba_runtime.quantization import (
     EXPERTS_INT8,
@@ -272,6 +273,7 @@ def plan_memory(
     device_memory_bytes: int | None = None,
     gpu_memory_utilization: float = 0.9,
     ssm_dtype: torch.dtype = torch.float32,
+    kv_cache_dtype: torch.dtype | None = None,
 ) -> MemoryPlan:
     """Plan one setting. `device_memory_bytes` is one GPU's total memory (None: no limit, CPU).
 
@@ -302,7 +304,7 @@ def plan_memory(
             experts += nbytes
     b = _itemsize(torch_dtype)
     kv_heads = max(config.num_key_value_heads // tp, 1)
-    kv_layer = 2 * kv_heads * config.head_dim * b
+    kv_layer = 2 * kv_heads * config.head_dim * _itemsize(kv_cache_dtype or torch_dtype)
     d_inner = config.mamba_d_inner // tp
     slot = (
         len(config.mamba_layers)
@@ -378,4 +380,6 @@ def _engine_plan(
         max_num_batched_tokens=engine_config.max_num_batched_tokens,
         device_memory_bytes=device_memory_bytes,
         gpu_memory_utilization=engine_config.gpu_memory_utilization,
+        ssm_dtype=resolve_ssm_dtype(engine_config.mamba_ssm_dtype),
+        kv_cache_dtype=resolve_kv_cache_dtype(engine_config.kv_cache_dtype, resolve_dtype(dtype)),
     )

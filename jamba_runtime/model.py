@@ -80,8 +80,9 @@ class JambaAttention(nn.Module):
         assert p is not None and isinstance(cache, PagedHybridCache), "the fast path needs the paged cache"
         assert batch.block_tables is not None and batch.slot_mapping is not None
         kbuf, vbuf = cache.kv_pool(self.layer_idx)
-        kbuf.index_copy_(0, batch.slot_mapping, k.to(kbuf.dtype))
-        vbuf.index_copy_(0, batch.slot_mapping, v.to(vbuf.dtype))
+        # Indexed assignment, not index_copy_: it also takes a float8 cache (`kv_cache_dtype="fp8"`).
+        kbuf[batch.slot_mapping] = k.to(kbuf.dtype)
+        vbuf[batch.slot_mapping] = v.to(vbuf.dtype)
         scale, bs = self.head_dim**-0.5, cache.block_size
         if p.decode:  # one query per sequence: q is (batch, heads, head_dim)
             return paged_attention_decode(

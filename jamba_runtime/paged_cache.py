@@ -15,6 +15,7 @@ import torch
 from jamba_runtime.batch import ForwardBatch
 from jamba_runtime.cache import MambaStateSlots
 from jamba_runtime.config import JambaConfig
+from jamba_runtime.errors import InvalidRequestError
 from jamba_runtime.kernels.backend import use_triton
 
 _MIB = 1 << 20
@@ -35,6 +36,29 @@ def slot_bytes(config: JambaConfig, dtype: torch.dtype, ssm_dtype: torch.dtype =
     return len(config.mamba_layers) * per_layer
 
 
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn}
+SSM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
+    """`EngineConfig.kv_cache_dtype` -> the KV tensors' dtype ("auto": the model's); raises
+    `InvalidRequestError` naming the choices for anything else."""
+    if name not in KV_CACHE_DTYPES:
+        raise InvalidRequestError(
+            f"kv_cache_dtype {name!r} is not supported: use one of {', '.join(KV_CACHE_DTYPES)}"
+        )
+    return KV_CACHE_DTYPES[name] or model_dtype
+
+
+def resolve_ssm_dtype(name: str) -> torch.dtype:
+    """`EngineConfig.mamba_ssm_dtype` -> the SSM state slots' dtype; raises `InvalidRequestError`."""
+    if name not in SSM_DTYPES:
+        raise InvalidRequestError(
+            f"mamba_ssm_dtype {name!r} is not supported: use one of {', '.join(SSM_DTYPES)}"
+        )
+    return SSM_DTYPES[name]
+
+
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
@@ -52,8 +76,10 @@ class PagedHybridCache(MambaStateSlots):
         dtype: torch.dtype,
         device: torch.device | str,
         ssm_dtype: torch.dtype = torch.float32,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(config, num_slots, dtype, device, ssm_dtype)
+        kv_dtype = kv_dtype or dtype  # float8 KV: cast on store, upcast on read
         self.config = config
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -64,10 +90,10 @@ class PagedHybridCache(MambaStateSlots):
         self.scratch_row = num_blocks * block_size
         positions = self.scratch_row + 1
         self.keys = {
-            i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
+            i: torch.zeros(positions, g, d, dtype=kv_dtype, device=device) for i in config.attention_layers
         }
         self.values = {
-            i: torch.zeros(positions, g, d, dtype=dtype, device=device) for i in config.attention_layers
+            i: torch.zeros(positions, g, d, dtype=kv_dtype, device=device) for i in config.attention_layers
         }
         self._probe = torch.empty(0, dtype=dtype, device=device)  # where the tensors live, for dispatch
 
