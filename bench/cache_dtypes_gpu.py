@@ -12,6 +12,7 @@ JSON to `$OUT/cache_dtypes_gpu.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ if str(REPO) not in sys.path:
 
 from bench.gpu_models import MINI_CONFIG, build_models, cut_config  # noqa: E402
 from jamba_runtime.engine import EngineConfig, LLMEngine  # noqa: E402
+from jamba_runtime.errors import RequestNotFoundError  # noqa: E402
 from jamba_runtime.sampling_params import SamplingParams  # noqa: E402
 from jamba_runtime.tiny_tokenizer import write_tiny_tokenizer  # noqa: E402
 from jamba_runtime.tokenizer import Tokenizer  # noqa: E402
@@ -57,7 +59,9 @@ def record(engine: LLMEngine, prompts: list[list[int]], n: int) -> tuple[list[li
 
 
 def decode_ms(engine: LLMEngine, prompts: list[list[int]], steps: int = 24) -> float:
-    params = SamplingParams(max_tokens=steps + 12, temperature=0, ignore_eos=True)
+    # Enough tokens that no request ends while the step is timed (the first ones admitted start
+    # decoding while later prompts are still being prefilled).
+    params = SamplingParams(max_tokens=steps + 64, temperature=0, ignore_eos=True)
     ids = [engine.add_request(p, params).request_id for p in prompts]
     while any(s.num_computed_tokens < len(s.prompt_token_ids) for s in engine.requests.values()):
         engine.step()
@@ -70,7 +74,8 @@ def decode_ms(engine: LLMEngine, prompts: list[list[int]], steps: int = 24) -> f
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
     for i in ids:
-        engine.abort(i)
+        with contextlib.suppress(RequestNotFoundError):
+            engine.abort(i)
     return 1e3 * dt
 
 

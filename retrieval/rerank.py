@@ -9,7 +9,8 @@ Built in:
   or a hub id already in the local cache); never downloads.
 - `MaxSimReranker`: late interaction (ColBERT's MaxSim) over the token embeddings of the
   embedder that built the collection (all-MiniLM-L6-v2 by default), so it works offline with
-  nothing more to install. Its score is blended with the fused first-stage score (`alpha`).
+  nothing more to install. Query tokens are weighted by their IDF among the candidates; the score
+  is blended with the fused first-stage score (`alpha`).
 
 `make_reranker(spec)` builds one from the CLI's `--rerank` value.
 """
@@ -28,12 +29,14 @@ from retrieval.embeddings import Embedder, OnnxEmbedder, SentenceTransformerEmbe
 from retrieval.errors import RerankerUnavailableError
 from retrieval.search import Hit
 
-# Chosen on the SciFact train split (first 150 queries; bench/retrieval.py --rerank --rerank-tune):
-# over the hybrid's top 10 / 20 and blend weights 0-1, reordering the top 20 with 0.5 MaxSim +
-# 0.5 fused score was best (nDCG@10 0.739 vs 0.714 for the hybrid alone). docs/retrieval.md has
-# the grid and the test-split numbers.
-MAXSIM_ALPHA = 0.5
-RERANK_CANDIDATES = 20
+# Chosen on the SciFact train split (all 809 queries; bench/retrieval.py --rerank --rerank-tune), over
+# candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF: local-IDF
+# MaxSim over the hybrid's top 30 blended 0.6 with the fused score (nDCG@10 0.7494) is within 0.001
+# of the best cell (top 50, 0.7498) at 60% of its cost; hybrid alone 0.7356, the earlier default
+# (plain mean, top 20, 0.5) 0.7437. docs/retrieval.md has the grid and the test-split numbers.
+MAXSIM_ALPHA = 0.6
+RERANK_CANDIDATES = 30
+MAXSIM_WEIGHTING = "idf"
 _WORDISH = re.compile(r"\w")
 
 
@@ -109,10 +112,25 @@ class CrossEncoderReranker(Reranker):
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenVectors:
+    """The content tokens of one text: `ids` (n_tokens,) int64 vocabulary ids and `vecs`
+    (n_tokens, dim) float32 unit rows, in text order."""
+
+    ids: np.ndarray
+    vecs: np.ndarray
+
+
 class MaxSimReranker(Reranker):
     """Late interaction over a bi-encoder's token embeddings: for each query token, the best cosine
     similarity to any passage token, averaged over the query's tokens (ColBERT's MaxSim; special
     tokens and punctuation left out on both sides).
+
+    `weighting="idf"` (the default) averages with weights idf(t) = ln(1 + (n - df + 0.5) / (df +
+    0.5)), df = how many of the n passages scored together contain the query token (the same
+    wordpiece id): a token every candidate shares (the topic word that retrieved them all) counts
+    little, one that tells them apart counts much. The statistic comes from the candidates alone, so
+    the reranker needs no collection pass. `weighting="none"` is the plain mean.
 
     all-MiniLM-L6-v2 was trained for pooled vectors, not MaxSim, yet token-level matching adds a
     signal the pooled vector and BM25 miss; blended with the first-stage score it ranks best on
@@ -121,9 +139,17 @@ class MaxSimReranker(Reranker):
 
     `embedder`: an `OnnxEmbedder` or `SentenceTransformerEmbedder` (the one the collection was
     built with is already loaded: pass `retriever.embedder`). Raises `RerankerUnavailableError`
-    for an embedder that exposes no token embeddings (e.g. an OpenAI endpoint)."""
+    for an embedder that exposes no token embeddings (e.g. an OpenAI endpoint), `ValueError` for an
+    `alpha` outside [0, 1] or an unknown `weighting`."""
 
-    def __init__(self, embedder: Embedder, *, alpha: float = MAXSIM_ALPHA, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        alpha: float = MAXSIM_ALPHA,
+        weighting: str = MAXSIM_WEIGHTING,
+        batch_size: int = 16,
+    ) -> None:
         if not supports_maxsim(embedder):
             raise RerankerUnavailableError(
                 f"the MaxSim reranker needs token embeddings, which embedder {embedder.name!r} "
@@ -132,20 +158,27 @@ class MaxSimReranker(Reranker):
             )
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha={alpha} must be in [0, 1]")
+        if weighting not in ("idf", "none"):
+            raise ValueError(f"weighting={weighting!r}: use idf or none")
         self.embedder = embedder
         self.alpha = alpha
+        self.weighting = weighting
         self.batch_size = batch_size
         self.name = f"maxsim:{embedder.name}"
 
     def token_embeddings(self, texts: list[str]) -> list[np.ndarray]:
         """Per text, its content tokens' unit vectors, shape (n_tokens, dim), float32; a text
         with no content token gets its [CLS] vector so every text has one row."""
-        out: list[np.ndarray] = []
+        return [t.vecs for t in self.token_vectors(texts)]
+
+    def token_vectors(self, texts: list[str]) -> list[TokenVectors]:
+        """Per text, its content tokens' ids and unit vectors (see `token_embeddings`)."""
+        out: list[TokenVectors] = []
         for i in range(0, len(texts), self.batch_size):
             out += self._batch(texts[i : i + self.batch_size])
         return out
 
-    def _batch(self, texts: list[str]) -> list[np.ndarray]:
+    def _batch(self, texts: list[str]) -> list[TokenVectors]:
         e = self.embedder
         if isinstance(e, OnnxEmbedder):
             enc = e.tokenizer.encode_batch(texts)
@@ -163,6 +196,7 @@ class MaxSimReranker(Reranker):
             with torch.no_grad():
                 hidden = e.model[0].auto_model(**tok).last_hidden_state.float().numpy()
             mask = tok["attention_mask"].numpy()
+            ids = tok["input_ids"].numpy().astype(np.int64)
             toks = [e.model.tokenizer.convert_ids_to_tokens(row) for row in tok["input_ids"]]
         out = []
         for b in range(len(texts)):
@@ -170,21 +204,47 @@ class MaxSimReranker(Reranker):
                 j
                 for j, t in enumerate(toks[b])
                 if mask[b, j] and not (t.startswith("[") and t.endswith("]")) and _WORDISH.search(t)
-            ]
-            v = hidden[b, keep or [0]].astype(np.float32)  # (n_tokens, dim)
-            out.append(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+            ] or [0]
+            v = hidden[b, keep].astype(np.float32)  # (n_tokens, dim)
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            out.append(TokenVectors(ids[b, keep].copy(), v))
         return out
 
     @staticmethod
-    def maxsim(query_tokens: np.ndarray, passage_tokens: list[np.ndarray]) -> np.ndarray:
-        """Mean over query tokens of the max cosine to the passage's tokens, per passage."""
-        return np.asarray(
-            [float((query_tokens @ p.T).max(axis=1).mean()) for p in passage_tokens], dtype=np.float32
+    def maxsim(
+        query_tokens: np.ndarray, passage_tokens: list[np.ndarray], weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Per passage, the (weighted) mean over query tokens of the max cosine to the passage's
+        tokens; `weights` (n_query_tokens,) non-negative, None for the plain mean."""
+        w = (
+            None
+            if weights is None
+            else np.asarray(weights, dtype=np.float32) / max(float(np.sum(weights)), 1e-12)
         )
+        out = []
+        for p in passage_tokens:
+            best = (query_tokens @ p.T).max(axis=1)  # (n_query_tokens,)
+            out.append(float(best.mean() if w is None else best @ w))
+        return np.asarray(out, dtype=np.float32)
+
+    @staticmethod
+    def local_idf(query_ids: np.ndarray, passage_ids: list[np.ndarray]) -> np.ndarray:
+        """BM25's idf of each query token among the passages: ln(1 + (n - df + 0.5) / (df + 0.5)),
+        shape (n_query_tokens,), all > 0."""
+        n = len(passage_ids)
+        df = np.zeros(len(query_ids), dtype=np.float32)
+        for p in passage_ids:
+            df += np.isin(query_ids, p)
+        return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+    def score_vectors(self, query: TokenVectors, passages: list[TokenVectors]) -> np.ndarray:
+        """`score` from token vectors already computed (what a benchmark caches)."""
+        weights = self.local_idf(query.ids, [p.ids for p in passages]) if self.weighting == "idf" else None
+        return self.maxsim(query.vecs, [p.vecs for p in passages], weights)
 
     def score(self, query: str, texts: list[str]) -> np.ndarray:
-        q = self.token_embeddings([query])[0]
-        return self.maxsim(q, self.token_embeddings(texts))
+        q = self.token_vectors([query])[0]
+        return self.score_vectors(q, self.token_vectors(texts))
 
     def _final_scores(self, query: str, hits: list[Hit]) -> np.ndarray:
         ms = self.score(query, [h.text for h in hits])
@@ -209,8 +269,9 @@ def blend(rerank_scores: np.ndarray, first_stage: np.ndarray, alpha: float) -> n
 
 def make_reranker(spec: str | Reranker | None, embedder: Embedder | None = None) -> Reranker | None:
     """A reranker from a spec: None / "" / "none" -> None; "maxsim" -> `MaxSimReranker` over
-    `embedder`; "maxsim:ALPHA" sets its blend weight; anything else -> `CrossEncoderReranker(spec)`
-    (a local folder or cached hub id). A `Reranker` passes through.
+    `embedder`; "maxsim:ALPHA" sets its blend weight and "maxsim:ALPHA:none" (or ":idf") its
+    query-token weighting; anything else -> `CrossEncoderReranker(spec)` (a local folder or cached
+    hub id). A `Reranker` passes through.
     Raises `RerankerUnavailableError`."""
     if spec is None or isinstance(spec, Reranker):
         return spec
@@ -221,11 +282,17 @@ def make_reranker(spec: str | Reranker | None, embedder: Embedder | None = None)
     if kind.lower() == "maxsim":
         if embedder is None:
             raise RerankerUnavailableError("the maxsim reranker needs the collection's embedder")
+        weight, _, weighting = arg.partition(":")
         try:
-            alpha = float(arg) if arg else MAXSIM_ALPHA
+            alpha = float(weight) if weight else MAXSIM_ALPHA
         except ValueError:
             raise RerankerUnavailableError(
                 f"--rerank {s!r}: the weight after maxsim: must be a number"
             ) from None
-        return MaxSimReranker(embedder, alpha=alpha)
+        weighting = weighting.lower() or MAXSIM_WEIGHTING
+        if weighting not in ("idf", "none") or not 0.0 <= alpha <= 1.0:
+            raise RerankerUnavailableError(
+                f"--rerank {s!r}: use maxsim, maxsim:W or maxsim:W:idf|none with W from 0 to 1"
+            )
+        return MaxSimReranker(embedder, alpha=alpha, weighting=weighting)
     return CrossEncoderReranker(s)

@@ -113,14 +113,18 @@ class Retriever:
         embedder: Embedder,
         bm25: BM25Index,
         *,
-        reranker: CrossEncoderReranker | None = None,
+        reranker: Any = None,
         fusion: Fusion = FUSION,
         weights: dict[str, float] | None = None,
         rrf_k: float = RRF_K,
         max_query_chars: int = MAX_QUERY_CHARS,
     ) -> None:
         """`fusion`: convex (min-max normalized weighted sum, the default) or rrf; `weights`:
-        {"dense": w, "bm25": w} for it (defaults tuned on SciFact train, see `retrieval.fusion`)."""
+        {"dense": w, "bm25": w} for it (defaults tuned on SciFact train, see `retrieval.fusion`).
+        `reranker`: a `retrieval.rerank.Reranker` (its `rerank` reorders the top
+        max(k, `RERANK_CANDIDATES`) fused hits, seeing their fused scores) or anything with
+        `score(query, texts)` (e.g. this module's `CrossEncoderReranker`: the top max(50, 2k)
+        reordered by that score alone)."""
         if fusion not in ("convex", "rrf"):
             raise InvalidQueryError(f"fusion={fusion!r}: use convex or rrf")
         self.collection = collection
@@ -229,11 +233,22 @@ class Retriever:
         head = [cid for cid in head if cid in known]  # a chunk deleted since BM25 was built
 
         if rerank and head:
-            pool_ids = head[: max(50, 2 * k)]
-            rs = self.reranker.score(query, [known[c].text for c in pool_ids])
-            idx = np.argsort(-rs, kind="stable")
-            head = [pool_ids[i] for i in idx]
-            scores = {pool_ids[i]: float(rs[i]) for i in idx}
+            from retrieval.rerank import RERANK_CANDIDATES, Reranker
+
+            if isinstance(self.reranker, Reranker):
+                # Its `rerank` sees the fused scores too (MaxSim blends with them), over the
+                # candidate count its defaults were tuned for.
+                pool_ids = head[: max(RERANK_CANDIDATES, k)]
+                pool = [self._hit(0, cid, known[cid], scores.get(cid, 0.0)) for cid in pool_ids]
+                reranked = self.reranker.rerank(query, pool)
+                head = [h.chunk_id for h in reranked]
+                scores = {h.chunk_id: h.score for h in reranked}
+            else:
+                pool_ids = head[: max(50, 2 * k)]
+                rs = self.reranker.score(query, [known[c].text for c in pool_ids])
+                idx = np.argsort(-rs, kind="stable")
+                head = [pool_ids[i] for i in idx]
+                scores = {pool_ids[i]: float(rs[i]) for i in idx}
         if mmr and head:
             if qv is None:
                 qv = self.embedder.embed_query(query)
@@ -254,21 +269,21 @@ class Retriever:
                     seen.add(d)
                     uniq.append(cid)
             head = uniq
-        hits = []
-        for rank, cid in enumerate(head[:k], start=1):
-            c = known[cid]
-            hits.append(
-                Hit(
-                    rank,
-                    cid,
-                    str(c.metadata.get("doc_id", "")),
-                    str(c.metadata.get("source", "")),
-                    float(scores.get(cid, 0.0)),
-                    c.text,
-                    c.metadata,
-                )
-            )
-        return hits
+        return [
+            self._hit(rank, cid, known[cid], scores.get(cid, 0.0)) for rank, cid in enumerate(head[:k], 1)
+        ]
+
+    @staticmethod
+    def _hit(rank: int, cid: str, c: StoredChunk, score: float) -> Hit:
+        return Hit(
+            rank,
+            cid,
+            str(c.metadata.get("doc_id", "")),
+            str(c.metadata.get("source", "")),
+            float(score),
+            c.text,
+            c.metadata,
+        )
 
     def search_many(self, queries: list[str], k: int = 10, **kwargs: Any) -> list[list[Hit]]:
         """`search` for each query; the dense query vectors are computed in one batch."""

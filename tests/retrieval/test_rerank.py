@@ -11,9 +11,11 @@ import pytest
 from retrieval.errors import RerankerUnavailableError
 from retrieval.rerank import (
     MAXSIM_ALPHA,
+    MAXSIM_WEIGHTING,
     CrossEncoderReranker,
     MaxSimReranker,
     Reranker,
+    TokenVectors,
     blend,
     make_reranker,
     supports_maxsim,
@@ -84,6 +86,53 @@ def test_maxsim_token_vectors_and_scores(maxsim: MaxSimReranker) -> None:
     assert maxsim.score(PASSAGES[2], [PASSAGES[2]])[0] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_token_vectors_carry_the_wordpiece_ids(maxsim: MaxSimReranker) -> None:
+    tv = maxsim.token_vectors(["hello, world", PASSAGES[1]])
+    tok = maxsim.embedder.model.tokenizer  # the fixture is the float32 sentence-transformers one
+    assert tv[0].ids.tolist() == tok.convert_tokens_to_ids(["hello", "world"])
+    assert tv[1].ids.shape == (tv[1].vecs.shape[0],)
+    assert np.array_equal(maxsim.token_embeddings([PASSAGES[1]])[0], tv[1].vecs)
+
+
+def test_local_idf_weighs_tokens_the_candidates_share_least() -> None:
+    q = np.array([7, 8, 9])
+    w = MaxSimReranker.local_idf(q, [np.array([7, 8]), np.array([7, 1]), np.array([7, 2])])
+    # BM25's idf among the 3 passages: df 3, 1 and 0
+    assert w.tolist() == pytest.approx([np.log1p(0.5 / 3.5), np.log1p(2.5 / 1.5), np.log1p(3.5 / 0.5)])
+    assert (w > 0).all() and w[0] < w[1] < w[2]
+
+
+def test_weighted_maxsim_is_a_weighted_mean_of_best_matches() -> None:
+    e = np.eye(3, dtype=np.float32)
+    query = e[[0, 1]]  # two query tokens
+    passages = [e[[0]], e[[1, 2]]]  # the first matches token 0 only, the second token 1 only
+    assert MaxSimReranker.maxsim(query, passages).tolist() == [0.5, 0.5]
+    assert MaxSimReranker.maxsim(query, passages, np.array([3.0, 1.0])).tolist() == [0.75, 0.25]
+    assert MaxSimReranker.maxsim(query, passages, np.array([1.0, 1.0])).tolist() == [0.5, 0.5]
+
+
+def test_idf_weighting_favours_the_passage_with_the_rare_query_word(embedder) -> None:  # noqa: ANN001
+    # Every candidate matches "patients" and "trial"; only one also matches "warfarin", the word that
+    # tells them apart. IDF weighting (the default) lifts that passage over the plain mean.
+    passages = [
+        "In this trial, patients with diabetes received insulin and patients were followed for trial outcomes.",
+        "Warfarin dosing in elderly people.",
+        "The trial enrolled patients with asthma; patients in the trial used inhalers.",
+    ]
+    q = "Does warfarin help patients in the trial?"
+    idf = MaxSimReranker(embedder).score(q, passages)
+    plain = MaxSimReranker(embedder, weighting="none").score(q, passages)
+    assert MAXSIM_WEIGHTING == "idf"
+    assert int(np.argmax(idf)) == 1
+    assert idf[1] - max(idf[0], idf[2]) > plain[1] - max(plain[0], plain[2])
+    ms = MaxSimReranker(embedder)
+    tv = ms.token_vectors([q, *passages])
+    assert ms.score_vectors(tv[0], tv[1:]).tolist() == pytest.approx(idf.tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="weighting"):
+        MaxSimReranker(embedder, weighting="bm25")
+    assert isinstance(tv[0], TokenVectors)
+
+
 def test_maxsim_rerank_blends_with_the_first_stage(embedder) -> None:  # noqa: ANN001
     hits = _hits(PASSAGES)  # first stage prefers the wrong passages
     q = "What carries oxygen in the blood?"
@@ -106,9 +155,14 @@ def test_maxsim_plugs_into_the_retriever(tmp_path: Path, embedder) -> None:  # n
         (tmp_path / f"p{i}.txt").write_text(t)
     ingest(tmp_path, "rerank", data_dir=tmp_path / "data", embedder=embedder)
     r = open_retriever("rerank", data_dir=tmp_path / "data", embedder=embedder)
-    r.reranker = MaxSimReranker(embedder)  # `Retriever` calls `score` on the fused candidates
-    hits = r.search("What carries oxygen in the blood?", 3, rerank=True)
+    r.reranker = MaxSimReranker(embedder)  # `Retriever` calls its `rerank` on the fused candidates
+    q = "What carries oxygen in the blood?"
+    hits = r.search(q, 3, rerank=True)
     assert hits[0].text == PASSAGES[1] and hits[0].score >= hits[1].score >= hits[2].score
+    # The same order and scores as reranking the fused hits by hand (what `ask` does).
+    by_hand = r.reranker.rerank(q, r.search(q, 3, rerank=False))
+    assert [(h.chunk_id, h.score) for h in hits] == [(h.chunk_id, h.score) for h in by_hand]
+    assert r.search(q, 1, rerank=True)[0].chunk_id == by_hand[0].chunk_id
 
 
 def test_make_reranker_specs(embedder) -> None:  # noqa: ANN001
@@ -116,8 +170,12 @@ def test_make_reranker_specs(embedder) -> None:  # noqa: ANN001
     m = make_reranker("maxsim:0.25", embedder)
     assert isinstance(m, MaxSimReranker) and m.alpha == 0.25
     assert make_reranker(m) is m and supports_maxsim(embedder)
+    assert m.weighting == "idf" and make_reranker("maxsim:0.5:none", embedder).weighting == "none"
     with pytest.raises(RerankerUnavailableError, match="must be a number"):
         make_reranker("maxsim:lots", embedder)
+    for bad in ("maxsim:0.5:bm25", "maxsim:2"):
+        with pytest.raises(RerankerUnavailableError, match="maxsim:W:idf"):
+            make_reranker(bad, embedder)
     with pytest.raises(RerankerUnavailableError, match="embedder"):
         make_reranker("maxsim")
 
