@@ -242,8 +242,8 @@ def ask_cmd(
         str | None,
         typer.Option(
             "--rerank",
-            help="Rerank the fused top 20: maxsim (default; offline, the embedder's token vectors), "
-            "maxsim:WEIGHT, a local cross-encoder folder, or none.",
+            help="Rerank the fused top 30: maxsim (default; offline, the embedder's token vectors), "
+            "maxsim:WEIGHT[:idf|none], a local cross-encoder folder, or none.",
         ),
     ] = None,
     filters: Annotated[
