@@ -240,6 +240,13 @@ def serve(
             help="float32 (default) or bfloat16: Mamba state precision [env: JAMBA_STACK_MAMBA_SSM_DTYPE].",
         ),
     ] = None,
+    tensor_parallel_size: Annotated[
+        int,
+        typer.Option(
+            "--tensor-parallel-size",
+            help="Spread the model over this many GPUs of this host (CPU: processes).",
+        ),
+    ] = 1,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
@@ -274,8 +281,9 @@ def serve(
         max_model_len=max_model_len,
         engine=engine,
         quantization=settings.quantization or None,
+        tensor_parallel_size=tensor_parallel_size,
     )
-    run_server(llm, settings, log_level=log_level)
+    run_server(llm, settings, log_level=log_level)  # shuts `llm` down (and its other ranks) when it ends
 
 
 @app.command()

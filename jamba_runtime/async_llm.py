@@ -130,6 +130,7 @@ class AsyncLLM:
         local_files_only: bool = False,
         engine: EngineConfig | None = None,
         quantization: str | None = None,
+        tensor_parallel_size: int = 1,
     ) -> None:
         llm = LLM(
             model,
@@ -140,8 +141,10 @@ class AsyncLLM:
             local_files_only=local_files_only,
             engine=engine,
             quantization=quantization,
+            tensor_parallel_size=tensor_parallel_size,
         )
         self._setup(llm)
+        self._owns_llm = True  # shutdown also stops a tensor-parallel LLM's other ranks
 
     @classmethod
     def from_llm(cls, llm: LLM) -> AsyncLLM:
@@ -153,6 +156,7 @@ class AsyncLLM:
 
     def _setup(self, llm: LLM) -> None:
         self.llm = llm
+        self._owns_llm = False
         self.engine: LLMEngine = llm.engine
         self.tokenizer: Tokenizer = llm.tokenizer
         # Guards _commands, _streams, _thread, _closing, _dead. Reentrant: a stream's GC finalizer
@@ -273,6 +277,8 @@ class AsyncLLM:
             self._cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        if self._owns_llm:
+            self.llm.close()
 
     async def aclose(self) -> None:
         """`shutdown` without blocking the event loop."""

@@ -51,8 +51,10 @@ class MambaStateSlots:
         dtype: torch.dtype,
         device: torch.device | str,
         ssm_dtype: torch.dtype = torch.float32,
+        tp_size: int = 1,
     ) -> None:
-        d_inner, n, k = config.mamba_d_inner, config.mamba_d_state, config.mamba_d_conv
+        # Under tensor parallel each rank keeps the state of its own `d_inner / tp_size` channels.
+        d_inner, n, k = config.mamba_d_inner // tp_size, config.mamba_d_state, config.mamba_d_conv
         # (num_slots, d_inner, d_conv - 1) in the model dtype; (num_slots, d_inner, d_state) in float32.
         self.conv = {
             i: torch.zeros(num_slots, d_inner, k - 1, dtype=dtype, device=device) for i in config.mamba_layers

@@ -29,6 +29,8 @@ from jamba_runtime.paged_cache import (
     resolve_ssm_dtype,
     slot_bytes,
 )
+from jamba_runtime.parallel.engine import StepChannel, TensorParallelRunner, cache_spec, mirror_cache_copies
+from jamba_runtime.parallel.layers import TensorParallelGroup
 from jamba_runtime.runner import ModelRunner
 from jamba_runtime.sampler import logprobs_of, sample
 from jamba_runtime.sampling_params import SamplingParams
@@ -130,18 +132,25 @@ class LLMEngine:
     """
 
     def __init__(
-        self, model: JambaForCausalLM, tokenizer: Tokenizer, config: EngineConfig | None = None
+        self,
+        model: JambaForCausalLM,
+        tokenizer: Tokenizer,
+        config: EngineConfig | None = None,
+        tp: TensorParallelGroup | None = None,
     ) -> None:
+        """`tp`: this process is rank 0 of a tensor-parallel group and `model` its shard; the
+        other ranks run `parallel.engine.follow` (`LLM(..., tensor_parallel_size=N)` sets it up)."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = cfg = config or EngineConfig()
         mcfg = model.config
         kv_dtype = resolve_kv_cache_dtype(cfg.kv_cache_dtype, model.dtype)
         ssm_dtype = resolve_ssm_dtype(cfg.mamba_ssm_dtype)
+        tp_size = tp.world_size if tp is not None else 1
         budget = self._cache_budget(cfg)
         num_slots = cfg.max_num_seqs + cfg.num_snapshot_slots
-        per_block = max(block_bytes(mcfg, cfg.block_size, kv_dtype), 1)
-        num_blocks = (budget - num_slots * slot_bytes(mcfg, model.dtype, ssm_dtype)) // per_block
+        per_block = max(block_bytes(mcfg, cfg.block_size, kv_dtype, tp_size), 1)
+        num_blocks = (budget - num_slots * slot_bytes(mcfg, model.dtype, ssm_dtype, tp_size)) // per_block
         if num_blocks < 1:
             raise InvalidRequestError(
                 f"cache budget of {budget / _GIB:.2f} GiB holds no KV block after {num_slots} state slots: "
@@ -151,7 +160,15 @@ class LLMEngine:
             num_blocks = 1  # no attention layer: blocks cost nothing, one stands in for bookkeeping
         self.cache_manager = CacheManager(num_blocks, cfg.block_size, num_slots)
         self.cache = PagedHybridCache(
-            mcfg, num_blocks, cfg.block_size, num_slots, model.dtype, model.device, ssm_dtype, kv_dtype
+            mcfg,
+            num_blocks,
+            cfg.block_size,
+            num_slots,
+            model.dtype,
+            model.device,
+            ssm_dtype,
+            kv_dtype,
+            tp_size,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens), self.cache_manager
@@ -166,15 +183,24 @@ class LLMEngine:
                 )
             limit = cfg.max_model_len
         self.max_model_len = limit
-        graphs = None
-        if cfg.cuda_graphs and model.device.type == "cuda":
-            blocker = capture_blocker(model)
-            if blocker is None:
-                graphs = DecodeGraphs(model, self.cache, cfg.max_num_seqs, limit)
-            else:
-                logger.info("decode steps run without CUDA graphs: %s", blocker)
-        self.runner = ModelRunner(model, self.cache, graphs=graphs)
-        logger.info("%s", engine_memory_plan(model, cfg, limit).summary())
+        self.channel: StepChannel | None = None
+        if tp_size > 1:
+            assert tp is not None
+            # The other ranks build the same blocks and slots, then follow every step.
+            self.channel = StepChannel(tp)
+            self.channel.send(("cache", cache_spec(self.cache)))
+            mirror_cache_copies(self.cache, self.channel)
+            self.runner: ModelRunner = TensorParallelRunner(model, self.cache, self.channel)
+        else:
+            graphs = None
+            if cfg.cuda_graphs and model.device.type == "cuda":
+                blocker = capture_blocker(model)
+                if blocker is None:
+                    graphs = DecodeGraphs(model, self.cache, cfg.max_num_seqs, limit)
+                else:
+                    logger.info("decode steps run without CUDA graphs: %s", blocker)
+            self.runner = ModelRunner(model, self.cache, graphs=graphs)
+        logger.info("%s", engine_memory_plan(model, cfg, limit, tp_size).summary())
         self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
         self.snapshots: dict[str, Snapshot] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -15,6 +16,8 @@ from jamba_runtime.errors import ContextLengthError, InvalidRequestError
 from jamba_runtime.loader import load_model, resolve_device, resolve_model_path
 from jamba_runtime.memory_plan import check_fits
 from jamba_runtime.model import JambaForCausalLM
+from jamba_runtime.parallel.engine import Workers, start_workers
+from jamba_runtime.parallel.sharding import check_tensor_parallel
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.sequence import RequestOutput
 from jamba_runtime.tokenizer import Tokenizer
@@ -32,6 +35,10 @@ class LLM:
             not the model's. engine: cache and batching sizes (`EngineConfig`).
         quantization: None, or "experts_int8" (MoE expert weights in int8 with per-output-channel
             scales, quantized at load; everything else stays in `dtype`).
+        tensor_parallel_size: spread the model over this many processes of this host, one per
+            GPU on CUDA (gloo processes on CPU): attention heads, Mamba channels and experts split
+            (docs/scaling.md). This process is rank 0 and runs the engine; call `close()` (or use
+            `with`) to stop the others. One tensor-parallel `LLM` per process.
 
     Raises `InsufficientMemoryError` (on CUDA, before loading) when the model, dtype, quantization
     and context cannot fit the GPU; its message names the options that would.
@@ -59,19 +66,50 @@ class LLM:
         local_files_only: bool = False,
         engine: EngineConfig | None = None,
         quantization: str | None = None,
+        tensor_parallel_size: int = 1,
     ) -> None:
         path = resolve_model_path(model, local_files_only=local_files_only)
+        config = JambaConfig.from_file(path)
+        if tensor_parallel_size < 1:
+            raise InvalidRequestError(
+                f"tensor_parallel_size={tensor_parallel_size} is invalid: it must be >= 1"
+            )
+        check_tensor_parallel(config, tensor_parallel_size)
         if resolve_device(device).type == "cuda":
             # Refuse a setting that cannot fit before reading any weight, naming what would fit.
             check_fits(
-                JambaConfig.from_file(path),
+                config,
                 dtype,
                 quantization,
                 max_model_len,
                 engine or EngineConfig(),
                 device,
+                tensor_parallel_size,
             )
-        self.model: JambaForCausalLM = load_model(path, device=device, dtype=dtype, quantization=quantization)
+        self._workers: Workers | None = None
+        tp = None
+        if tensor_parallel_size > 1:
+            self._workers = start_workers(
+                path, tensor_parallel_size, resolve_device(device), str(dtype).removeprefix("torch."),
+                quantization, num_threads=torch.get_num_threads(),
+            )  # fmt: skip
+            tp = self._workers.tp
+            device = self._workers.device
+        try:
+            try:
+                self.model: JambaForCausalLM = load_model(
+                    path, device=device, dtype=dtype, quantization=quantization, tp=tp
+                )
+            except Exception as e:
+                if self._workers is not None:  # the other ranks wait for every rank's status
+                    with contextlib.suppress(InvalidRequestError):
+                        self._workers.confirm_loaded(f"rank 0: {type(e).__name__}: {e}")
+                raise
+            if self._workers is not None:
+                self._workers.confirm_loaded("ok")
+        except BaseException:
+            self.close()
+            raise
         self.config = self.model.config
         self.tokenizer = Tokenizer.from_dir(tokenizer if tokenizer is not None else path)
         limit = self.config.max_position_embeddings
@@ -80,7 +118,25 @@ class LLM:
         engine_config = engine or EngineConfig()
         if max_model_len is not None:
             engine_config = EngineConfig(**{**engine_config.__dict__, "max_model_len": max_model_len})
-        self.engine = LLMEngine(self.model, self.tokenizer, engine_config)
+        try:
+            self.engine = LLMEngine(self.model, self.tokenizer, engine_config, tp)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the other ranks of a tensor-parallel `LLM` (nothing to do otherwise). Idempotent;
+        the `LLM` cannot generate afterwards when it had other ranks."""
+        workers, self._workers = getattr(self, "_workers", None), None
+        if workers is not None:
+            engine = getattr(self, "engine", None)
+            workers.stop(engine.channel if engine is not None else None)
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def max_model_len(self) -> int:

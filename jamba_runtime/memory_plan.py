@@ -335,15 +335,16 @@ def plan_memory(
 
 
 def engine_memory_plan(
-    model: JambaForCausalLM, engine_config: EngineConfig, max_model_len: int
+    model: JambaForCausalLM, engine_config: EngineConfig, max_model_len: int, tensor_parallel_size: int = 1
 ) -> MemoryPlan:
-    """The plan of a loaded model under an engine config, for the start-up log. The device limit is
-    the GPU's total memory on CUDA, none on CPU."""
+    """The plan of a loaded model (or one rank's shard of it) under an engine config, for the
+    start-up log. The device limit is the GPU's total memory on CUDA, none on CPU."""
     device = model.device
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     return _engine_plan(
-        model.config, model.dtype, model_quantization(model), max_model_len, engine_config, total
-    )
+        model.config, model.dtype, model_quantization(model), max_model_len, engine_config, total,
+        tensor_parallel_size,
+    )  # fmt: skip
 
 
 def check_fits(
@@ -353,11 +354,15 @@ def check_fits(
     max_model_len: int | None,
     engine_config: EngineConfig,
     device: str | torch.device,
+    tensor_parallel_size: int = 1,
 ) -> MemoryPlan:
-    """Plan a load onto one CUDA device and raise `InsufficientMemoryError` if it cannot fit.
-    The limit is the device's total memory times `engine_config.gpu_memory_utilization`."""
+    """Plan a load onto one CUDA device (per rank under tensor parallel) and raise
+    `InsufficientMemoryError` if it cannot fit. The limit is the device's total memory times
+    `engine_config.gpu_memory_utilization`."""
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-    plan = _engine_plan(config, dtype, quantization, max_model_len, engine_config, total)
+    plan = _engine_plan(
+        config, dtype, quantization, max_model_len, engine_config, total, tensor_parallel_size
+    )
     plan.check(config)
     return plan
 
@@ -369,6 +374,7 @@ def _engine_plan(
     max_model_len: int | None,
     engine_config: EngineConfig,
     device_memory_bytes: int | None,
+    tensor_parallel_size: int = 1,
 ) -> MemoryPlan:
     return plan_memory(
         config,
@@ -380,6 +386,7 @@ def _engine_plan(
         max_num_batched_tokens=engine_config.max_num_batched_tokens,
         device_memory_bytes=device_memory_bytes,
         gpu_memory_utilization=engine_config.gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
         ssm_dtype=resolve_ssm_dtype(engine_config.mamba_ssm_dtype),
         kv_cache_dtype=resolve_kv_cache_dtype(engine_config.kv_cache_dtype, resolve_dtype(dtype)),
     )

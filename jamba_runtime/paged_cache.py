@@ -21,15 +21,19 @@ from jamba_runtime.kernels.backend import use_triton
 _MIB = 1 << 20
 
 
-def block_bytes(config: JambaConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of one KV block across all attention layers (keys and values)."""
-    per_token = 2 * config.num_key_value_heads * config.head_dim * _itemsize(dtype)
+def block_bytes(config: JambaConfig, block_size: int, dtype: torch.dtype, tp_size: int = 1) -> int:
+    """Bytes of one KV block across all attention layers (keys and values), on one rank of
+    `tp_size` (each keeps `num_key_value_heads / tp_size` heads)."""
+    per_token = 2 * (config.num_key_value_heads // tp_size) * config.head_dim * _itemsize(dtype)
     return len(config.attention_layers) * block_size * per_token
 
 
-def slot_bytes(config: JambaConfig, dtype: torch.dtype, ssm_dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of one Mamba state slot across all Mamba layers (conv window + SSM state)."""
-    d = config.mamba_d_inner
+def slot_bytes(
+    config: JambaConfig, dtype: torch.dtype, ssm_dtype: torch.dtype = torch.float32, tp_size: int = 1
+) -> int:
+    """Bytes of one Mamba state slot across all Mamba layers (conv window + SSM state), on one
+    rank of `tp_size`."""
+    d = config.mamba_d_inner // tp_size
     per_layer = d * (config.mamba_d_conv - 1) * _itemsize(dtype) + d * config.mamba_d_state * _itemsize(
         ssm_dtype
     )
@@ -77,14 +81,15 @@ class PagedHybridCache(MambaStateSlots):
         device: torch.device | str,
         ssm_dtype: torch.dtype = torch.float32,
         kv_dtype: torch.dtype | None = None,
+        tp_size: int = 1,
     ) -> None:
-        super().__init__(config, num_slots, dtype, device, ssm_dtype)
+        super().__init__(config, num_slots, dtype, device, ssm_dtype, tp_size)
         kv_dtype = kv_dtype or dtype  # float8 KV: cast on store, upcast on read
         self.config = config
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.num_slots = num_slots
-        g, d = config.num_key_value_heads, config.head_dim
+        g, d = config.num_key_value_heads // tp_size, config.head_dim
         # One row past the last block: padding rows of a captured decode batch store their
         # (unused) key and value there; no block table ever points at it.
         self.scratch_row = num_blocks * block_size

@@ -9,6 +9,8 @@ kernels on the packed tensors and the cache's tensors in place (docs/runtime.md)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from jamba_runtime.batch import ForwardBatch
@@ -17,6 +19,27 @@ from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.paged_cache import PagedHybridCache
 from jamba_runtime.scheduler import SchedulerOutput
 from jamba_runtime.sequence import Sequence
+
+
+@dataclass
+class StepPlan:
+    """One step's forward as host lists (picklable): the packed tokens, each sequence's new and
+    cached token counts, state slot and block table, and which rows are sampled.
+
+    Attributes:
+        fast: run the packed/paged kernels (the runner's decision on rank 0, followed by all).
+        sample_rows: indices (into the step's sequences) of those whose next token is wanted.
+        logits_indices: their last tokens' positions in `token_ids`.
+    """
+
+    fast: bool
+    token_ids: list[int] = field(default_factory=list)
+    query_lens: list[int] = field(default_factory=list)
+    context_lens: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    block_tables: list[list[int]] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
+    logits_indices: list[int] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -64,39 +87,46 @@ class ModelRunner:
                 [s.alloc.block_table for s in seqs],
             )
             return seqs, logits
-        token_ids: list[int] = []
-        query_lens, context_lens, slots, tables = [], [], [], []
-        to_sample: list[Sequence] = []
-        logits_indices: list[int] = []
-        for item in step.scheduled:
+        plan = self.plan(step)
+        seqs = [item.seq for item in step.scheduled]
+        return [seqs[i] for i in plan.sample_rows], self.run(plan)
+
+    def plan(self, step: SchedulerOutput) -> StepPlan:
+        """The step as plain host data: what `run` needs, and what a tensor-parallel rank 0 sends
+        to the other ranks so that they run the same forward (`parallel/engine.py`)."""
+        plan = StepPlan(fast=self.uses_fast_path())
+        for i, item in enumerate(step.scheduled):
             seq, n = item.seq, item.num_tokens
             start = seq.num_computed_tokens
-            token_ids.extend(seq.token_range(start, start + n))
-            query_lens.append(n)
-            context_lens.append(start)
+            plan.token_ids.extend(seq.token_range(start, start + n))
+            plan.query_lens.append(n)
+            plan.context_lens.append(start)
             assert seq.alloc.slot is not None
-            slots.append(seq.alloc.slot)
-            tables.append(seq.alloc.block_table)
+            plan.slots.append(seq.alloc.slot)
+            plan.block_tables.append(list(seq.alloc.block_table))
             if start + n == seq.num_tokens:
-                to_sample.append(seq)
-                logits_indices.append(len(token_ids) - 1)
+                plan.sample_rows.append(i)
+                plan.logits_indices.append(len(plan.token_ids) - 1)
+        return plan
+
+    def run(self, plan: StepPlan) -> torch.Tensor:
+        """One packed forward of `plan`; the `(len(plan.sample_rows), vocab)` logits."""
         device = self.model.device
         batch = ForwardBatch.build(
-            query_lens,
-            context_lens,
-            slots,
+            plan.query_lens,
+            plan.context_lens,
+            plan.slots,
             device=device,
-            block_tables=tables,
+            block_tables=plan.block_tables,
             block_size=self.cache.block_size,
-            paged_kernels=self.uses_fast_path(),
+            paged_kernels=plan.fast,
         )
-        logits = self.model.forward_packed(
-            torch.tensor(token_ids, device=device),
+        return self.model.forward_packed(
+            torch.tensor(plan.token_ids, device=device),
             batch,
             self.cache,
-            logits_indices=torch.tensor(logits_indices, dtype=torch.long, device=device),
+            logits_indices=torch.tensor(plan.logits_indices, dtype=torch.long, device=device),
         )
-        return to_sample, logits
 
     def _graph_step(self, step: SchedulerOutput) -> bool:
         """Whether `step` replays a captured graph: graphs on, the fast path on, and every

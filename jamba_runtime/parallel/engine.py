@@ -1,0 +1,236 @@
+"""The engine on N GPUs: rank 0 schedules, the other ranks follow.
+
+Rank 0 runs the whole `LLMEngine` (scheduler, cache manager, sampler, tokenizer, snapshots) on its
+shard of the model and of the cache. Every step it sends the step's plan (`StepPlan`: tokens,
+lengths, slots, block tables) to the other ranks, which hold the other shards (attention heads,
+Mamba channels and experts split as `parallel/model.py` says) and a cache of the same blocks and
+slots, and run the same forward; the collectives inside the layers pair up across ranks, and the
+logits come out whole on every rank (the LM head is replicated), so only rank 0 samples. Snapshot
+copies (`copy_slot`, `copy_block`) are sent the same way, in order with the steps.
+
+`start_workers` spawns ranks 1..N-1 (one process each; gloo on CPU, NCCL with one GPU per rank)
+and joins rank 0, the calling process, to their group; `LLM(..., tensor_parallel_size=N)` does it.
+Under `torchrun` the same `follow` loop is what ranks other than 0 run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from jamba_runtime.errors import InvalidRequestError
+from jamba_runtime.model import JambaForCausalLM
+from jamba_runtime.paged_cache import PagedHybridCache
+from jamba_runtime.parallel.layers import TensorParallelGroup
+from jamba_runtime.runner import ModelRunner, StepPlan
+from jamba_runtime.scheduler import SchedulerOutput
+from jamba_runtime.sequence import Sequence
+
+# Ranks other than 0 wait for the next step as long as the server is idle: no collective timeout.
+_NO_TIMEOUT = datetime.timedelta(days=3650)
+
+
+class StepChannel:
+    """Rank 0's messages to the other ranks, in order (one `broadcast_object_list` each)."""
+
+    def __init__(self, tp: TensorParallelGroup) -> None:
+        self.tp = tp
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        dist.broadcast_object_list([message], src=0, group=self.tp.group)
+
+    def receive(self) -> tuple[Any, ...]:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0, group=self.tp.group)
+        return box[0]
+
+
+class TensorParallelRunner(ModelRunner):
+    """Rank 0's runner: sends each step's plan to the other ranks, then runs its own shard."""
+
+    def __init__(self, model: JambaForCausalLM, cache: PagedHybridCache, channel: StepChannel) -> None:
+        super().__init__(model, cache, graphs=None)
+        self.channel = channel
+
+    def execute(self, step: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor]:
+        plan = self.plan(step)
+        self.channel.send(("step", plan))
+        seqs = [item.seq for item in step.scheduled]
+        return [seqs[i] for i in plan.sample_rows], self.run(plan)
+
+
+def cache_spec(cache: PagedHybridCache) -> dict[str, Any]:
+    """What another rank needs to build a cache of the same blocks and slots."""
+    return {
+        "num_blocks": cache.num_blocks,
+        "block_size": cache.block_size,
+        "num_slots": cache.num_slots,
+        "kv_dtype": next(iter(cache.keys.values())).dtype if cache.keys else None,
+        "ssm_dtype": next(iter(cache.ssm.values())).dtype if cache.ssm else torch.float32,
+    }
+
+
+def mirror_cache_copies(cache: PagedHybridCache, channel: StepChannel) -> None:
+    """Make rank 0's snapshot copies (`copy_slot`, `copy_block`) happen on every rank."""
+    copy_slot, copy_block = cache.copy_slot, cache.copy_block
+
+    def mirrored_slot(src: int, dst: int) -> None:
+        channel.send(("copy_slot", src, dst))
+        copy_slot(src, dst)
+
+    def mirrored_block(src: int, dst: int) -> None:
+        channel.send(("copy_block", src, dst))
+        copy_block(src, dst)
+
+    cache.copy_slot = mirrored_slot  # type: ignore[method-assign]
+    cache.copy_block = mirrored_block  # type: ignore[method-assign]
+
+
+def follow(model: JambaForCausalLM, tp: TensorParallelGroup) -> int:
+    """A rank other than 0: build the cache rank 0 describes, then run every step it sends until it
+    says stop. Returns the number of steps run."""
+    channel = StepChannel(tp)
+    kind, spec = channel.receive()
+    assert kind == "cache", f"expected the cache first, got {kind!r}"
+    cache = PagedHybridCache(
+        model.config, spec["num_blocks"], spec["block_size"], spec["num_slots"], model.dtype, model.device,
+        spec["ssm_dtype"], spec["kv_dtype"], tp_size=tp.world_size,
+    )  # fmt: skip
+    runner = ModelRunner(model, cache)
+    steps = 0
+    while True:
+        message = channel.receive()
+        if message[0] == "step":
+            plan: StepPlan = message[1]
+            runner.run(plan)
+            steps += 1
+        elif message[0] == "copy_slot":
+            cache.copy_slot(message[1], message[2])
+        elif message[0] == "copy_block":
+            cache.copy_block(message[1], message[2])
+        elif message[0] == "stop":
+            return steps
+        else:  # pragma: no cover - rank 0 sends only the above
+            raise RuntimeError(f"unknown message {message[0]!r} from rank 0")
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What a spawned rank needs to load its shard (everything picklable)."""
+
+    model_dir: str
+    device: str
+    dtype: str
+    quantization: str | None
+    num_threads: int | None
+
+
+def _worker_main(rank: int, world_size: int, init_method: str, backend: str, args: WorkerArgs) -> None:
+    from jamba_runtime.loader import load_model
+
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    device = torch.device(args.device, rank) if args.device == "cuda" else torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend, init_method=init_method, rank=rank, world_size=world_size, timeout=_NO_TIMEOUT
+    )
+    try:
+        tp = TensorParallelGroup(rank, world_size)
+        model = None
+        try:
+            model = load_model(
+                args.model_dir, device=device, dtype=args.dtype, quantization=args.quantization, tp=tp
+            )
+            status = "ok"
+        except Exception as e:  # noqa: BLE001 - reported to rank 0, which raises it
+            status = f"rank {rank}: {type(e).__name__}: {e}"
+        statuses: list[Any] = [None] * world_size
+        dist.all_gather_object(statuses, status)  # rank 0's `Workers.confirm_loaded`
+        if model is not None and all(x == "ok" for x in statuses):
+            follow(model, tp)
+    finally:
+        dist.destroy_process_group()
+
+
+@dataclass
+class Workers:
+    """Ranks 1..N-1 running `follow` in their own processes, and rank 0's group."""
+
+    tp: TensorParallelGroup
+    processes: list[Any]
+    device: torch.device
+
+    def confirm_loaded(self, status: str) -> None:
+        """Rank 0's side of the start-up check: every rank reports whether its shard loaded
+        ("ok" or the error). Raises `InvalidRequestError` naming the first rank that failed (the
+        other ranks have then left their loop)."""
+        statuses: list[Any] = [None] * self.tp.world_size
+        dist.all_gather_object(statuses, status)
+        failed = [x for x in statuses if x != "ok"]
+        if failed:
+            raise InvalidRequestError(f"tensor-parallel start-up failed: {failed[0]}")
+
+    def stop(self, channel: StepChannel | None) -> None:
+        """Tell the ranks to stop (when they follow steps), wait for them, leave the group."""
+        try:
+            if channel is not None:
+                channel.send(("stop",))
+            for p in self.processes:
+                p.join(timeout=60 if channel is not None else 10)
+        finally:
+            for p in self.processes:
+                if p.is_alive():
+                    p.kill()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def start_workers(
+    model_dir: str | Path,
+    world_size: int,
+    device: str | torch.device,
+    dtype: str,
+    quantization: str | None,
+    num_threads: int | None = None,
+) -> Workers:
+    """Spawn ranks 1..world_size-1 (each loads its shard and waits for rank 0's cache and steps) and
+    join this process to the group as rank 0. Returns the group and the processes; rank 0 then
+    loads its own shard (`load_model(..., tp=workers.tp)`) and builds the engine with it.
+
+    Raises `InvalidRequestError` when this process already belongs to a process group, or CUDA has
+    fewer than `world_size` GPUs."""
+    dev = torch.device(device)
+    if dist.is_initialized():
+        raise InvalidRequestError(
+            "this process already belongs to a torch.distributed group: one tensor-parallel LLM per "
+            "process (under torchrun, run `follow` on ranks other than 0 instead)"
+        )
+    if dev.type == "cuda" and torch.cuda.device_count() < world_size:
+        raise InvalidRequestError(
+            f"tensor_parallel_size={world_size} needs {world_size} GPUs; this machine has {torch.cuda.device_count()}"
+        )
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    init_method = f"file://{Path(tempfile.mkdtemp(prefix='jamba-tp-')) / 'init'}"
+    args = WorkerArgs(str(model_dir), dev.type, dtype, quantization, num_threads)
+    ctx = mp.get_context("spawn")
+    processes = []
+    for rank in range(1, world_size):
+        p = ctx.Process(target=_worker_main, args=(rank, world_size, init_method, backend, args), daemon=True)
+        p.start()
+        processes.append(p)
+    rank0 = torch.device("cuda", 0) if dev.type == "cuda" else dev
+    if rank0.type == "cuda":
+        torch.cuda.set_device(rank0)
+    dist.init_process_group(
+        backend, init_method=init_method, rank=0, world_size=world_size, timeout=_NO_TIMEOUT
+    )
+    return Workers(TensorParallelGroup(0, world_size), processes, rank0)
