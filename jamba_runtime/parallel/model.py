@@ -7,8 +7,8 @@ channels, the dense MLP on `intermediate / N`, the MoE block on `experts / N` wh
 Per block that is one all-reduce after attention's `o_proj`, two in Mamba (the small `x_proj`
 output before the dt/B/C norms, and `out_proj`), and one after the MLP or MoE.
 
-`prefill` runs whole prompts (no cached past) on a `PrefillCache`; the paged engine cache is not
-wired yet (see `docs/scaling.md`).
+`prefill` runs whole prompts (no cached past) on a `PrefillCache`; the engine runs sharded models
+on its paged cache through `parallel/engine.py` (`LLM(..., tensor_parallel_size=N)`).
 """
 
 from __future__ import annotations
