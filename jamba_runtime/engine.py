@@ -12,14 +12,15 @@ import operator
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from jamba_runtime.cache_manager import CacheAllocation, CacheManager
+from jamba_runtime.cache_manager import CacheManager
 from jamba_runtime.cuda_graphs import DecodeGraphs, capture_blocker
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
-from jamba_runtime.grammar import GrammarCompiler, GrammarMatcher
+from jamba_runtime.grammar import GrammarCompiler
+from jamba_runtime.grammar.step_masks import MaskWorker
 from jamba_runtime.memory_plan import engine_memory_plan
 from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.paged_cache import (
@@ -36,6 +37,7 @@ from jamba_runtime.sampler import logprobs_of, sample
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.scheduler import Scheduler, SchedulerConfig
 from jamba_runtime.sequence import Sequence
+from jamba_runtime.snapshots import Snapshot, SnapshotStore
 from jamba_runtime.structured import StructuredOutput
 from jamba_runtime.tokenizer import Tokenizer
 
@@ -92,16 +94,6 @@ class StepOutput:
     finished: bool
     finish_reason: str | None
     logprobs: list[dict] | None = None  # per new token: {"token_id", "logprob", "top": [(id, logprob)]}
-
-
-@dataclass
-class Snapshot:
-    """A sequence's whole state at the end of a prompt: KV blocks (shared) + a copy of its slot."""
-
-    key: str
-    token_ids: list[int]
-    alloc: CacheAllocation
-    created: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -203,7 +195,8 @@ class LLMEngine:
         logger.info("%s", engine_memory_plan(model, cfg, limit, tp_size).summary())
         self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
-        self.snapshots: dict[str, Snapshot] = {}
+        self.snapshot_store = SnapshotStore(self.cache_manager, self.cache, cfg.num_snapshot_slots)
+        self.snapshots: dict[str, Snapshot] = self.snapshot_store.snapshots  # the same dict, read-only use
         self._save_snapshot_as: dict[str, str] = {}
         self._ids = itertools.count()
         self._arrival_time: dict[str, float] = {}
@@ -214,7 +207,7 @@ class LLMEngine:
         self._preemptions = 0
         self._recent: list[tuple[float, int]] = []
         self._grammars: GrammarCompiler | None = None
-        self._mask_thread: futures.ThreadPoolExecutor | None = None
+        self._masks = MaskWorker(lambda: self.grammars)
         self._grammars_lock = threading.Lock()
 
     def _cache_budget(self, cfg: EngineConfig) -> int:
@@ -326,7 +319,7 @@ class LLMEngine:
             grammar=grammar,
         )
         if prefix_snapshot is not None:
-            self._restore(seq, prefix_snapshot)
+            self.snapshot_store.restore(seq, prefix_snapshot)
         if save_snapshot is not None:
             self._save_snapshot_as[request_id] = save_snapshot
         self.requests[request_id] = seq
@@ -359,7 +352,7 @@ class LLMEngine:
             # snapshots or by requests restored from them that wait behind it. Give up snapshots,
             # oldest first, then those requests' restored prefixes (they are recomputed).
             if self.snapshots:
-                self.drop_snapshot(min(self.snapshots.values(), key=lambda s: s.created).key)
+                self.snapshot_store.drop_oldest()
             elif not self._release_waiting_prefixes():
                 break
             plan = self.scheduler.schedule()
@@ -375,7 +368,7 @@ class LLMEngine:
         samplers = [
             i.seq for i in plan.scheduled if i.seq.num_computed_tokens + i.num_tokens == i.seq.num_tokens
         ]
-        masks = self._start_masks(samplers)
+        masks = self._masks.start(samplers)
         try:
             to_sample, logits = self.runner.execute(plan)
         finally:
@@ -393,7 +386,7 @@ class LLMEngine:
             if seq.request_id in self._save_snapshot_as and seq.num_computed_tokens == len(
                 seq.prompt_token_ids
             ):
-                self._save(self._save_snapshot_as.pop(seq.request_id), seq)
+                self.snapshot_store.save(self._save_snapshot_as.pop(seq.request_id), seq)
         bitmask, mask_rows, broken = masks.result() if masks is not None else (None, [], set())
         tokens = sample(
             logits,
@@ -434,36 +427,6 @@ class LLMEngine:
             self._recent.pop(0)
         return outputs
 
-    def _start_masks(self, samplers: list[Sequence]) -> futures.Future | None:
-        """Start `_fill_masks` on the mask thread, or None when no sampler is constrained."""
-        if not any(s.grammar is not None for s in samplers):
-            return None
-        if self._mask_thread is None:
-            self._mask_thread = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
-        return self._mask_thread.submit(self._fill_masks, samplers)
-
-    def _fill_masks(self, to_sample: list[Sequence]) -> tuple[torch.Tensor | None, list[int], set[int]]:
-        """The token bitmask of each constrained row of this step: `(bitmask, rows, broken)`,
-        `bitmask[i]` for row `rows[i]`; `broken` are rows whose matcher is in error."""
-        constrained: list[tuple[GrammarMatcher, int, int]] = []
-        rows: list[int] = []
-        for row, seq in enumerate(to_sample):
-            if seq.grammar is None:
-                continue
-            if seq.grammar.num_accepted != len(seq.output_token_ids):
-                # A matcher that missed tokens (never the case today: preemption keeps it) is
-                # rebuilt by replaying the output.
-                seq.grammar.rebuild(seq.output_token_ids)
-            remaining = seq.max_new_tokens - len(seq.output_token_ids)
-            constrained.append((seq.grammar, len(rows), remaining))
-            rows.append(row)
-        if not constrained:
-            return None, [], set()
-        bitmask = self.grammars.allocate_bitmask(len(rows))
-        self.grammars.fill_bitmasks(constrained, bitmask)
-        broken = {rows[i] for i, (m, _, _) in enumerate(constrained) if m.is_error()}
-        return bitmask, rows, broken
-
     def _end_broken_grammar(self, seq: Sequence, outputs: list[StepOutput]) -> None:
         """A matcher in error (an llguidance limit or bug): end that request ("abort") rather
         than emit a token the grammar did not allow; the others go on."""
@@ -477,59 +440,6 @@ class LLMEngine:
         self._save_snapshot_as.pop(seq.request_id, None)
 
     # ---- snapshots -------------------------------------------------------------------------------
-    def _save(self, key: str, seq: Sequence) -> None:
-        """Keep `seq`'s state at the end of its prompt: share its KV blocks, copy its state slot."""
-        if key in self.snapshots:
-            self.drop_snapshot(key)
-        # Snapshots keep to their `num_snapshot_slots`. One in a slot of the batch's share would
-        # keep it: the scheduler admits no request without a slot, and snapshots are given up only
-        # once nothing runs, so the batch would shrink to what finishing requests make room for.
-        while self.snapshots and len(self.snapshots) >= self.config.num_snapshot_slots:
-            self.drop_snapshot(min(self.snapshots.values(), key=lambda s: s.created).key)
-        if self.config.num_snapshot_slots == 0:
-            return
-        alloc = CacheAllocation()
-        if not self.cache_manager.allocate_slot(alloc):
-            oldest = min(self.snapshots.values(), key=lambda s: s.created, default=None)
-            if oldest is None:
-                return  # every slot runs a sequence: skip the snapshot rather than stall
-            self.drop_snapshot(oldest.key)
-            self.cache_manager.allocate_slot(alloc)
-        n = len(seq.prompt_token_ids)
-        alloc.block_table = self.cache_manager.share_blocks(
-            seq.alloc.block_table[: self.cache_manager.blocks_for(n)]
-        )
-        assert seq.alloc.slot is not None and alloc.slot is not None
-        self.cache.copy_slot(seq.alloc.slot, alloc.slot)
-        self.snapshots[key] = Snapshot(key, list(seq.prompt_token_ids), alloc)
-
-    def _restore(self, seq: Sequence, key: str) -> None:
-        snap = self.snapshots.get(key)
-        if snap is None:
-            raise InvalidRequestError(f"no prefix snapshot named {key!r}: save one first (save_snapshot=...)")
-        n = len(snap.token_ids)
-        # The Mamba state is only valid exactly at the snapshot's end, and the last prompt token
-        # must still run for its logits: the prompt must extend the snapshot.
-        if len(seq.prompt_token_ids) <= n or seq.prompt_token_ids[:n] != snap.token_ids:
-            return
-        if not self.cache_manager.allocate_slot(seq.alloc):
-            return
-        blocks = self.cache_manager.share_blocks(snap.alloc.block_table)
-        if n % self.cache_manager.block_size:
-            # Copy-on-write: the last block is partly filled and this request writes after the prefix.
-            fresh = CacheAllocation()
-            if not self.cache_manager.ensure_blocks(fresh, 1):
-                seq.alloc.block_table = blocks
-                self.cache_manager.free(seq.alloc)
-                return
-            self.cache.copy_block(blocks[-1], fresh.block_table[0])
-            self.cache_manager.free(CacheAllocation(block_table=[blocks[-1]]))
-            blocks[-1] = fresh.block_table[0]
-        seq.alloc.block_table = blocks
-        assert seq.alloc.slot is not None and snap.alloc.slot is not None
-        self.cache.copy_slot(snap.alloc.slot, seq.alloc.slot)
-        seq.num_computed_tokens = n
-
     def _release_waiting_prefixes(self) -> bool:
         """Free the cache of waiting requests restored from a snapshot; True if any held some."""
         released = False
@@ -541,9 +451,8 @@ class LLMEngine:
         return released
 
     def drop_snapshot(self, key: str) -> None:
-        snap = self.snapshots.pop(key, None)
-        if snap is not None:
-            self.cache_manager.free(snap.alloc)
+        """Forget a prefix snapshot (its blocks and slot return to the pool); no-op if unknown."""
+        self.snapshot_store.drop(key)
 
     # ---- metrics ---------------------------------------------------------------------------------
     def metrics(self) -> EngineMetrics:

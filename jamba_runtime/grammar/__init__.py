@@ -6,6 +6,7 @@
 | `matcher` | `GrammarMatcher` (one sequence's grammar state and budget logic) |
 | `masks` | token bitmask layout: `unpack_bitmask`, `apply_token_bitmask` |
 | `tools` | the grammar of Jamba's `<tool_calls>` block |
+| `step_masks` | `MaskWorker`: a step's masks filled on a worker thread while the forward runs |
 
 The spec itself (`StructuredOutput`) is in `jamba_runtime.structured`; closing paths in
 `jamba_runtime.grammar_closing`; JSON Schema narrowing in `jamba_runtime.json_schema_rules`.
