@@ -26,58 +26,13 @@ from typing import Any, TypeVar
 import torch
 
 from jamba_runtime.engine import EngineConfig, EngineMetrics, LLMEngine, StepOutput
-from jamba_runtime.errors import (
-    EngineStoppedError,
-    InvalidRequestError,
-    RequestNotFoundError,
-)
+from jamba_runtime.errors import EngineStoppedError, InvalidRequestError, RequestNotFoundError
 from jamba_runtime.llm import LLM, Prompt
 from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.sequence import RequestOutput
+from jamba_runtime.stream_outputs import GenerateOutput, RequestOutputDelta, Usage
 from jamba_runtime.tokenizer import Tokenizer
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token counts of one request, as in OpenAI's `usage`. `completion_tokens` counts every
-    generated token, an end token that stopped it included."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class RequestOutputDelta:
-    """What one engine step added to one request.
-
-    Attributes:
-        request_id: the request's id. text: new text (stop strings held back until ruled out).
-        token_ids: new token ids. finished: True on the last item only. finish_reason: "stop",
-            "length" or "abort" on the last item, else None. usage: on the last item only.
-        logprobs: per new token `{"token_id", "logprob", "top"}`, when the params asked for them.
-    """
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finished: bool
-    finish_reason: str | None
-    usage: Usage | None = None
-    logprobs: list[dict] | None = None
-
-
-@dataclass
-class GenerateOutput(RequestOutput):
-    """`RequestOutput` of a whole request, with its `usage` and (when asked) its `logprobs`."""
-
-    usage: Usage | None = None
-    logprobs: list[dict] | None = None
 
 
 @dataclass(eq=False)
