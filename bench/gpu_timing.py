@@ -16,6 +16,16 @@ from typing import Any
 import torch
 import transformers
 
+START = time.perf_counter()  # the bench's start: `log` stamps every line with the seconds since
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - START:6.1f}s] {msg}", flush=True)
+
+
+def elapsed() -> float:
+    return time.perf_counter() - START
+
 
 # ---- timing ---------------------------------------------------------------------------------------
 class Clock:
