@@ -10,12 +10,14 @@ copies (`copy_slot`, `copy_block`) are sent the same way, in order with the step
 
 `start_workers` spawns ranks 1..N-1 (one process each; gloo on CPU, NCCL with one GPU per rank)
 and joins rank 0, the calling process, to their group; `LLM(..., tensor_parallel_size=N)` does it.
-Under `torchrun` the same `follow` loop is what ranks other than 0 run.
+Under `torchrun` (the group exists already) rank 0's `LLM` attaches to it and spawns nothing, and
+every other rank calls `run_follower`.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +135,6 @@ class WorkerArgs:
 
 
 def _worker_main(rank: int, world_size: int, init_method: str, backend: str, args: WorkerArgs) -> None:
-    from jamba_runtime.loader import load_model
-
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     device = torch.device(args.device, rank) if args.device == "cuda" else torch.device(args.device)
@@ -144,21 +144,47 @@ def _worker_main(rank: int, world_size: int, init_method: str, backend: str, arg
         backend, init_method=init_method, rank=rank, world_size=world_size, timeout=_NO_TIMEOUT
     )
     try:
-        tp = TensorParallelGroup(rank, world_size)
-        model = None
-        try:
-            model = load_model(
-                args.model_dir, device=device, dtype=args.dtype, quantization=args.quantization, tp=tp
-            )
-            status = "ok"
-        except Exception as e:  # noqa: BLE001 - reported to rank 0, which raises it
-            status = f"rank {rank}: {type(e).__name__}: {e}"
-        statuses: list[Any] = [None] * world_size
-        dist.all_gather_object(statuses, status)  # rank 0's `Workers.confirm_loaded`
-        if model is not None and all(x == "ok" for x in statuses):
-            follow(model, tp)
+        _load_and_follow(args, device)
     finally:
         dist.destroy_process_group()
+
+
+def _load_and_follow(args: WorkerArgs, device: torch.device) -> int:
+    """This rank's part: load its shard, report the status to every rank, then follow rank 0's
+    steps (when every rank loaded). Returns the steps run (0 when start-up failed somewhere)."""
+    from jamba_runtime.loader import load_model
+
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    tp = TensorParallelGroup(rank, world_size)
+    model = None
+    try:
+        model = load_model(
+            args.model_dir, device=device, dtype=args.dtype, quantization=args.quantization, tp=tp
+        )
+        status = "ok"
+    except Exception as e:  # noqa: BLE001 - reported to rank 0, which raises it
+        status = f"rank {rank}: {type(e).__name__}: {e}"
+    statuses: list[Any] = [None] * world_size
+    dist.all_gather_object(statuses, status)  # rank 0's `Workers.confirm_loaded`
+    if model is None or any(x != "ok" for x in statuses):
+        return 0
+    return follow(model, tp)
+
+
+def run_follower(
+    model_dir: str | Path, device: str = "cuda", dtype: str = "bfloat16", quantization: str | None = None
+) -> int:
+    """Under `torchrun` (or any launcher that has already made the process group): what every
+    rank other than 0 runs while rank 0 builds `LLM(..., tensor_parallel_size=world_size)`. Loads
+    this rank's shard onto `cuda:LOCAL_RANK` (or the CPU) and follows rank 0's engine until it
+    stops. Returns the steps run. The caller owns the process group."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        raise InvalidRequestError("run_follower runs on ranks other than 0 of an initialized process group")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        torch.cuda.set_device(dev)
+    return _load_and_follow(WorkerArgs(str(model_dir), dev.type, dtype, quantization, None), dev)
 
 
 @dataclass
@@ -168,6 +194,7 @@ class Workers:
     tp: TensorParallelGroup
     processes: list[Any]
     device: torch.device
+    owns_group: bool = True  # False under torchrun: the launcher made the group and ends it
 
     def confirm_loaded(self, status: str) -> None:
         """Rank 0's side of the start-up check: every rank reports whether its shard loaded
@@ -190,7 +217,7 @@ class Workers:
             for p in self.processes:
                 if p.is_alive():
                     p.kill()
-            if dist.is_initialized():
+            if self.owns_group and dist.is_initialized():
                 dist.destroy_process_group()
 
 
@@ -206,14 +233,14 @@ def start_workers(
     join this process to the group as rank 0. Returns the group and the processes; rank 0 then
     loads its own shard (`load_model(..., tp=workers.tp)`) and builds the engine with it.
 
-    Raises `InvalidRequestError` when this process already belongs to a process group, or CUDA has
-    fewer than `world_size` GPUs."""
+    Under `torchrun` (the process group exists already) nothing is spawned: this process must be
+    rank 0 of a group of `world_size`, whose other ranks run `run_follower`.
+
+    Raises `InvalidRequestError` when an existing group does not fit (size, or this is not rank
+    0), or CUDA has fewer than `world_size` GPUs."""
     dev = torch.device(device)
     if dist.is_initialized():
-        raise InvalidRequestError(
-            "this process already belongs to a torch.distributed group: one tensor-parallel LLM per "
-            "process (under torchrun, run `follow` on ranks other than 0 instead)"
-        )
+        return _attach(world_size, dev)
     if dev.type == "cuda" and torch.cuda.device_count() < world_size:
         raise InvalidRequestError(
             f"tensor_parallel_size={world_size} needs {world_size} GPUs; this machine has {torch.cuda.device_count()}"
@@ -234,3 +261,17 @@ def start_workers(
         backend, init_method=init_method, rank=0, world_size=world_size, timeout=_NO_TIMEOUT
     )
     return Workers(TensorParallelGroup(0, world_size), processes, rank0)
+
+
+def _attach(world_size: int, device: torch.device) -> Workers:
+    """Rank 0 of a group a launcher (torchrun) made: the other ranks run `run_follower`."""
+    if dist.get_world_size() != world_size or dist.get_rank() != 0:
+        raise InvalidRequestError(
+            f"this process is rank {dist.get_rank()} of a torch.distributed group of {dist.get_world_size()}: "
+            f"tensor_parallel_size={world_size} needs rank 0 of a group of that size (the other ranks run "
+            "jamba_runtime.parallel.engine.run_follower); one tensor-parallel LLM per process"
+        )
+    rank0 = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device.type == "cuda" else device
+    if rank0.type == "cuda":
+        torch.cuda.set_device(rank0)
+    return Workers(TensorParallelGroup(0, world_size), [], rank0, owns_group=False)

@@ -5,15 +5,19 @@ must mirror)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from jamba_runtime import LLM, SamplingParams
 from jamba_runtime.engine import EngineConfig
 from jamba_runtime.errors import InvalidRequestError
+from jamba_runtime.parallel.engine import run_follower
 
 # Blocks of 4 tokens and a budget of 8 tokens a step: prompts prefill in chunks beside decodes.
 ENGINE = EngineConfig(max_num_seqs=3, max_num_batched_tokens=8, block_size=4, cache_memory_gb=0.01)
@@ -69,3 +73,34 @@ def test_sizes_that_do_not_divide_the_model_are_refused_before_any_process_start
     with pytest.raises(InvalidRequestError, match="tensor_parallel_size=0"):
         LLM(model=tiny_model_dir, engine=ENGINE, tensor_parallel_size=0)
     assert not dist.is_initialized()
+
+
+def _launched_rank(rank: int, world: int, init_file: str, model_dir: str, out_file: str) -> None:
+    """One process of a group a launcher made (as torchrun does): rank 0 builds the LLM, which
+    attaches to the group; rank 1 follows."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        if rank == 0:
+            with LLM(model=model_dir, engine=ENGINE, tensor_parallel_size=world) as llm:
+                Path(out_file).write_text(json.dumps(_outputs(llm)))
+            assert dist.is_initialized(), "the launcher's group outlives the LLM"
+        else:
+            assert run_follower(model_dir, device="cpu", dtype="float32") > 0
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_a_launcher_rank_0_attaches_and_the_others_follow(
+    tiny_model_dir: Path, single: list[list[int]], tmp_path: Path
+) -> None:
+    ctx = mp.get_context("spawn")
+    out = tmp_path / "outputs.json"
+    args = (2, str(tmp_path / "init"), str(tiny_model_dir), str(out))
+    procs = [ctx.Process(target=_launched_rank, args=(r, *args)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert json.loads(out.read_text()) == single
