@@ -222,8 +222,13 @@ def test_resume_and_determinism(run, corpus, teacher: Teacher, tmp_path: Path) -
     # a finished run resumes to the same rows without new work
     again, s2 = generate(chunks, retriever, teacher, out, RaftConfig(**CFG))
     assert again == rows and s2.rows == len(rows)
-    # a run that lost its last row (killed before the checkpoint took it) redoes exactly that row,
-    # with the same seeds, so it ends with the rows of the uninterrupted run
+    # the same command in a fresh folder writes the same rows (same seeds, same batches)
+    fresh, _ = generate(chunks, retriever, teacher, tmp_path / "fresh", RaftConfig(**CFG))
+    assert fresh == rows
+    # a run that lost its last row (killed before the checkpoint took it) redoes exactly that row
+    # with the same question, documents and seeds; its text may differ in rare tokens, as it is now
+    # decoded alone (a matmul's last bits depend on the batch's shape, and a near-tie in a sampled
+    # token can flip), so only its form is checked
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
     ckpt = json.loads((cut / "checkpoint.json").read_text())
@@ -232,7 +237,11 @@ def test_resume_and_determinism(run, corpus, teacher: Teacher, tmp_path: Path) -
     resumed, _ = generate(chunks, retriever, teacher, cut, RaftConfig(**CFG))
     assert sorted(r["id"] for r in resumed) == sorted(r["id"] for r in rows)
     assert {r["id"]: r["documents"] for r in resumed} == {r["id"]: r["documents"] for r in rows}
-    assert {r["id"]: r["cot_answer"] for r in resumed} == {r["id"]: r["cot_answer"] for r in rows}
+    assert {r["id"]: r["question"] for r in resumed} == {r["id"]: r["question"] for r in rows}
+    kept = [r for r in resumed if r["id"] != rows[-1]["id"]]
+    assert kept == [r for r in rows if r["id"] != rows[-1]["id"]], "rows on disk are kept as they were"
+    redone = next(r for r in resumed if r["id"] == rows[-1]["id"])
+    assert redone["cot_answer"].startswith("##Reason:") and "<ANSWER>:" in redone["cot_answer"]
     with pytest.raises(CheckpointMismatchError):  # other settings are refused, not mixed in
         generate(chunks, retriever, teacher, cut, RaftConfig(**{**CFG, "seed": 1}))
 
