@@ -103,7 +103,7 @@ class ModelRunner:
             plan.context_lens.append(start)
             assert seq.alloc.slot is not None
             plan.slots.append(seq.alloc.slot)
-            plan.block_tables.append(list(seq.alloc.block_table))
+            plan.block_tables.append(seq.alloc.block_table)  # read (or pickled) before the step ends
             if start + n == seq.num_tokens:
                 plan.sample_rows.append(i)
                 plan.logits_indices.append(len(plan.token_ids) - 1)
