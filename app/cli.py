@@ -247,6 +247,13 @@ def serve(
             help="Spread the model over this many GPUs of this host (CPU: processes).",
         ),
     ] = 1,
+    load_format: Annotated[
+        str,
+        typer.Option(
+            "--load-format",
+            help="auto (the checkpoint's weights) or dummy: random weights from config.json, to measure a shape.",
+        ),
+    ] = "auto",
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
@@ -282,6 +289,7 @@ def serve(
         engine=engine,
         quantization=settings.quantization or None,
         tensor_parallel_size=tensor_parallel_size,
+        load_format=load_format,
     )
     run_server(llm, settings, log_level=log_level)  # shuts `llm` down (and its other ranks) when it ends
 

@@ -1,25 +1,27 @@
-"""ExpertsInt8 at full size: the Jamba-1.5-Mini shape on one H100, and int8 quality on the 8-layer cut.
+"""The full Jamba-1.5-Mini shape on one GPU (ExpertsInt8) and over several (tensor + expert
+parallel, bf16 or int8 experts), and int8 quality on the 8-layer cut.
 
-    python bench/scale_gpu.py                  # one H100 (nvidia-h100-x1), about 6 minutes
-    python bench/scale_gpu.py --skip-quality   # only the full-shape rows
+    python bench/scale_gpu.py                                  # one H100, int8, with quality, ~6 min
+    python bench/scale_gpu.py --skip-quality --tp 2 --weights bf16   # nvidia-h100-x2
+    python bench/scale_gpu.py --skip-quality --tp 4 --weights int8   # nvidia-h100-x4
 
 Quality (Mini cut to 8 layers, random weights, bf16): logits of one batch of prompts with the
 experts in bf16 and then quantized in place to int8 (relative Frobenius error), and greedy
 agreement over `--quality-tokens` new tokens on `--quality-prompts` prompts through the engine.
 
-Full shape (all 32 layers; random weights made directly as int8 experts with per-channel scales,
-the rest bf16, so no bf16 copy of the experts ever exists): weights GB, the engine's memory plan,
-then through the engine (CUDA graphs on): batch-1 decode ms/token against the bandwidth floor
-(bytes read per step / measured copy bandwidth), 64 concurrent x (2K + 128) total and decode
-tokens/s, TTFT at 32K and 128K, and a 256K-token prompt (the longest the model takes). Peak GPU
-memory per row. Table printed, JSON to `$OUT/scale_gpu.json`.
+Full shape (all 32 layers) through `LLM(..., load_format="dummy", tensor_parallel_size=N)`: random
+weights made on each GPU from config.json (int8 experts made directly as int8, so no bf16 copy of
+them ever exists): weights GB per GPU, the engine's memory plan, then (CUDA graphs on) batch-1
+decode ms/token against the bandwidth floor (bytes one rank reads per step / measured copy
+bandwidth; all-reduce time not counted), 64 concurrent x (2K + 128) total and decode tokens/s,
+TTFT at 32K and 128K, and a 256K-token prompt (the longest the model takes). Rank 0's peak GPU
+memory per row. JSON to `$OUT/scale_gpu<tag>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -33,28 +35,17 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.gpu_models import (  # noqa: E402
-    MINI_CONFIG,
-    _init,
-    _set_param,
-    accounting,
-    build_models,
-    cut_config,
-    decode_step_bytes,
-    make_llm,
-)
+from bench.gpu_models import MINI_CONFIG, accounting, build_models, cut_config, make_llm  # noqa: E402
 from bench.gpu_timing import Clock, free_memory, measure_hardware, timed_generate  # noqa: E402
 from jamba_runtime.config import JambaConfig  # noqa: E402
-from jamba_runtime.loader import empty_model  # noqa: E402
-from jamba_runtime.model import JambaForCausalLM  # noqa: E402
-from jamba_runtime.quantization import (  # noqa: E402
-    parameter_bytes,
-    prepare_experts_int8,
-    quantize_experts_int8,
-    stack_experts_int8,  # noqa: E402
-)
+from jamba_runtime.engine import EngineConfig  # noqa: E402
+from jamba_runtime.llm import LLM  # noqa: E402
+from jamba_runtime.memory_plan import engine_memory_plan  # noqa: E402
+from jamba_runtime.paged_cache import block_bytes, slot_bytes  # noqa: E402
+from jamba_runtime.quantization import parameter_bytes, quantize_experts_int8  # noqa: E402
 from jamba_runtime.sampling_params import SamplingParams  # noqa: E402
-from jamba_runtime.tiny_tokenizer import write_tiny_tokenizer  # noqa: E402
+from jamba_runtime.tiny import TINY_CONFIG  # noqa: E402
+from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
 
 START = time.perf_counter()
 GIB = 2**30
@@ -106,30 +97,53 @@ def quality(args: argparse.Namespace, device: torch.device, tok: Path) -> dict[s
     return out
 
 
-def build_int8(raw: dict[str, Any], device: torch.device) -> JambaForCausalLM:
-    """The full model with random weights, experts made directly as int8 (per-channel scales that
-    give each weight row the std of the bf16 init), everything else bf16."""
-    cfg = JambaConfig.from_dict(raw, source="bench config")
-    model = empty_model(cfg)
-    prepare_experts_int8(model)
-    gen = torch.Generator(device=device).manual_seed(0)
-    for name, p in list(model.named_parameters()):
-        if p.dtype == torch.int8:
-            t = torch.randint(-127, 128, tuple(p.shape), generator=gen, device=device, dtype=torch.int8)
-        elif name.endswith("weight_scale"):
-            fan_in = model.get_submodule(name.rpartition(".")[0]).in_features
-            # Uniform ints in [-127, 127] have std 127 / sqrt(3); scaled, the row's std is 1/sqrt(fan_in).
-            t = torch.full(tuple(p.shape), math.sqrt(3) / (127 * math.sqrt(fan_in)), device=device)
-        else:
-            t = _init(name, tuple(p.shape), cfg, gen, device, torch.bfloat16)
-        _set_param(model, name, t)
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    stack_experts_int8(model)
-    return model.eval()
+def step_bytes(cfg: JambaConfig, acct: dict[str, Any], b: int, context: float, tp: int) -> float:
+    """Bytes one rank reads in a decode step of `b` sequences at `context` tokens: its shard's
+    weights less the experts no token hit, its KV heads, its Mamba channels (`decode_step_bytes`
+    of `gpu_models.py` when `tp` is 1)."""
+    e, k = cfg.num_experts, cfg.num_experts_per_tok
+    held = e / tp
+    distinct = held * (1 - (1 - k / e) ** b)  # expected held experts hit by b uniformly routed tokens
+    weights = acct["total_bytes"] - acct["moe_layers"] * (held - distinct) * acct["per_expert_bytes"]
+    if not cfg.tie_word_embeddings:
+        weights -= acct["embedding_bytes"]  # a gather, not a read of the table
+    kv = len(cfg.attention_layers) * 2 * cfg.num_key_value_heads / tp * cfg.head_dim * context * b * 2
+    per_layer = cfg.mamba_d_inner / tp * (cfg.mamba_d_state * 4 + (cfg.mamba_d_conv - 1) * 2)
+    return weights + kv + 2 * len(cfg.mamba_layers) * per_layer * b
 
 
-def peak_gib(fn: Any) -> tuple[Any, float]:
+def model_dir(shape: str, layers: int | None) -> Path:
+    """config.json of the shape (Mini, or the tiny test model for a CPU logic check; cut to
+    `layers`) and a tokenizer: what `load_format="dummy"` reads."""
+    base = dict(MINI_CONFIG) if shape == "mini" else {**TINY_CONFIG, **tiny_model_token_ids()}
+    raw = cut_config(base, layers) if layers else base
+    d = REPO / "bench" / "results" / f"scale-{shape}-{raw['num_hidden_layers']}"
+    d.mkdir(parents=True, exist_ok=True)
+    JambaConfig.from_dict(raw, source="bench config").save(d)
+    write_tiny_tokenizer(d, vocab_size=raw["vocab_size"])
+    return d
+
+
+def engine_config(
+    cfg: JambaConfig, tp: int, max_batch: int, tokens: int, chunk: int, capacity: int
+) -> EngineConfig:
+    """A cache sized to the rows (plus 25%), not to the free memory: peak memory then shows what
+    the rows need."""
+    block = 16
+    blocks = max(capacity, max_batch * tokens) // block + 2 * max_batch + 64
+    slots = max_batch + 4
+    need = blocks * block_bytes(cfg, block, torch.bfloat16, tp) + slots * slot_bytes(
+        cfg, torch.bfloat16, torch.float32, tp
+    )
+    return EngineConfig(
+        max_num_seqs=max_batch, max_num_batched_tokens=chunk, block_size=block,
+        cache_memory_gb=need * 1.25 / GIB + 0.01, num_snapshot_slots=4,
+    )  # fmt: skip
+
+
+def peak_gib(fn: Any) -> tuple[Any, float | None]:
+    if not torch.cuda.is_available():
+        return fn(), None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     out = fn()
@@ -137,43 +151,47 @@ def peak_gib(fn: Any) -> tuple[Any, float]:
     return out, torch.cuda.max_memory_allocated() / GIB
 
 
-def full_rows(
-    args: argparse.Namespace, device: torch.device, tok: Path, hw: dict[str, Any]
-) -> dict[str, Any]:
-    raw = cut_config(MINI_CONFIG, MINI_CONFIG["num_hidden_layers"])
-    t = time.perf_counter()
-    model = build_int8(raw, device)
-    cfg = model.config
-    res: dict[str, Any] = {
-        "layers": cfg.num_hidden_layers,
-        "build_s": time.perf_counter() - t,
-        "weights_gib": parameter_bytes(model) / GIB,
-        "expert_weights_gib": parameter_bytes(model, expert_only=True) / GIB,
-        "resident_after_build_gib": torch.cuda.memory_allocated() / GIB,
-    }
-    log(f"full Mini int8 built: {res}")
-    acct = accounting(model, cfg)
-    # accounting() assumes float experts: int8 bytes and float32 scales per expert instead.
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    acct["per_expert_bytes"] = 3 * h * i + (2 * i + h) * 4
+def full_rows(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
+    """The Mini shape through `LLM(load_format="dummy")` on `args.tp` GPUs with `args.weights`
+    experts; rank 0's numbers (every rank holds an equal shard and runs every step)."""
+    tp, quant = args.tp, ("experts_int8" if args.weights == "int8" else None)
+    directory = model_dir(args.shape, args.layers)
+    cfg = JambaConfig.from_file(directory)
     longest = args.longest
-    llm = make_llm(model, tok, args.concurrent, args.prompt_len + args.new_tokens + 16, args.chunk,
-                   capacity_tokens=longest + 64)  # fmt: skip
-    res["max_model_len"] = llm.engine.max_model_len
-    res["cache_gib"] = llm.engine.cache.nbytes() / GIB
-    clock = Clock(device)
+    max_len = max(args.prompt_len + args.new_tokens + 16, 1024 + 128 + 16, *args.ttft, longest) + 64
+    eng = engine_config(cfg, tp, args.concurrent, args.prompt_len + args.new_tokens + 16, args.chunk, max_len)
+    cuda = args.device == "cuda"
+    t = time.perf_counter()
+    llm = LLM(directory, device=args.device, dtype="bfloat16" if cuda else "float32", quantization=quant,
+              tensor_parallel_size=tp, load_format="dummy", engine=eng, max_model_len=max_len)  # fmt: skip
+    model = llm.model
+    res: dict[str, Any] = {
+        "layers": cfg.num_hidden_layers, "tp": tp, "weights": args.weights,
+        "start_s": time.perf_counter() - t,
+        "weights_gib_per_gpu": parameter_bytes(model) / GIB,
+        "expert_weights_gib_per_gpu": parameter_bytes(model, expert_only=True) / GIB,
+        "resident_after_start_gib": torch.cuda.memory_allocated() / GIB if cuda else None,
+        "memory_plan": engine_memory_plan(model, eng, llm.max_model_len, tp).summary(),
+        "cuda_graphs": llm.engine.runner.graphs is not None,
+        "max_model_len": llm.max_model_len, "cache_gib": llm.engine.cache.nbytes() / GIB,
+    }  # fmt: skip
+    log(f"started: {res}")
+    acct = accounting(model, cfg)
+    if quant is not None:  # accounting() assumes float experts: int8 bytes and float32 scales instead
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        acct["per_expert_bytes"] = 3 * h * i + (2 * i + h) * 4
+    clock = Clock(torch.device(args.device))
     runner = llm.engine.runner
-    vocab = cfg.vocab_size
     gen = torch.Generator().manual_seed(5)
 
     def ids(b: int, p: int) -> torch.Tensor:
-        return torch.randint(20, vocab, (b, p), generator=gen)
+        return torch.randint(20, cfg.vocab_size, (b, p), generator=gen)
 
     def run(b: int, p: int, n: int) -> dict[str, Any]:
         x = ids(b, p)
         greedy(llm, x.tolist(), min(n, 8))  # warm: compiles, graph captures at these sizes
         r, pk = peak_gib(lambda: timed_generate(clock, runner, lambda y, k: greedy(llm, y.tolist(), k), x, n))
-        floor = decode_step_bytes(cfg, acct, b, p + n / 2) / hw["copy_bandwidth_bytes_s"]
+        floor = step_bytes(cfg, acct, b, p + n / 2, tp) / hw["copy_bandwidth_bytes_s"]
         return {
             "batch": b, "prompt_len": p, "new_tokens": n, "ms_per_token": 1e3 * r["decode_s"] / max(n - 1, 1),
             "decode_tokens_per_s": r["window_tokens"] / r["decode_s"] if r["decode_s"] > 0 else None,
@@ -182,10 +200,8 @@ def full_rows(
         }  # fmt: skip
 
     rows: dict[str, Any] = {}
-    for key, (b, p, n) in {
-        "decode_b1": (1, 1024, 128),
-        "concurrent": (args.concurrent, args.prompt_len, args.new_tokens),
-    }.items():
+    plan = {"decode_b1": (1, 1024, 128), "concurrent": (args.concurrent, args.prompt_len, args.new_tokens)}
+    for key, (b, p, n) in plan.items():
         try:
             rows[key] = run(b, p, n)
             log(f"{key}: {rows[key]}")
@@ -193,7 +209,7 @@ def full_rows(
             traceback.print_exc()
             rows[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
         free_memory()
-    for p in [*args.ttft, longest]:
+    for p in [*args.ttft, *([longest] if longest else [])]:
         key = f"ttft_{p}"
         try:
             x = ids(1, p)
@@ -207,11 +223,17 @@ def full_rows(
             rows[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
         free_memory()
     res["rows"] = rows
+    llm.close()
     return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tp", type=int, default=1, help="GPUs (tensor + expert parallel)")
+    ap.add_argument("--weights", choices=["int8", "bf16"], default="int8", help="expert weights")
+    ap.add_argument("--layers", type=int, default=None, help="cut the shape to this many layers (checks)")
+    ap.add_argument("--shape", choices=["mini", "tiny"], default="mini", help="tiny: a CPU logic check")
+    ap.add_argument("--device", default="cuda")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--quality-prompts", type=int, default=16)
     ap.add_argument("--quality-tokens", type=int, default=256)
@@ -221,20 +243,26 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=8192)
     ap.add_argument("--ttft", default="32768,131072")
     ap.add_argument(
-        "--longest", type=int, default=262_000, help="the longest prompt tried (the model takes 262,144)"
+        "--longest",
+        type=int,
+        default=262_000,
+        help="the longest prompt tried (the model takes 262,144; 0: none)",
     )
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = ap.parse_args()
     args.ttft = [int(x) for x in args.ttft.split(",") if x]
-    device = torch.device("cuda")
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                              "args": vars(args), "method": __doc__}  # fmt: skip
-    report["hardware"] = hw = measure_hardware(device, torch.bfloat16, quick=True)
-    tok = REPO / "bench" / "results" / "scale-tok"
-    write_tiny_tokenizer(tok, vocab_size=MINI_CONFIG["vocab_size"])
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                              "gpus": torch.cuda.device_count(),
+                              "torch": torch.__version__, "args": vars(args), "method": __doc__}  # fmt: skip
+    report["hardware"] = hw = measure_hardware(device, torch.bfloat16 if cuda else torch.float32, quick=True)
     out_dir = Path(os.environ.get("OUT") or REPO / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "scale_gpu.json"
+    out = out_dir / f"scale_gpu{args.tag}.json"
     if not args.skip_quality:
+        tok = REPO / "bench" / "results" / "scale-tok"
+        write_tiny_tokenizer(tok, vocab_size=MINI_CONFIG["vocab_size"])
         try:
             report["quality_mini8"] = quality(args, device, tok)
         except Exception as e:  # noqa: BLE001
@@ -242,11 +270,12 @@ def main() -> int:
             report["quality_mini8"] = {"error": f"{type(e).__name__}: {e}"[:500]}
         log(f"quality: {report['quality_mini8']}")
         out.write_text(json.dumps(report, indent=1, default=str))
+    key = f"{args.shape}_{args.weights}_tp{args.tp}"
     try:
-        report["full_mini_int8"] = full_rows(args, device, tok, hw)
+        report[key] = full_rows(args, hw)
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
-        report["full_mini_int8"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        report[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
     out.write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({k: v for k, v in report.items() if k != "method"}, indent=1, default=str))
     return 0

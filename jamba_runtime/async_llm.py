@@ -86,6 +86,7 @@ class AsyncLLM:
         engine: EngineConfig | None = None,
         quantization: str | None = None,
         tensor_parallel_size: int = 1,
+        load_format: str = "auto",
     ) -> None:
         llm = LLM(
             model,
@@ -97,6 +98,7 @@ class AsyncLLM:
             engine=engine,
             quantization=quantization,
             tensor_parallel_size=tensor_parallel_size,
+            load_format=load_format,
         )
         self._setup(llm)
         self._owns_llm = True  # shutdown also stops a tensor-parallel LLM's other ranks

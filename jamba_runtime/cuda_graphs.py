@@ -25,6 +25,7 @@ import torch
 from jamba_runtime.batch import ForwardBatch, PagedKernelArgs
 from jamba_runtime.model import JambaForCausalLM, JambaSparseMoeBlock
 from jamba_runtime.paged_cache import PagedHybridCache
+from jamba_runtime.parallel.layers import ExpertParallelMoe
 
 
 def capture_blocker(model: JambaForCausalLM) -> str | None:
@@ -35,12 +36,15 @@ def capture_blocker(model: JambaForCausalLM) -> str | None:
     chosen on the host, which capture forbids.
     """
     moe = [m for m in model.modules() if isinstance(m, JambaSparseMoeBlock)]
-    if not moe:
+    parallel = [m for m in model.modules() if isinstance(m, ExpertParallelMoe)]
+    if not moe and not parallel:
         return None
     if model.dtype != torch.bfloat16:
         return f"the MoE layers' grouped matmul runs in bfloat16 only on CUDA (the model is {model.dtype})"
     if any(m.stacked_experts() is None and m.stacked_int8() is None for m in moe):
         return "int8 experts not in the stacked layout run the reference expert loop"
+    if not all(m.has_stacks() for m in parallel):
+        return "this rank's experts are not in the stacked layout: the reference expert loop runs"
     return None
 
 

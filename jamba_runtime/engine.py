@@ -175,22 +175,22 @@ class LLMEngine:
                 )
             limit = cfg.max_model_len
         self.max_model_len = limit
+        graphs = None
+        if cfg.cuda_graphs and model.device.type == "cuda":
+            blocker = capture_blocker(model)
+            if blocker is None:
+                graphs = DecodeGraphs(model, self.cache, cfg.max_num_seqs, limit)
+            else:
+                logger.info("decode steps run without CUDA graphs: %s", blocker)
         self.channel: StepChannel | None = None
         if tp_size > 1:
             assert tp is not None
-            # The other ranks build the same blocks and slots, then follow every step.
+            # The other ranks build the same blocks, slots and graphs, then follow every step.
             self.channel = StepChannel(tp)
-            self.channel.send(("cache", cache_spec(self.cache)))
+            self.channel.send(("cache", cache_spec(self.cache, graphs)))
             mirror_cache_copies(self.cache, self.channel)
-            self.runner: ModelRunner = TensorParallelRunner(model, self.cache, self.channel)
+            self.runner: ModelRunner = TensorParallelRunner(model, self.cache, self.channel, graphs)
         else:
-            graphs = None
-            if cfg.cuda_graphs and model.device.type == "cuda":
-                blocker = capture_blocker(model)
-                if blocker is None:
-                    graphs = DecodeGraphs(model, self.cache, cfg.max_num_seqs, limit)
-                else:
-                    logger.info("decode steps run without CUDA graphs: %s", blocker)
             self.runner = ModelRunner(model, self.cache, graphs=graphs)
         logger.info("%s", engine_memory_plan(model, cfg, limit, tp_size).summary())
         self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)

@@ -39,6 +39,8 @@ class LLM:
             GPU on CUDA (gloo processes on CPU): attention heads, Mamba channels and experts split
             (docs/scaling.md). This process is rank 0 and runs the engine; call `close()` (or use
             `with`) to stop the others. One tensor-parallel `LLM` per process.
+        load_format: "auto" (the checkpoint's safetensors), or "dummy": random weights from
+            `config.json` alone, to measure a shape's speed and memory without its weights.
 
     Raises `InsufficientMemoryError` (on CUDA, before loading) when the model, dtype, quantization
     and context cannot fit the GPU; its message names the options that would.
@@ -67,6 +69,7 @@ class LLM:
         engine: EngineConfig | None = None,
         quantization: str | None = None,
         tensor_parallel_size: int = 1,
+        load_format: str = "auto",
     ) -> None:
         path = resolve_model_path(model, local_files_only=local_files_only)
         config = JambaConfig.from_file(path)
@@ -91,14 +94,19 @@ class LLM:
         if tensor_parallel_size > 1:
             self._workers = start_workers(
                 path, tensor_parallel_size, resolve_device(device), str(dtype).removeprefix("torch."),
-                quantization, num_threads=torch.get_num_threads(),
+                quantization, num_threads=torch.get_num_threads(), load_format=load_format,
             )  # fmt: skip
             tp = self._workers.tp
             device = self._workers.device
         try:
             try:
                 self.model: JambaForCausalLM = load_model(
-                    path, device=device, dtype=dtype, quantization=quantization, tp=tp
+                    path,
+                    device=device,
+                    dtype=dtype,
+                    quantization=quantization,
+                    tp=tp,
+                    load_format=load_format,
                 )
             except Exception as e:
                 if self._workers is not None:  # the other ranks wait for every rank's status

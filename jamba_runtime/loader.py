@@ -16,7 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from jamba_runtime.config import JambaConfig
+from jamba_runtime.dummy_weights import init_dummy_weights
 from jamba_runtime.errors import CheckpointError, InvalidRequestError, ModelNotFoundError
+from jamba_runtime.expert_layout import stack_experts
 from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.parallel.layers import TensorParallelGroup
 from jamba_runtime.parallel.model import shard_model
@@ -25,7 +27,6 @@ from jamba_runtime.quantization import (
     prepare_experts_int8,
     quantize_int8,
     resolve_quantization,
-    stack_experts_int8,
 )
 
 _DTYPES = {
@@ -36,6 +37,7 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+LOAD_FORMATS = ("auto", "dummy")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # What a hub download needs; everything else in a repo (pytorch .bin files, READMEs) is skipped.
@@ -134,6 +136,7 @@ def load_model(
     local_files_only: bool = False,
     quantization: str | None = None,
     tp: TensorParallelGroup | None = None,
+    load_format: str = "auto",
 ) -> JambaForCausalLM:
     """Load a Jamba checkpoint.
 
@@ -147,6 +150,9 @@ def load_model(
         tp: this process's tensor-parallel group: only rank `tp.rank`'s shard of each tensor is
             kept (and only its own experts are read), with the collectives in place
             (`parallel.model.shard_model`). None: the whole model.
+        load_format: "auto" (the safetensors files), or "dummy": random weights from config.json
+            alone, for measuring a shape's speed and memory without its checkpoint
+            (`dummy_weights.py`; int8 experts are made directly as int8).
 
     Returns:
         The model in eval mode. `model(input_ids)` gives logits `(batch, seq, vocab)`.
@@ -162,13 +168,21 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     quant = resolve_quantization(quantization)
     dev = resolve_device(device)
+    if load_format not in LOAD_FORMATS:
+        raise InvalidRequestError(
+            f"load_format={load_format!r} is not supported: use one of {list(LOAD_FORMATS)}"
+        )
     directory = resolve_model_path(path, local_files_only=local_files_only)
     config = JambaConfig.from_file(directory)
-    files = checkpoint_files(directory)
     model = empty_model(config)
     quantized = set(prepare_experts_int8(model)) if quant is not None else set()
     if tp is not None and tp.world_size > 1:
         shard_model(model, tp)  # on the meta device: the shard's shapes, before any weight is read
+    if load_format == "dummy":
+        init_dummy_weights(model, config, dev, torch_dtype, tp=tp)
+        stack_experts(model, float_experts=dev.type == "cuda")
+        return model.eval()
+    files = checkpoint_files(directory)
     expected = {name: p for name, p in model.named_parameters()}
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -238,8 +252,8 @@ def load_model(
         )
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    if quant is not None:
-        stack_experts_int8(model)  # the layout the int8 MoE kernel reads (one layer at a time)
+    # The layout the grouped MoE kernels read, one layer at a time (float ones only where they run).
+    stack_experts(model, float_experts=dev.type == "cuda")
     return model.eval()
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from jamba_runtime.batch import ForwardBatch
 from jamba_runtime.cache import HybridCache, LayerCache
 from jamba_runtime.config import JambaConfig
+from jamba_runtime.expert_layout import stacked_rows_view
 from jamba_runtime.kernels.attention import attention, paged_attention_decode, paged_attention_prefill
 from jamba_runtime.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update, causal_conv1d_varlen
 from jamba_runtime.kernels.moe import fused_moe, moe_ref
@@ -29,6 +30,7 @@ from jamba_runtime.kernels.moe_int8 import fused_moe_int8
 from jamba_runtime.kernels.rmsnorm import fused_add_rms_norm, rms_norm
 from jamba_runtime.kernels.selective_scan import selective_scan, selective_scan_varlen, selective_state_update
 from jamba_runtime.paged_cache import PagedHybridCache
+from jamba_runtime.parallel.layers import ExpertParallelMoe
 from jamba_runtime.quantization import Int8Linear, Int8Stack, expert_weights, stacked_int8_view
 
 
@@ -263,10 +265,10 @@ class JambaSparseMoeBlock(nn.Module):
         key = tuple((w.data_ptr(), w.dtype, _version(w)) for w in weights)
         if self._stacked is None or self._stacked[2] != key:
             g, u, d = weights[: len(gate)], weights[len(gate) : 2 * len(gate)], weights[2 * len(gate) :]
-            w13 = _stacked_view([[a, b] for a, b in zip(g, u, strict=True)])
+            w13 = stacked_rows_view([[a, b] for a, b in zip(g, u, strict=True)])
             if w13 is None:
                 w13 = torch.stack([torch.cat([a, b]) for a, b in zip(g, u, strict=True)])
-            w2 = _stacked_view([[a] for a in d])
+            w2 = stacked_rows_view([[a] for a in d])
             if w2 is None:
                 w2 = torch.stack(d)
             self._stacked = (w13.detach(), w2.detach(), key)
@@ -280,25 +282,6 @@ def _version(t: torch.Tensor) -> int:
         return t._version
     except RuntimeError:
         return -1
-
-
-def _stacked_view(parts: list[list[torch.Tensor]]) -> torch.Tensor | None:
-    """A `(len(parts), rows, cols)` view over `parts[e]` concatenated by rows, when they already lie
-    back to back in one storage in that order; None otherwise (the caller copies)."""
-    first = parts[0][0]
-    cols = first.shape[1]
-    rows = sum(t.shape[0] for t in parts[0])
-    storage = first.untyped_storage().data_ptr()
-    pos = first.storage_offset()
-    for group in parts:
-        for t in group:
-            same = t.untyped_storage().data_ptr() == storage and t.dtype == first.dtype
-            if not (same and t.is_contiguous() and t.shape[1] == cols and t.storage_offset() == pos):
-                return None
-            pos += t.numel()
-        if sum(t.shape[0] for t in group) != rows:
-            return None
-    return first.detach().as_strided((len(parts), rows, cols), (rows * cols, cols, 1), first.storage_offset())
 
 
 class JambaDecoderLayer(nn.Module):
@@ -334,7 +317,7 @@ class JambaDecoderLayer(nn.Module):
             h, residual, self.pre_ff_layernorm.weight, self.pre_ff_layernorm.eps
         )
         ff = self.feed_forward
-        h = ff(normed, fused=True) if isinstance(ff, JambaSparseMoeBlock) else ff(normed)
+        h = ff(normed, fused=True) if isinstance(ff, (JambaSparseMoeBlock, ExpertParallelMoe)) else ff(normed)
         return fused_add_rms_norm(h, residual, next_norm.weight, next_norm.eps)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: LayerCache) -> torch.Tensor:

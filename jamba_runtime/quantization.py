@@ -175,21 +175,9 @@ def quantize_experts_int8(model: nn.Module) -> list[str]:
 def stack_experts_int8(model: nn.Module) -> int:
     """Lay out the int8 experts of every MoE layer of `model` stacked (`stack_int8_experts`), one
     layer at a time, unless already so. Returns how many layers were restacked."""
-    done = 0
-    for module in model.modules():
-        experts = getattr(module, "experts", None)
-        if not isinstance(experts, nn.ModuleList) or not experts:
-            continue
-        gate = [e.gate_proj for e in experts]
-        up = [e.up_proj for e in experts]
-        down = [e.down_proj for e in experts]
-        layers = [*gate, *up, *down]
-        if not all(isinstance(m, Int8Linear) for m in layers) or any(m.weight.is_meta for m in layers):
-            continue
-        if stacked_int8_view(gate, up, down) is None:
-            stack_int8_experts(gate, up, down)  # type: ignore[arg-type]
-            done += 1
-    return done
+    from jamba_runtime.expert_layout import stack_experts  # it builds on this module
+
+    return stack_experts(model, float_experts=False)
 
 
 Int8Stack = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

@@ -21,6 +21,16 @@ from jamba_runtime.scheduler import SchedulerOutput
 from jamba_runtime.sequence import Sequence
 
 
+def decode_inputs(step: SchedulerOutput) -> tuple[list[int], list[int], list[int], list[list[int]]]:
+    """A decode step as `DecodeGraphs.run` takes it: each sequence's newest token, state slot,
+    length and block table (what a tensor-parallel rank 0 also sends to the other ranks)."""
+    seqs = [item.seq for item in step.scheduled]
+    slots = [s.alloc.slot for s in seqs]
+    assert all(x is not None for x in slots)
+    tokens = [s.token_range(s.num_tokens - 1, s.num_tokens)[0] for s in seqs]
+    return tokens, slots, [s.num_tokens for s in seqs], [s.alloc.block_table for s in seqs]  # type: ignore[return-value]
+
+
 @dataclass
 class StepPlan:
     """One step's forward as host lists (picklable): the packed tokens, each sequence's new and
@@ -79,14 +89,7 @@ class ModelRunner:
         """
         if self._graph_step(step):
             assert self.graphs is not None
-            seqs = [item.seq for item in step.scheduled]
-            logits = self.graphs.run(
-                [s.token_range(s.num_tokens - 1, s.num_tokens)[0] for s in seqs],
-                [s.alloc.slot for s in seqs],  # type: ignore[misc]
-                [s.num_tokens for s in seqs],
-                [s.alloc.block_table for s in seqs],
-            )
-            return seqs, logits
+            return [item.seq for item in step.scheduled], self.graphs.run(*decode_inputs(step))
         plan = self.plan(step)
         seqs = [item.seq for item in step.scheduled]
         return [seqs[i] for i in plan.sample_rows], self.run(plan)

@@ -109,7 +109,9 @@ def _check_shapes(
     assert w2_q.shape == (experts, hidden, inter), f"w2_q {tuple(w2_q.shape)}"
     assert w13_scale.shape == (experts, 2 * inter), f"w13_scale {tuple(w13_scale.shape)}"
     assert w2_scale.shape == (experts, hidden), f"w2_scale {tuple(w2_scale.shape)}"
-    assert router_weight.shape == (experts, hidden), f"router_weight {tuple(router_weight.shape)}"
+    assert router_weight.shape[1] == hidden and router_weight.shape[0] >= experts, (
+        f"router_weight {tuple(router_weight.shape)}"
+    )
     assert w13_q.dtype == w2_q.dtype == torch.int8, f"int8 weights expected, got {w13_q.dtype}, {w2_q.dtype}"
     return experts, hidden, inter
 
@@ -122,6 +124,7 @@ def fused_moe_int8_ref(
     w2_q: torch.Tensor,
     w2_scale: torch.Tensor,
     top_k: int,
+    first_expert: int = 0,
 ) -> torch.Tensor:
     """`fused_moe_int8`'s contract in float32 PyTorch, one expert at a time.
 
@@ -134,11 +137,14 @@ def fused_moe_int8_ref(
     xf = x.float()
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in torch.unique(chosen).tolist():
+        i = e - first_expert
+        if not 0 <= i < experts:
+            continue  # another rank's expert
         token_idx, k_idx = torch.where(chosen == e)
         h = xf[token_idx]
-        gate = F.linear(h, dequantize_int8(w13_q[e, :inter], w13_scale[e, :inter], torch.float32))
-        up = F.linear(h, dequantize_int8(w13_q[e, inter:], w13_scale[e, inter:], torch.float32))
-        y = F.linear(F.silu(gate) * up, dequantize_int8(w2_q[e], w2_scale[e], torch.float32))
+        gate = F.linear(h, dequantize_int8(w13_q[i, :inter], w13_scale[i, :inter], torch.float32))
+        up = F.linear(h, dequantize_int8(w13_q[i, inter:], w13_scale[i, inter:], torch.float32))
+        y = F.linear(F.silu(gate) * up, dequantize_int8(w2_q[i], w2_scale[i], torch.float32))
         out.index_add_(0, token_idx, y * weights[token_idx, k_idx, None].float())
     return out.to(x.dtype)
 
@@ -151,6 +157,7 @@ def fused_moe_int8(
     w2_q: torch.Tensor,
     w2_scale: torch.Tensor,
     top_k: int,
+    first_expert: int = 0,
 ) -> torch.Tensor:
     """Route and run all tokens through their top-k int8 experts, dequantizing inside the GEMMs.
 
@@ -162,6 +169,8 @@ def fused_moe_int8(
             w13_scale: `(experts, 2 * inter)` float32, `w13_q[e, o] * w13_scale[e, o]` the row.
         w2_q: `(experts, hidden, inter)` int8 down projection; w2_scale: `(experts, hidden)` float32.
         top_k: experts per token (weights are softmax probabilities, not renormalised).
+        first_expert: the router's number of `w13_q[0]` (expert parallel: `router_weight` has all
+            experts, the weights only this rank's); pairs routed elsewhere add zero.
 
     Returns:
         `(tokens, hidden)` in `x.dtype`. CPU or backend `reference`: `fused_moe_int8_ref`.
@@ -169,16 +178,22 @@ def fused_moe_int8(
     """
     experts, hidden, inter = _check_shapes(x, router_weight, w13_q, w13_scale, w2_q, w2_scale)
     if not use_triton(x):
-        return fused_moe_int8_ref(x, router_weight, w13_q, w13_scale, w2_q, w2_scale, top_k)
+        return fused_moe_int8_ref(x, router_weight, w13_q, w13_scale, w2_q, w2_scale, top_k, first_expert)
     tokens, pairs = x.shape[0], x.shape[0] * top_k
     if tokens == 0:
         return torch.empty_like(x)
     x = x if x.stride(1) == 1 else x.contiguous()
     cfg = pick_config(pairs, experts)
     weights, chosen = route_ref(x, router_weight, top_k)  # (tokens, top_k) each
+    partial = experts < router_weight.shape[0]
+    if partial:
+        # Other ranks' pairs get id -1: the align kernel gives them no row, and their output rows
+        # stay the zeros `down` starts from.
+        local = chosen - first_expert
+        chosen = torch.where((local >= 0) & (local < experts), local, -1)
     sorted_ids, padded_end = align_pairs(chosen, experts, cfg.block_m)
     a = gate_up(x, w13_q, w13_scale, sorted_ids, padded_end, top_k, cfg)
-    y = down(a, w2_q, w2_scale, sorted_ids, padded_end, weights.reshape(-1), pairs, cfg)
+    y = down(a, w2_q, w2_scale, sorted_ids, padded_end, weights.reshape(-1), pairs, cfg, zeroed=partial)
     if top_k == 1:
         return y.to(x.dtype)
     return y.view(tokens, top_k, hidden).sum(1).to(x.dtype)
@@ -250,12 +265,15 @@ def down(
     topk_weights: torch.Tensor,
     pairs: int,
     cfg: MoeInt8Config,
+    zeroed: bool = False,
 ) -> torch.Tensor:
     """Second GEMM: `(pairs, hidden)` float32, row `token * top_k + k` the expert's output for that
-    token times its routing weight `topk_weights (pairs,)`. Every row is written exactly once."""
+    token times its routing weight `topk_weights (pairs,)`. Every routed row is written exactly
+    once; `zeroed` starts from zeros, for pairs routed to no held expert (expert parallel)."""
     experts, hidden, inter = w2_q.shape
     assert w2_q.stride(2) == 1 and w2_scale.stride(1) == 1, "weights must be contiguous in their rows"
-    y = torch.empty(pairs, hidden, dtype=torch.float32, device=a.device)
+    new = torch.zeros if zeroed else torch.empty
+    y = new(pairs, hidden, dtype=torch.float32, device=a.device)
     t = cfg.down
     num_pid_m = sorted_ids.shape[0] // cfg.block_m
     grid = (num_pid_m * triton.cdiv(hidden, t.block_n),)

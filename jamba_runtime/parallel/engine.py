@@ -6,7 +6,12 @@ lengths, slots, block tables) to the other ranks, which hold the other shards (a
 Mamba channels and experts split as `parallel/model.py` says) and a cache of the same blocks and
 slots, and run the same forward; the collectives inside the layers pair up across ranks, and the
 logits come out whole on every rank (the LM head is replicated), so only rank 0 samples. Snapshot
-copies (`copy_slot`, `copy_block`) are sent the same way, in order with the steps.
+copies (`copy_slot`, `copy_block`) are sent the same way, in order with the steps. Decode steps
+replay CUDA graphs on every rank (captured at the same step everywhere, the NCCL all-reduces
+inside them); rank 0 then sends only the step's tokens, slots, lengths and block tables.
+
+Messages go over a gloo group on the CPU beside the NCCL one, so sending a plan costs no GPU
+synchronisation; the tensors' collectives stay on NCCL.
 
 `start_workers` spawns ranks 1..N-1 (one process each; gloo on CPU, NCCL with one GPU per rank)
 and joins rank 0, the calling process, to their group; `LLM(..., tensor_parallel_size=N)` does it.
@@ -27,11 +32,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from jamba_runtime.cuda_graphs import DecodeGraphs
 from jamba_runtime.errors import InvalidRequestError
 from jamba_runtime.model import JambaForCausalLM
 from jamba_runtime.paged_cache import PagedHybridCache
 from jamba_runtime.parallel.layers import TensorParallelGroup
-from jamba_runtime.runner import ModelRunner, StepPlan
+from jamba_runtime.runner import ModelRunner, StepPlan, decode_inputs
 from jamba_runtime.scheduler import SchedulerOutput
 from jamba_runtime.sequence import Sequence
 
@@ -46,36 +52,56 @@ class StepChannel:
         self.tp = tp
 
     def send(self, message: tuple[Any, ...]) -> None:
-        dist.broadcast_object_list([message], src=0, group=self.tp.group)
+        dist.broadcast_object_list([message], src=0, group=self.tp.cpu_group)
 
     def receive(self) -> tuple[Any, ...]:
         box: list[Any] = [None]
-        dist.broadcast_object_list(box, src=0, group=self.tp.group)
+        dist.broadcast_object_list(box, src=0, group=self.tp.cpu_group)
         return box[0]
+
+
+def make_group(rank: int, world_size: int) -> TensorParallelGroup:
+    """This rank's `TensorParallelGroup` in the initialized default group; every rank calls it
+    once, right after joining (it makes the CPU group for the step messages, a collective)."""
+    cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return TensorParallelGroup(rank, world_size, cpu_group=cpu_group)
 
 
 class TensorParallelRunner(ModelRunner):
     """Rank 0's runner: sends each step's plan to the other ranks, then runs its own shard."""
 
-    def __init__(self, model: JambaForCausalLM, cache: PagedHybridCache, channel: StepChannel) -> None:
-        super().__init__(model, cache, graphs=None)
+    def __init__(
+        self,
+        model: JambaForCausalLM,
+        cache: PagedHybridCache,
+        channel: StepChannel,
+        graphs: DecodeGraphs | None = None,
+    ) -> None:
+        super().__init__(model, cache, graphs=graphs)
         self.channel = channel
 
     def execute(self, step: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor]:
+        if self._graph_step(step):
+            inputs = decode_inputs(step)
+            self.channel.send(("decode", *inputs))
+            assert self.graphs is not None
+            return [item.seq for item in step.scheduled], self.graphs.run(*inputs)
         plan = self.plan(step)
         self.channel.send(("step", plan))
         seqs = [item.seq for item in step.scheduled]
         return [seqs[i] for i in plan.sample_rows], self.run(plan)
 
 
-def cache_spec(cache: PagedHybridCache) -> dict[str, Any]:
-    """What another rank needs to build a cache of the same blocks and slots."""
+def cache_spec(cache: PagedHybridCache, graphs: DecodeGraphs | None = None) -> dict[str, Any]:
+    """What another rank needs to build a cache of the same blocks and slots, and the same decode
+    graphs (their batch and length bounds; None without graphs)."""
     return {
         "num_blocks": cache.num_blocks,
         "block_size": cache.block_size,
         "num_slots": cache.num_slots,
         "kv_dtype": next(iter(cache.keys.values())).dtype if cache.keys else None,
         "ssm_dtype": next(iter(cache.ssm.values())).dtype if cache.ssm else torch.float32,
+        "graphs": None if graphs is None else (graphs.max_batch, graphs.max_seq_len),
     }
 
 
@@ -106,12 +132,17 @@ def follow(model: JambaForCausalLM, tp: TensorParallelGroup) -> int:
         spec["ssm_dtype"], spec["kv_dtype"], tp_size=tp.world_size,
     )  # fmt: skip
     runner = ModelRunner(model, cache)
+    graphs = None if spec.get("graphs") is None else DecodeGraphs(model, cache, *spec["graphs"])
     steps = 0
     while True:
         message = channel.receive()
         if message[0] == "step":
             plan: StepPlan = message[1]
             runner.run(plan)
+            steps += 1
+        elif message[0] == "decode":
+            assert graphs is not None, "rank 0 replays graphs that this rank did not set up"
+            graphs.run(*message[1:])
             steps += 1
         elif message[0] == "copy_slot":
             cache.copy_slot(message[1], message[2])
@@ -132,6 +163,7 @@ class WorkerArgs:
     dtype: str
     quantization: str | None
     num_threads: int | None
+    load_format: str = "auto"
 
 
 def _worker_main(rank: int, world_size: int, init_method: str, backend: str, args: WorkerArgs) -> None:
@@ -155,12 +187,13 @@ def _load_and_follow(args: WorkerArgs, device: torch.device) -> int:
     from jamba_runtime.loader import load_model
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    tp = TensorParallelGroup(rank, world_size)
+    tp = make_group(rank, world_size)
     model = None
     try:
         model = load_model(
-            args.model_dir, device=device, dtype=args.dtype, quantization=args.quantization, tp=tp
-        )
+            args.model_dir, device=device, dtype=args.dtype, quantization=args.quantization, tp=tp,
+            load_format=args.load_format,
+        )  # fmt: skip
         status = "ok"
     except Exception as e:  # noqa: BLE001 - reported to rank 0, which raises it
         status = f"rank {rank}: {type(e).__name__}: {e}"
@@ -172,7 +205,11 @@ def _load_and_follow(args: WorkerArgs, device: torch.device) -> int:
 
 
 def run_follower(
-    model_dir: str | Path, device: str = "cuda", dtype: str = "bfloat16", quantization: str | None = None
+    model_dir: str | Path,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+    quantization: str | None = None,
+    load_format: str = "auto",
 ) -> int:
     """Under `torchrun` (or any launcher that has already made the process group): what every
     rank other than 0 runs while rank 0 builds `LLM(..., tensor_parallel_size=world_size)`. Loads
@@ -184,7 +221,7 @@ def run_follower(
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
         torch.cuda.set_device(dev)
-    return _load_and_follow(WorkerArgs(str(model_dir), dev.type, dtype, quantization, None), dev)
+    return _load_and_follow(WorkerArgs(str(model_dir), dev.type, dtype, quantization, None, load_format), dev)
 
 
 @dataclass
@@ -228,6 +265,7 @@ def start_workers(
     dtype: str,
     quantization: str | None,
     num_threads: int | None = None,
+    load_format: str = "auto",
 ) -> Workers:
     """Spawn ranks 1..world_size-1 (each loads its shard and waits for rank 0's cache and steps) and
     join this process to the group as rank 0. Returns the group and the processes; rank 0 then
@@ -247,7 +285,7 @@ def start_workers(
         )
     backend = "nccl" if dev.type == "cuda" else "gloo"
     init_method = f"file://{Path(tempfile.mkdtemp(prefix='jamba-tp-')) / 'init'}"
-    args = WorkerArgs(str(model_dir), dev.type, dtype, quantization, num_threads)
+    args = WorkerArgs(str(model_dir), dev.type, dtype, quantization, num_threads, load_format)
     ctx = mp.get_context("spawn")
     processes = []
     for rank in range(1, world_size):
@@ -260,7 +298,7 @@ def start_workers(
     dist.init_process_group(
         backend, init_method=init_method, rank=0, world_size=world_size, timeout=_NO_TIMEOUT
     )
-    return Workers(TensorParallelGroup(0, world_size), processes, rank0)
+    return Workers(make_group(0, world_size), processes, rank0)
 
 
 def _attach(world_size: int, device: torch.device) -> Workers:
@@ -274,4 +312,4 @@ def _attach(world_size: int, device: torch.device) -> Workers:
     rank0 = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device.type == "cuda" else device
     if rank0.type == "cuda":
         torch.cuda.set_device(rank0)
-    return Workers(TensorParallelGroup(0, world_size), [], rank0, owns_group=False)
+    return Workers(make_group(0, world_size), [], rank0, owns_group=False)

@@ -2,7 +2,9 @@
 
 Nothing here repeats layer math: `RowParallelLinear` is a linear layer on this rank's slice of the
 input features followed by an all-reduce; `ExpertParallelMoe` routes with the kernels' `route_ref`
-and runs this rank's experts, which are the model's own `JambaMLP` modules (float or int8).
+and runs this rank's experts, which are the model's own `JambaMLP` modules (float or int8); on the
+fast path it runs them through the same grouped kernels as one GPU, on the stacked layout
+(`expert_layout.py`), with no host sync, so a decode step captures in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from jamba_runtime.kernels.moe import route_ref
+from jamba_runtime.expert_layout import expert_projections, float_stack_view
+from jamba_runtime.kernels.moe import fused_moe, route_ref
+from jamba_runtime.kernels.moe_int8 import fused_moe_int8
+from jamba_runtime.quantization import stacked_int8_view
 
 
 @dataclass
@@ -26,6 +31,7 @@ class TensorParallelGroup:
     rank: int
     world_size: int
     group: dist.ProcessGroup | None = None
+    cpu_group: dist.ProcessGroup | None = None  # gloo, for host messages; None: `group` is gloo already
     num_all_reduces: int = field(default=0, compare=False)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,8 +76,34 @@ class ExpertParallelMoe(nn.Module):
         self.experts = nn.ModuleDict({str(e): m for e, m in experts.items()})
         self.top_k = top_k
         self.tp = tp
+        self._float: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._int8: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._stack_key: tuple[int, ...] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def has_stacks(self) -> bool:
+        """Whether this rank's experts lie in the stacked layout the grouped kernels read
+        (`expert_layout.stack_experts`; the loader leaves them so). Checked when the weights
+        change, kept otherwise."""
+        gate, up, down = expert_projections(self.experts)
+        key = tuple(m.weight.data_ptr() for m in (*gate, *up, *down))
+        if key != self._stack_key:
+            self._float = float_stack_view(gate, up, down)
+            self._int8 = None if self._float is not None else stacked_int8_view(gate, up, down)
+            self._stack_key = key
+        return self._float is not None or self._int8 is not None
+
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """`(tokens, hidden)` -> `(tokens, hidden)`, the whole block's output on every rank.
+        `fused` (the fast path) runs the grouped kernels when this rank's experts are stacked
+        (`has_stacks`); otherwise a loop over this rank's experts."""
+        if fused and self.has_stacks():
+            first = min(int(k) for k in self.experts)
+            if self._float is not None:
+                y = fused_moe(x, self.router.weight, *self._float, self.top_k, first)
+            else:
+                assert self._int8 is not None
+                y = fused_moe_int8(x, self.router.weight, *self._int8, self.top_k, first)
+            return self.tp.all_reduce(y)
         weights, chosen = route_ref(x, self.router.weight, self.top_k)  # (tokens, top_k) each
         out = torch.zeros_like(x)
         for key, expert in self.experts.items():
