@@ -83,7 +83,8 @@ def main() -> int:
             model=model_dir, device=args.device, dtype=args.dtype, engine=engine, tensor_parallel_size=args.tp
         ) as tp:
             got = outputs(tp)
-            report["tp"] = {"decode_b1_ms": decode_ms(tp, 1), "decode_b8_ms": decode_ms(tp, 8)}
+            report["tp"] = {"decode_b1_ms": decode_ms(tp, 1), "decode_b8_ms": decode_ms(tp, 8),
+                            "cuda_graphs": tp.engine.runner.graphs is not None}  # fmt: skip
     prefix = [next((k for k in range(len(b)) if a[k] != b[k]), len(b)) for a, b in zip(got, ref, strict=True)]
     report["identical"] = sum(a == b for a, b in zip(got, ref, strict=True))
     report["sequences"] = len(ref)
