@@ -223,7 +223,7 @@ def full_rows(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
             rows[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
         free_memory()
     res["rows"] = rows
-    llm.close()
+    res["llm"] = llm  # closed by main after the JSON is written (a stuck teardown loses no numbers)
     return res
 
 
@@ -271,13 +271,21 @@ def main() -> int:
         log(f"quality: {report['quality_mini8']}")
         out.write_text(json.dumps(report, indent=1, default=str))
     key = f"{args.shape}_{args.weights}_tp{args.tp}"
+    llm = None
     try:
         report[key] = full_rows(args, hw)
+        llm = report[key].pop("llm")
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
         report[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
     out.write_text(json.dumps(report, indent=1, default=str))
-    print(json.dumps({k: v for k, v in report.items() if k != "method"}, indent=1, default=str))
+    print(json.dumps({k: v for k, v in report.items() if k != "method"}, indent=1, default=str), flush=True)
+    if llm is not None:
+        t = time.perf_counter()
+        llm.close()
+        log(f"closed the LLM (and its other ranks) in {time.perf_counter() - t:.1f} s")
+        if args.tp > 1:
+            os._exit(0)  # an NCCL group left open must not hold the exit (`Workers.stop`)
     return 0
 
 

@@ -178,7 +178,8 @@ def _worker_main(rank: int, world_size: int, init_method: str, backend: str, arg
     try:
         _load_and_follow(args, device)
     finally:
-        dist.destroy_process_group()
+        if backend == "gloo":  # NCCL's teardown can block (see `Workers.stop`); the exit frees it
+            dist.destroy_process_group()
 
 
 def _load_and_follow(args: WorkerArgs, device: torch.device) -> int:
@@ -244,18 +245,29 @@ class Workers:
             raise InvalidRequestError(f"tensor-parallel start-up failed: {failed[0]}")
 
     def stop(self, channel: StepChannel | None) -> None:
-        """Tell the ranks to stop (when they follow steps), wait for them, leave the group."""
+        """Tell the ranks to stop (when they follow steps), wait for them (10 s, then kill), and
+        leave the group. A gloo group is destroyed; an NCCL one is left to the process's exit:
+        its teardown can block once the peers are gone (seen on H100s with graphs captured), and
+        a closed `LLM` must not hang its caller."""
         try:
             if channel is not None:
                 channel.send(("stop",))
             for p in self.processes:
-                p.join(timeout=60 if channel is not None else 10)
+                p.join(timeout=10)
         finally:
             for p in self.processes:
                 if p.is_alive():
                     p.kill()
+                    p.join(timeout=5)
             if self.owns_group and dist.is_initialized():
-                dist.destroy_process_group()
+                global _LEFT_OPEN
+                if dist.get_backend() == "gloo":
+                    dist.destroy_process_group()
+                else:
+                    _LEFT_OPEN = True
+
+
+_LEFT_OPEN = False  # a closed NCCL tensor-parallel LLM left its group in this process
 
 
 def start_workers(
@@ -277,6 +289,11 @@ def start_workers(
     Raises `InvalidRequestError` when an existing group does not fit (size, or this is not rank
     0), or CUDA has fewer than `world_size` GPUs."""
     dev = torch.device(device)
+    if _LEFT_OPEN:
+        raise InvalidRequestError(
+            "this process already ran a tensor-parallel LLM on NCCL, whose group stays until the process "
+            "exits: start the next tensor-parallel LLM in a new process"
+        )
     if dist.is_initialized():
         return _attach(world_size, dev)
     if dev.type == "cuda" and torch.cuda.device_count() < world_size:
