@@ -23,6 +23,7 @@ import transformers  # noqa: E402
 from jamba_runtime.batch import ForwardBatch  # noqa: E402
 from jamba_runtime.cache import HybridCache  # noqa: E402
 from jamba_runtime.config import JambaConfig  # noqa: E402
+from jamba_runtime.dummy_weights import init_tensor  # noqa: E402
 from jamba_runtime.loader import empty_model  # noqa: E402
 from jamba_runtime.model import JambaForCausalLM  # noqa: E402
 
@@ -101,25 +102,10 @@ def _init(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """One parameter, initialised on `device` with the scales of `jamba_runtime.tiny` (activations O(1))."""
-    if name.endswith("norm.weight"):
-        return torch.ones(shape, device=device, dtype=dtype)
-    if name.endswith("mamba.A_log"):  # float32, as the loader keeps it
-        a = torch.arange(1, cfg.mamba_d_state + 1, dtype=torch.float32, device=device)
-        return torch.log(a).expand(shape).contiguous()
-    if name.endswith("mamba.D"):
-        return torch.ones(shape, device=device, dtype=torch.float32)
-    if name.endswith("dt_proj.bias"):  # dt log-uniform in [1e-3, 1e-1], stored as softplus^-1(dt)
-        u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
-        dt = torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        return (dt + torch.log(-torch.expm1(-dt))).to(dtype)
-    if name.endswith("conv1d.bias"):
-        return torch.zeros(shape, device=device, dtype=dtype)
-    t = torch.randn(shape, generator=gen, device=device, dtype=dtype)
-    if name == "model.embed_tokens.weight":
-        return t
-    fan_in = shape[-1] if len(shape) == 2 else math.prod(shape[1:])
-    return t.div_(math.sqrt(fan_in))
+    """One parameter, initialised on `device` as `load_format="dummy"` does (activations O(1));
+    Mamba's A_log and D in float32, as the loader keeps them."""
+    keep32 = name.endswith(("mamba.A_log", "mamba.D"))
+    return init_tensor(name, shape, cfg, gen, device, torch.float32 if keep32 else dtype)
 
 
 def _set_param(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:

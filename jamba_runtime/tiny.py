@@ -3,7 +3,6 @@ random weights of any shape for speed and memory work (which do not depend on we
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from jamba_runtime.config import JambaConfig
+from jamba_runtime.dummy_weights import init_tensor
 from jamba_runtime.loader import empty_model
 from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer
 
@@ -58,22 +58,7 @@ def random_state_dict(
 
 
 def _init(name: str, shape: tuple[int, ...], config: JambaConfig, gen: torch.Generator) -> torch.Tensor:
-    if name.endswith("norm.weight"):
-        return torch.ones(shape)
-    if name.endswith("mamba.A_log"):
-        return torch.log(torch.arange(1, config.mamba_d_state + 1, dtype=torch.float32)).expand(shape).clone()
-    if name.endswith("mamba.D"):
-        return torch.ones(shape)
-    if name.endswith("dt_proj.bias"):
-        # Mamba's init: dt log-uniform in [1e-3, 1e-1], stored as softplus^-1(dt).
-        dt = torch.exp(torch.rand(shape, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        return dt + torch.log(-torch.expm1(-dt))
-    if name.endswith("conv1d.bias"):
-        return torch.zeros(shape)
-    if name == "model.embed_tokens.weight":
-        return torch.randn(shape, generator=gen)
-    fan_in = shape[-1] if len(shape) == 2 else math.prod(shape[1:])
-    return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+    return init_tensor(name, shape, config, gen)  # float32 on the CPU, the dummy format's scales
 
 
 def write_random_checkpoint(
