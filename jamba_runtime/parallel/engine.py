@@ -10,8 +10,9 @@ copies (`copy_slot`, `copy_block`) are sent the same way, in order with the step
 replay CUDA graphs on every rank (captured at the same step everywhere, the NCCL all-reduces
 inside them); rank 0 then sends only the step's tokens, slots, lengths and block tables.
 
-Messages go over a gloo group on the CPU beside the NCCL one, so sending a plan costs no GPU
-synchronisation; the tensors' collectives stay on NCCL.
+Messages go over pipes to the ranks `start_workers` spawned (tens of microseconds a message), or
+over a gloo group on the CPU under a launcher such as `torchrun` (ranks on other hosts); neither
+costs a GPU synchronisation. The tensors' collectives stay on NCCL.
 
 `start_workers` spawns ranks 1..N-1 (one process each; gloo on CPU, NCCL with one GPU per rank)
 and joins rank 0, the calling process, to their group; `LLM(..., tensor_parallel_size=N)` does it.
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +49,35 @@ _NO_TIMEOUT = datetime.timedelta(days=3650)
 
 
 class StepChannel:
-    """Rank 0's messages to the other ranks, in order (one `broadcast_object_list` each)."""
+    """Rank 0's messages to the other ranks, in order: pickled over `tp.pipes` when the ranks are
+    this host's spawned processes (rank 0 holds one sending end per rank, the others their
+    receiving end), else one `broadcast_object_list` each over the CPU group."""
 
     def __init__(self, tp: TensorParallelGroup) -> None:
         self.tp = tp
 
     def send(self, message: tuple[Any, ...]) -> None:
-        dist.broadcast_object_list([message], src=0, group=self.tp.cpu_group)
+        if self.tp.pipes:
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+            for conn in self.tp.pipes:
+                conn.send_bytes(data)
+        else:
+            dist.broadcast_object_list([message], src=0, group=self.tp.cpu_group)
 
     def receive(self) -> tuple[Any, ...]:
+        if self.tp.pipes:
+            return pickle.loads(self.tp.pipes[0].recv_bytes())
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=0, group=self.tp.cpu_group)
         return box[0]
 
 
-def make_group(rank: int, world_size: int) -> TensorParallelGroup:
+def make_group(rank: int, world_size: int, pipes: list[Connection] | None = None) -> TensorParallelGroup:
     """This rank's `TensorParallelGroup` in the initialized default group; every rank calls it
-    once, right after joining (it makes the CPU group for the step messages, a collective)."""
+    once, right after joining (it makes the CPU group for the step messages, a collective).
+    `pipes`: rank 0's sending ends to its spawned ranks, or a spawned rank's receiving end."""
     cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-    return TensorParallelGroup(rank, world_size, cpu_group=cpu_group)
+    return TensorParallelGroup(rank, world_size, cpu_group=cpu_group, pipes=pipes or [])
 
 
 class TensorParallelRunner(ModelRunner):
@@ -82,10 +95,17 @@ class TensorParallelRunner(ModelRunner):
 
     def execute(self, step: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor]:
         if self._graph_step(step):
-            inputs = decode_inputs(step)
-            self.channel.send(("decode", *inputs))
             assert self.graphs is not None
-            return [item.seq for item in step.scheduled], self.graphs.run(*inputs)
+            inputs = decode_inputs(step)
+            seqs = [item.seq for item in step.scheduled]
+            if not self.graphs.has_graph(len(seqs)):  # captures now, with the other ranks capturing too
+                self.channel.send(("decode", *inputs))
+                return seqs, self.graphs.run(*inputs)
+            # Replay first: it only enqueues, so this rank's GPU starts while the message travels
+            # (it waits for the other ranks at the first all-reduce).
+            logits = self.graphs.run(*inputs)
+            self.channel.send(("decode", *inputs))
+            return seqs, logits
         plan = self.plan(step)
         self.channel.send(("step", plan))
         seqs = [item.seq for item in step.scheduled]
@@ -166,7 +186,9 @@ class WorkerArgs:
     load_format: str = "auto"
 
 
-def _worker_main(rank: int, world_size: int, init_method: str, backend: str, args: WorkerArgs) -> None:
+def _worker_main(
+    rank: int, world_size: int, init_method: str, backend: str, args: WorkerArgs, pipe: Connection
+) -> None:
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     device = torch.device(args.device, rank) if args.device == "cuda" else torch.device(args.device)
@@ -176,19 +198,19 @@ def _worker_main(rank: int, world_size: int, init_method: str, backend: str, arg
         backend, init_method=init_method, rank=rank, world_size=world_size, timeout=_NO_TIMEOUT
     )
     try:
-        _load_and_follow(args, device)
+        _load_and_follow(args, device, pipe)
     finally:
         if backend == "gloo":  # NCCL's teardown can block (see `Workers.stop`); the exit frees it
             dist.destroy_process_group()
 
 
-def _load_and_follow(args: WorkerArgs, device: torch.device) -> int:
+def _load_and_follow(args: WorkerArgs, device: torch.device, pipe: Connection | None = None) -> int:
     """This rank's part: load its shard, report the status to every rank, then follow rank 0's
     steps (when every rank loaded). Returns the steps run (0 when start-up failed somewhere)."""
     from jamba_runtime.loader import load_model
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    tp = make_group(rank, world_size)
+    tp = make_group(rank, world_size, [pipe] if pipe is not None else None)
     model = None
     try:
         model = load_model(
@@ -304,18 +326,22 @@ def start_workers(
     init_method = f"file://{Path(tempfile.mkdtemp(prefix='jamba-tp-')) / 'init'}"
     args = WorkerArgs(str(model_dir), dev.type, dtype, quantization, num_threads, load_format)
     ctx = mp.get_context("spawn")
-    processes = []
+    processes, senders = [], []
     for rank in range(1, world_size):
-        p = ctx.Process(target=_worker_main, args=(rank, world_size, init_method, backend, args), daemon=True)
+        receiver, sender = ctx.Pipe(duplex=False)
+        p = ctx.Process(
+            target=_worker_main, args=(rank, world_size, init_method, backend, args, receiver), daemon=True
+        )
         p.start()
         processes.append(p)
+        senders.append(sender)
     rank0 = torch.device("cuda", 0) if dev.type == "cuda" else dev
     if rank0.type == "cuda":
         torch.cuda.set_device(rank0)
     dist.init_process_group(
         backend, init_method=init_method, rank=0, world_size=world_size, timeout=_NO_TIMEOUT
     )
-    return Workers(make_group(0, world_size), processes, rank0)
+    return Workers(make_group(0, world_size, senders), processes, rank0)
 
 
 def _attach(world_size: int, device: torch.device) -> Workers:

@@ -10,6 +10,7 @@ fast path it runs them through the same grouped kernels as one GPU, on the stack
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,7 @@ class TensorParallelGroup:
     world_size: int
     group: dist.ProcessGroup | None = None
     cpu_group: dist.ProcessGroup | None = None  # gloo, for host messages; None: `group` is gloo already
+    pipes: list[Connection] = field(default_factory=list, compare=False)  # host links to spawned ranks
     num_all_reduces: int = field(default=0, compare=False)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
