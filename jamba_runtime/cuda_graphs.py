@@ -95,10 +95,6 @@ class DecodeGraphs:
         """The captured size a batch of `n` runs as, or None when `n` is above every size."""
         return next((s for s in self.sizes if s >= n), None)
 
-    def has_graph(self, n: int) -> bool:
-        """Whether a batch of `n` replays a graph already captured (else `run` captures first)."""
-        return self.padded_size(n) in self._graphs
-
     @property
     def captured(self) -> list[int]:
         """Batch sizes captured so far."""
