@@ -239,7 +239,12 @@ def run_follower(
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
         torch.cuda.set_device(dev)
-    return _load_and_follow(WorkerArgs(str(model_dir), dev.type, dtype, quantization, None, load_format), dev)
+    args = WorkerArgs(str(model_dir), dev.type, dtype, quantization, None, load_format)
+    steps = _load_and_follow(args, dev)
+    # Meet rank 0's `Workers.stop` before the launcher ends the group: a rank leaving while another
+    # is still inside a collective aborts the process (seen with gloo under load).
+    dist.barrier()
+    return steps
 
 
 @dataclass
@@ -269,6 +274,8 @@ class Workers:
         try:
             if channel is not None:
                 channel.send(("stop",))
+            if not self.owns_group:
+                dist.barrier()  # `run_follower` meets it: every rank is out of its last collective
             for p in self.processes:
                 p.join(timeout=10)
         finally:
