@@ -33,7 +33,7 @@ def run_tune(retriever: Retriever, data: Path) -> dict[str, Any]:
         texts += b
         metas += c
     doc_of = {i: str(m.get("doc_id")) for i, m in zip(ids, metas, strict=True)}
-    qv = retriever.embedder.embed_documents(list(queries.values()))
+    qv = retriever.embedder.embed_queries(list(queries.values()))
     dense = {}
     for (q, _), v in zip(queries.items(), qv, strict=True):
         dense[q] = {c.id: 1.0 - c.distance for c, _ in col.query(v, 200)}

@@ -291,7 +291,7 @@ class Retriever:
             self._check(q, k)
         qvs = None
         if kwargs.get("mode", "hybrid") in ("hybrid", "dense"):
-            qvs = self.embedder.embed_documents([q.strip() for q in queries])
+            qvs = self.embedder.embed_queries([q.strip() for q in queries])
         return [
             self.search(q, k, query_embedding=None if qvs is None else qvs[i], **kwargs)
             for i, q in enumerate(queries)
