@@ -94,11 +94,15 @@ def run_ours(
 ) -> tuple[dict[str, Any], Retriever]:
     data = work / label
     t = time.perf_counter()
-    report = ingest(corpus, "scifact", data_dir=data, embedder=embedder, progress=True)
+    chunk_tokens = getattr(args, "chunk_tokens_now", None)
+    report = ingest(
+        corpus, "scifact", data_dir=data, embedder=embedder, progress=True, chunk_tokens=chunk_tokens
+    )
     ingest_s = time.perf_counter() - t
     retriever = Retriever(Store(data).open("scifact"), embedder, load_bm25(Store(data).open("scifact")))
     out: dict[str, Any] = {
         "embedder": f"{embedder.name} ({embedder.backend})",
+        "chunk_tokens": chunk_tokens or embedder.chunk_tokens,
         "documents": report.documents,
         "chunks": report.chunks_total,
         "ingest_s": ingest_s,
@@ -274,7 +278,8 @@ def table(res: dict[str, Any]) -> str:
         "| system | nDCG@10 | R@10 | R@100 | ingest s | docs/s | chunks/s | query p50 ms | p95 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("ours_int8", "ours_fp32", "langchain"):
+    extra = sorted(k for k in res if k.startswith("ours_int8_chunk"))
+    for name in ("ours_int8", *extra, "ours_fp32", "langchain"):
         s = res.get(name)
         if not s:
             continue
@@ -318,7 +323,13 @@ def main() -> None:
         default=REPO / "bench" / "results" / "scifact_cache" / "tokvec_int8.pkl",
         help="token vectors of chunks, by chunk id, kept between runs",
     )
+    ap.add_argument(
+        "--extra-chunk-tokens",
+        default="",
+        help="also ingest with these chunk sizes, comma-separated (e.g. 510)",
+    )
     args = ap.parse_args()
+    args.extra_chunk_tokens = [int(x) for x in args.extra_chunk_tokens.split(",") if x]
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -363,6 +374,13 @@ def main() -> None:
             "ours_fp32", corpus, work, SentenceTransformerEmbedder(), queries, qrels, args
         )
         save()
+    for extra in args.extra_chunk_tokens:
+        args.chunk_tokens_now = extra
+        res[f"ours_int8_chunk{extra}"], _ = run_ours(
+            f"ours_int8_chunk{extra}", corpus, work, int8, queries, qrels, args
+        )
+        args.chunk_tokens_now = None
+        save()
     if args.tune:
         res["tuning"] = run_tune(ours, args.data)
         save()
@@ -378,6 +396,12 @@ def main() -> None:
     if "langchain" in res:
         summary["ingest_docs_per_s_ratio_vs_langchain"] = o["docs_per_s"] / res["langchain"]["docs_per_s"]
         summary["goal_ratio"] = 2.0
+        for extra in args.extra_chunk_tokens:
+            x = res[f"ours_int8_chunk{extra}"]
+            summary[f"chunk{extra}_docs_per_s_ratio_vs_langchain"] = (
+                x["docs_per_s"] / res["langchain"]["docs_per_s"]
+            )
+            summary[f"chunk{extra}_hybrid_ndcg@10"] = x["quality"]["hybrid"]["ndcg@10"]
     if "ours_fp32" in res:
         f = res["ours_fp32"]
         summary["int8_minus_fp32_ndcg@10"] = {
