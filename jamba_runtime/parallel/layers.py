@@ -78,6 +78,7 @@ class ExpertParallelMoe(nn.Module):
         self.experts = nn.ModuleDict({str(e): m for e, m in experts.items()})
         self.top_k = top_k
         self.tp = tp
+        self.first_expert = min(experts)  # a rank owns a contiguous range (`sharding.local_experts`)
         self._float: tuple[torch.Tensor, torch.Tensor] | None = None
         self._int8: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._stack_key: tuple[int, ...] | None = None
@@ -99,12 +100,11 @@ class ExpertParallelMoe(nn.Module):
         `fused` (the fast path) runs the grouped kernels when this rank's experts are stacked
         (`has_stacks`); otherwise a loop over this rank's experts."""
         if fused and self.has_stacks():
-            first = min(int(k) for k in self.experts)
             if self._float is not None:
-                y = fused_moe(x, self.router.weight, *self._float, self.top_k, first)
+                y = fused_moe(x, self.router.weight, *self._float, self.top_k, self.first_expert)
             else:
                 assert self._int8 is not None
-                y = fused_moe_int8(x, self.router.weight, *self._int8, self.top_k, first)
+                y = fused_moe_int8(x, self.router.weight, *self._int8, self.top_k, self.first_expert)
             return self.tp.all_reduce(y)
         weights, chosen = route_ref(x, self.router.weight, self.top_k)  # (tokens, top_k) each
         out = torch.zeros_like(x)
