@@ -383,6 +383,13 @@ def main() -> None:
         )
         args.chunk_tokens_now = None
         save()
+    if "langchain" in res and not args.limit_docs:
+        from bench.embedder_floor import floors
+
+        measured = {k: v["ingest_s"] for k, v in res.items() if isinstance(v, dict) and "ingest_s" in v}
+        sizes = [res["ours_int8"]["chunk_tokens"], *args.extra_chunk_tokens]
+        res["floor"] = floors(corpus, sizes, res["langchain"]["ingest_s"], measured)
+        save()
     if args.tune:
         res["tuning"] = run_tune(ours, args.data)
         save()
@@ -404,6 +411,10 @@ def main() -> None:
                 x["docs_per_s"] / res["langchain"]["docs_per_s"]
             )
             summary[f"chunk{extra}_hybrid_ndcg@10"] = x["quality"]["hybrid"]["ndcg@10"]
+    if "floor" in res:
+        summary["ingest_ratio_ceiling_vs_langchain"] = {
+            r["key"]: r["ceiling_ratio_vs_langchain"] for r in res["floor"]["rows"] if r["key"] != "langchain"
+        }
     if "ours_fp32" in res:
         f = res["ours_fp32"]
         summary["int8_minus_fp32_ndcg@10"] = {
@@ -417,6 +428,11 @@ def main() -> None:
     res["load_avg_at_end"] = os.getloadavg()
     print()
     print(table(res))
+    if "floor" in res:
+        from bench.embedder_floor import report
+
+        print()
+        print(report(res["floor"]))
     print(json.dumps(summary, indent=2))
     save()
     print(f"wrote {args.out}")

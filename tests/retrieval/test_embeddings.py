@@ -135,3 +135,15 @@ def test_specs() -> None:
         make_embedder("word2vec")
     with pytest.raises(ValueError, match="cache_dir"):
         make_embedder("minilm")
+
+
+def test_gpu_embedder_without_a_gpu_says_so() -> None:
+    import torch
+
+    from retrieval.errors import EmbedderUnavailableError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: bench/embedder_gpu.py measures that path")
+    for spec in ("minilm-cuda", f"st-cuda:{default_model_dir()}"):
+        with pytest.raises(EmbedderUnavailableError, match="no CUDA GPU"):
+            make_embedder(spec)
