@@ -193,8 +193,9 @@ class MaxSimReranker(Reranker):
             tok = e.model.tokenizer(
                 texts, padding=True, truncation=True, max_length=e.max_tokens, return_tensors="pt"
             )
+            feeds = {k: v.to(e.model.device) for k, v in tok.items()}  # the model may be on a GPU
             with torch.no_grad():
-                hidden = e.model[0].auto_model(**tok).last_hidden_state.float().numpy()
+                hidden = e.model[0].auto_model(**feeds).last_hidden_state.float().cpu().numpy()
             mask = tok["attention_mask"].numpy()
             ids = tok["input_ids"].numpy().astype(np.int64)
             toks = [e.model.tokenizer.convert_ids_to_tokens(row) for row in tok["input_ids"]]
