@@ -61,7 +61,10 @@ def test_demo_makes_the_tiny_model_in_the_data_dir(tmp_path: Path) -> None:
         (("generate", "--temperature", "-1", "hi"), "temperature=-1.0 is invalid"),
         (("generate", "--dtype", "int4", "hi"), "dtype 'int4' is not supported"),
         (("serve", "--kv-cache-dtype", "int4", "--port", "0"), "kv_cache_dtype 'int4' is not supported"),
-        (("serve", "--mamba-ssm-dtype", "float16", "--port", "0"), "mamba_ssm_dtype 'float16' is not supported"),
+        (
+            ("serve", "--mamba-ssm-dtype", "float16", "--port", "0"),
+            "mamba_ssm_dtype 'float16' is not supported",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(
