@@ -47,7 +47,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import transformers  # noqa: E402
-from transformers import JambaForCausalLM as HFJambaForCausalLM  # noqa: E402
 
 from bench.cpu_hardware import (  # noqa: E402 - engine_cpu.py imports some of these from here
     Contention,
@@ -57,8 +56,8 @@ from bench.cpu_hardware import (  # noqa: E402 - engine_cpu.py imports some of t
     param_counts,
     prefill_bound,
 )
+from bench.runtime_cpu_sides import Ours, Theirs  # noqa: E402
 from jamba_runtime.config import JambaConfig  # noqa: E402
-from jamba_runtime.loader import load_model  # noqa: E402
 from jamba_runtime.tiny import make_tiny_model, write_random_checkpoint  # noqa: E402
 from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
 
@@ -142,65 +141,6 @@ def prompts(vocab_size: int, batch: int, length: int, seed: int) -> torch.Tensor
     """Random ids above the 20 special tokens of the tiny tokenizer."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(20, vocab_size, (batch, length), generator=gen)
-
-
-class Ours:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.model = load_model(directory, dtype="float32")
-        self._llm: Any = None
-
-    @property
-    def llm(self) -> Any:
-        if self._llm is None:
-            # Imported here: the public API may be newer than the layers.
-            from jamba_runtime import LLM
-
-            self._llm = LLM(model=str(self.directory), dtype="float32")
-        return self._llm
-
-    @property
-    def lm_head(self) -> torch.nn.Module:
-        return self.llm.model.lm_head
-
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(ids)
-
-    def generate(self, ids: torch.Tensor, n: int) -> list[list[int]]:
-        from jamba_runtime import SamplingParams
-
-        params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
-        outs = self.llm.generate([row.tolist() for row in ids], params)
-        return [list(o.token_ids) for o in outs]
-
-
-class Theirs:
-    def __init__(self, directory: Path) -> None:
-        self.model = HFJambaForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
-        # Key difference to ours: there is no ignore_eos; with no eos id, nothing stops or masks.
-        self.model.generation_config.eos_token_id = None
-        self.pad_token_id = self.model.config.pad_token_id or 0
-
-    @property
-    def lm_head(self) -> torch.nn.Module:
-        return self.model.lm_head
-
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(ids).logits
-
-    def generate(self, ids: torch.Tensor, n: int) -> list[list[int]]:
-        with torch.inference_mode():
-            out = self.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                pad_token_id=self.pad_token_id,
-            )
-        return out[:, ids.shape[1] :].tolist()
 
 
 def alternate(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
