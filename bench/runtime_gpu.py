@@ -54,10 +54,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -95,7 +93,9 @@ from bench.gpu_models import (  # noqa: E402 - re-exported: other benches import
     prefill_floor,
     prompts,
 )
+from bench.gpu_plan import MemoryPlanRows  # noqa: E402
 from bench.gpu_report import fmt, format_table, row_notes, summary  # noqa: E402
+from bench.gpu_short_rows import ShortContextRows  # noqa: E402
 from bench.gpu_timing import (  # noqa: E402
     Clock,
     device_info,
@@ -108,7 +108,6 @@ from bench.gpu_timing import (  # noqa: E402
     timed_generate,
 )
 from jamba_runtime.config import JambaConfig  # noqa: E402
-from jamba_runtime.memory_plan import plan_memory  # noqa: E402
 from jamba_runtime.model import JambaForCausalLM  # noqa: E402
 from jamba_runtime.tiny import TINY_CONFIG  # noqa: E402
 from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
@@ -141,10 +140,9 @@ transformers.logging.set_verbosity_error()
 _GIB = 2**30
 
 # ---- the bench ------------------------------------------------------------------------------------
-Gen = Callable[[torch.Tensor, int], list[list[int]]]
 
 
-class Bench(LongContextRows):
+class Bench(ShortContextRows, LongContextRows, MemoryPlanRows):
     def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, out: Path) -> None:
         self.args, self.device, self.dtype, self.out = args, device, dtype, out
         self.clock = Clock(device)
@@ -278,55 +276,6 @@ class Bench(LongContextRows):
             self.llm = self.phase("engine (LLM over the shared model)", self._make_llm)
         return True
 
-    def make_plan(self, full_raw: dict[str, Any]) -> None:
-        """`jamba_runtime.memory_plan` for one sequence on this card: the longest context that fits;
-        for information also the uncut config (bf16 and experts_int8)."""
-        assert self.cfg is not None
-        total = torch.cuda.get_device_properties(self.device).total_memory if self.cuda else None
-
-        def plan(cfg: JambaConfig, quant: str | None) -> dict[str, Any]:
-            p = plan_memory(
-                cfg,
-                dtype=self.dtype,
-                quantization=quant,
-                max_num_seqs=1,
-                num_snapshot_slots=0,
-                max_num_batched_tokens=self.args.chunk,
-                device_memory_bytes=total,
-            )
-            return {
-                "layers": cfg.num_hidden_layers,
-                "quantization": quant,
-                "weights_gib": p.weights_bytes / _GIB,
-                "kv_bytes_per_token": p.kv_bytes_per_token,
-                "mamba_slot_mib": p.mamba_slot_bytes / 2**20,
-                "activation_gib": p.activation_bytes / _GIB,
-                "reserve_gib": p.reserve_bytes / _GIB,
-                "budget_gib": None if p.budget_bytes is None else p.budget_bytes / _GIB,
-                "kv_tokens_that_fit": p.kv_tokens,
-                "max_position_embeddings": p.max_position_embeddings,
-                "longest_context": p.longest_context,
-                "fits": p.fits,
-                "summary": p.summary(),
-            }
-
-        self.plan = {"this_shape": plan(self.cfg, None)}
-        log(self.plan["this_shape"]["summary"])
-        if full_raw.get("num_hidden_layers") != self.cfg.num_hidden_layers:
-            full = JambaConfig.from_dict(full_raw, source="bench config (uncut)")
-            for quant in (None, "experts_int8"):
-                try:
-                    self.plan[f"uncut_{quant or 'bf16'}"] = plan(full, quant)
-                except Exception as e:  # noqa: BLE001 - information only
-                    self.plan[f"uncut_{quant or 'bf16'}"] = {"error": short_error(e)}
-
-    def longest_target(self) -> int:
-        """Tokens (prompt + 1 new) of the longest-context check: the plan's longest context, capped
-        by `--longest-cap`."""
-        assert self.cfg is not None
-        longest = self.plan.get("this_shape", {}).get("longest_context") or self.cfg.max_position_embeddings
-        return min(longest, self.args.longest_cap or longest)
-
     def _make_llm(self) -> Any:
         assert self.ours is not None and self.cfg is not None
         args = self.args
@@ -368,138 +317,6 @@ class Bench(LongContextRows):
             f"{row['metric']}: {summary(row)} ({row['seconds']:.1f}s, peak {fmt(row['peak_gib'], '.1f')} GiB)"
         )
         self.save()
-        return row
-
-    def sides(self, names: list[str]) -> dict[str, tuple[Any, Gen]]:
-        assert self.ours is not None and self.cfg is not None
-        ours, hf, llm = self.ours, self.hf, self.llm
-        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
-        out: dict[str, tuple[Any, Gen]] = {}
-        if "ours" in names and llm is not None:
-            # The runner, not the LM head: a decode step replayed from a CUDA graph calls no forward.
-            out["ours"] = (llm.engine.runner, lambda x, k: ours_engine_generate(llm, x, k))
-        if "ours_plain" in names and not self.args.no_plain:
-            out["ours_plain"] = (ours.lm_head, lambda x, k: ours_plain_generate(ours, x, k))
-        if "transformers" in names and hf is not None:
-            out["transformers"] = (hf.lm_head, lambda x, k: hf_generate(hf, x, k, pad))
-        return out
-
-    def generate_row(
-        self, metric: str, kind: str, b: int, p: int, n: int, names: list[str], repeats: int, seed: int
-    ) -> dict[str, Any]:
-        """Greedy generation of `n` tokens after `p`-token prompts at batch `b` on each side: warm-up,
-        then `repeats` timed runs alternating sides; decode and total rates, peaks, greedy agreement."""
-        assert self.cfg is not None
-        ids = prompts(self.cfg.vocab_size, b, p, seed=seed, device=self.device)
-        sides = self.sides(names)
-        row: dict[str, Any] = {"metric": metric, "kind": kind, "batch": b, "prompt_len": p, "new_tokens": n}
-        errors: dict[str, str] = {}
-        for side, (_, gen) in list(sides.items()):  # warm-up: compiles, allocator, cuBLAS heuristics
-            try:
-                gen(ids, min(n, 16))
-                self.clock.sync()
-            except Exception as e:  # noqa: BLE001
-                errors[side] = short_error(e)
-                del sides[side]
-                free_memory()
-        log("  warm-up done: " + ", ".join(sides) + (f"; failed: {', '.join(errors)}" if errors else ""))
-        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
-        peaks: dict[str, tuple[float | None, float | None]] = {}
-        for _ in range(repeats):
-            for side, (head, gen) in list(sides.items()):
-                try:
-                    res, peak, resident = self.with_peak(
-                        lambda: timed_generate(self.clock, head, gen, ids, n)
-                    )
-                    runs[side].append(res)
-                    old = peaks.get(side, (None, resident))[0]
-                    peaks[side] = (peak if old is None or peak is None else max(old, peak), resident)
-                except Exception as e:  # noqa: BLE001
-                    errors[side] = short_error(e)
-                    del sides[side]
-                    free_memory()
-        tokens: dict[str, list[list[int]]] = {}
-        for side, rs in runs.items():
-            if not rs:
-                continue
-            d = statistics.median(r["decode_s"] for r in rs)
-            window = statistics.median(r["window_tokens"] for r in rs)
-            total = statistics.median(r["total_s"] for r in rs)
-            peak, resident = peaks.get(side, (None, None))
-            row[side] = {
-                "ms_per_step": 1e3 * d / (n - 1),
-                "tokens_per_s": window / d if d > 0 else math.nan,
-                "total_tokens_per_s": b * n / total,
-                "total_s": total,
-                "first_token_s": statistics.median(r["first_token_s"] for r in rs),
-                "decode_s": [r["decode_s"] for r in rs],
-                "window_tokens": window,
-                "lm_head_calls": rs[-1]["calls"],
-                "peak_gib": peak,
-                "own_peak_gib": self.own_peak(side, peak, resident),
-            }
-            tokens[side] = rs[-1]["tokens"]
-        for x, y in [("ours", "transformers"), ("ours", "ours_plain"), ("ours_plain", "transformers")]:
-            if x in tokens and y in tokens:
-                prefix = [common_prefix(s, t) for s, t in zip(tokens[x], tokens[y])]
-                row[f"greedy_{x}_vs_{y}"] = {
-                    "identical": tokens[x] == tokens[y],
-                    "min_agreeing_prefix": min(prefix),
-                    "mean_agreeing_prefix": statistics.fmean(prefix),
-                }
-        assert self.cfg is not None
-        step = decode_step_bytes(self.cfg, self.acct, b, p + n / 2)
-        bw = self.hw["copy_bandwidth_bytes_s"]
-        row["floor_step_bytes"] = step
-        row["floor_ms_per_step"] = 1e3 * step / bw
-        row["floor_tokens_per_s"] = b * bw / step
-        prefill_s = b * p / prefill_floor(self.cfg, self.acct, p, self.hw)
-        row["floor_total_tokens_per_s"] = b * n / (prefill_s + n * step / bw)
-        row["errors"] = errors
-        return row
-
-    def prefill_row(self, p: int) -> dict[str, Any]:
-        assert self.ours is not None and self.cfg is not None
-        ours, hf = self.ours, self.hf
-        ids = prompts(self.cfg.vocab_size, 1, p, seed=100 + p, device=self.device)
-        sides: dict[str, Callable[[], Any]] = {"ours": lambda: ours(ids)}
-        if hf is not None:
-            sides["transformers"] = lambda: hf(input_ids=ids).logits
-        row: dict[str, Any] = {"metric": f"prefill b=1 P={p}", "kind": "prefill", "batch": 1, "prompt_len": p}
-        errors: dict[str, str] = {}
-        logits: dict[str, torch.Tensor] = {}
-        for side, fn in list(sides.items()):  # warm-up, and the logits compared
-            try:
-                with torch.inference_mode():
-                    logits[side] = fn()
-                self.clock.sync()
-            except Exception as e:  # noqa: BLE001
-                errors[side] = short_error(e)
-                del sides[side]
-                free_memory()
-        if len(logits) == 2:
-            row.update(compare_logits(logits["ours"], logits["transformers"]))
-        elif "ours" in logits:
-            row["logits_finite"] = bool(torch.isfinite(logits["ours"]).all())
-        logits.clear()
-        free_memory()
-        times: dict[str, list[float]] = {s: [] for s in sides}
-        for _ in range(self.args.prefill_repeats):
-            for side, fn in list(sides.items()):
-                try:
-                    with torch.inference_mode():
-                        times[side].append(self.clock.time(fn))
-                except Exception as e:  # noqa: BLE001
-                    errors[side] = short_error(e)
-                    del sides[side]
-                    free_memory()
-        for side, ts in times.items():
-            if ts:
-                t = statistics.median(ts)
-                row[side] = {"tokens_per_s": p / t, "ms": 1e3 * t, "times_s": ts}
-        row["floor_tokens_per_s"] = prefill_floor(self.cfg, self.acct, p, self.hw)
-        row["floor_ms"] = 1e3 * p / row["floor_tokens_per_s"]
-        row["errors"] = errors
         return row
 
     # -- long prompts
