@@ -238,7 +238,6 @@ class OnnxEmbedder(Embedder):
             raise EmbedderUnavailableError(
                 f"{path} has no tokenizer.json: the ONNX backend needs a fast tokenizer"
             )
-        self._raw_tokenizer = Tokenizer.from_file(str(tok_file))
         self.tokenizer = Tokenizer.from_file(str(tok_file))
         self.tokenizer.enable_truncation(self.max_tokens)
         self._pad_id = self.tokenizer.token_to_id("[PAD]") or 0
@@ -254,7 +253,7 @@ class OnnxEmbedder(Embedder):
         self._query_session: ParallelSession | None = None if quantize else self.session
 
     def token_counter(self) -> TokenCounter:
-        return HFTokenCounter(self._raw_tokenizer)
+        return HFTokenCounter(self.tokenizer)  # it counts on its own copy, untruncated and unpadded
 
     def _ensure_onnx(self, cache_dir: Path, quantize: str | None) -> tuple[Path, Path, bool]:
         """The model file for `quantize` (built on first use), the float32 one, and whether they
