@@ -62,12 +62,13 @@ RANDOM_WEIGHTS_NOTE = (
 
 
 def main() -> None:
-    """Console entry point: typed errors print one clear line and exit 2, no traceback."""
+    """Console entry point: typed errors print one clear line, no traceback, and exit 2 (a
+    problem the user can fix) or 1 (a failure of ours, such as the engine loop dying)."""
     try:
         app()
     except JambaStackError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(1 if e.http_status >= 500 else 2)
 
 
 def _settings(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import threading
 import uuid
 import weakref
@@ -26,13 +27,19 @@ from typing import Any, TypeVar
 import torch
 
 from jamba_runtime.engine import EngineConfig, EngineMetrics, LLMEngine, StepOutput
-from jamba_runtime.errors import EngineStoppedError, InvalidRequestError, RequestNotFoundError
+from jamba_runtime.errors import (
+    EngineStoppedError,
+    InvalidRequestError,
+    RequestFailedError,
+    RequestNotFoundError,
+)
 from jamba_runtime.llm import LLM, Prompt
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.stream_outputs import GenerateOutput, RequestOutputDelta, Usage
 from jamba_runtime.tokenizer import Tokenizer
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -126,6 +133,7 @@ class AsyncLLM:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._dead: BaseException | None = None
+        self._stopped = threading.Event()  # set once the engine loop has ended (closed or failed)
         # Loop thread only: items to hand to each event loop at the end of a round.
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
         self._metrics = self.engine.metrics()
@@ -156,7 +164,8 @@ class AsyncLLM:
         vocab, an id already running, an unknown snapshot, params not a `SamplingParams`),
         `ContextLengthError` (prompt reaches `max_model_len`), `EngineStoppedError` (closed or
         failed), `RuntimeError` (no running event loop). While iterating: `EngineStoppedError` if
-        the engine loop fails, or `InvalidRequestError` if the engine refuses the request (a
+        the engine loop fails, `RequestFailedError` if this request alone failed in the engine
+        (the others go on), or `InvalidRequestError` if the engine refuses the request (a
         snapshot dropped between the call and the engine taking the request).
         """
         stream = self._add(prompt, params, request_id, priority, prefix_snapshot, save_snapshot)
@@ -214,6 +223,22 @@ class AsyncLLM:
 
         await asyncio.wrap_future(self._submit(abort))
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The exception that stopped the engine loop, or None while it is healthy (or was closed
+        normally). A server reports it from its health check and exits."""
+        return self._dead
+
+    @property
+    def stopped(self) -> bool:
+        """True once closed or failed: no new request will run."""
+        return self._closing or self._dead is not None
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Block until the engine loop has ended (closed or failed) or `timeout` passes; True if
+        it ended. A loop that never started (no request yet) ends at `shutdown`."""
+        return self._stopped.wait(timeout)
+
     def metrics(self) -> EngineMetrics:
         """The engine's metrics as of its last step or command (a copy; never blocks). Taken
         before that round's outputs and command results are handed out, so a consumer that saw
@@ -234,6 +259,7 @@ class AsyncLLM:
             self._cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        self._stopped.set()
         if self._owns_llm:
             self.llm.close()
 
@@ -426,6 +452,12 @@ class AsyncLLM:
         stream = self._streams.get(out.request_id)
         if stream is None:
             return  # added to the engine directly, not through this AsyncLLM
+        if out.finish_reason == "error":
+            self._forget(stream)
+            self._emit(
+                stream, RequestFailedError(f"request {out.request_id!r} failed in the engine: {out.error}")
+            )
+            return
         stream.completion_tokens += len(out.token_ids)
         usage = _usage(stream) if out.finished else None
         delta = RequestOutputDelta(
@@ -466,6 +498,7 @@ class AsyncLLM:
 
     def _fail(self, exc: BaseException) -> None:
         """The loop is dying: fail every stream and every waiting command, so nothing hangs."""
+        logger.critical("the engine loop stopped: %s: %s", type(exc).__name__, exc, exc_info=exc)
         with self._cond:
             self._dead = exc
             pending = [future for _, future in [*self._batch, *self._commands] if future is not None]
@@ -482,6 +515,7 @@ class AsyncLLM:
                 loop.call_soon_threadsafe(_put_all, items)
         for future in pending:
             future.set_exception(self._stopped_error())
+        self._stopped.set()
 
 
 def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:

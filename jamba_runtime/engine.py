@@ -94,6 +94,7 @@ class StepOutput:
     finished: bool
     finish_reason: str | None
     logprobs: list[dict] | None = None  # per new token: {"token_id", "logprob", "top": [(id, logprob)]}
+    error: str | None = None  # with finish_reason "error": why this request alone failed
 
 
 @dataclass
@@ -388,44 +389,114 @@ class LLMEngine:
             ):
                 self.snapshot_store.save(self._save_snapshot_as.pop(seq.request_id), seq)
         bitmask, mask_rows, broken = masks.result() if masks is not None else (None, [], set())
-        tokens = sample(
-            logits,
-            [s.params for s in to_sample],
-            [s.generator for s in to_sample],
-            [_seen(s, logits.device) for s in to_sample],
-            bitmask=bitmask,
-            mask_rows=mask_rows,
-        )
+        tokens = self._sample(to_sample, logits, bitmask, mask_rows)
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
-            if seq.grammar is not None:
-                # The grammar may replace the token to finish within max_tokens (grammar_closing).
-                token = (
-                    -1
-                    if row in broken
-                    else seq.grammar.take(token, seq.max_new_tokens - len(seq.output_token_ids))
-                )
-                if token < 0:
-                    self._end_broken_grammar(seq, outputs)
-                    continue
-            if not seq.output_token_ids:
-                self._ttft_sum += now - self._arrival_time.get(seq.request_id, now)
-                self._ttft_count += 1
-            lp = None
-            if seq.params.logprobs is not None:
-                lp = [logprobs_of(logits[row], token, seq.params.logprobs)]
-            text = seq.append_token(token)
-            self._generated += 1
-            outputs.append(StepOutput(seq.request_id, text, [token], seq.finished, seq.finish_reason, lp))
-            if seq.finished:
-                self.scheduler.finish(seq)
-                self.requests.pop(seq.request_id, None)
-                self._arrival_time.pop(seq.request_id, None)
-                self._save_snapshot_as.pop(seq.request_id, None)
+            # One request's failure (its sampling, grammar or detokenizing) ends that request
+            # alone; the batch goes on.
+            try:
+                self._take_token(seq, row, token, logits, row in broken, now, outputs)
+            except Exception as exc:  # noqa: BLE001 - logged with its traceback, the request fails
+                logger.exception("request %s failed in its step", seq.request_id)
+                self._fail_request(seq, f"{type(exc).__name__}: {exc}", outputs)
         self._recent.append((now, len(tokens)))
         while now - self._recent[0][0] > _RATE_WINDOW_S:
             self._recent.pop(0)
         return outputs
+
+    def _sample(
+        self,
+        to_sample: list[Sequence],
+        logits: torch.Tensor,
+        bitmask: torch.Tensor | None,
+        mask_rows: list[int],
+    ) -> list[int | BaseException]:
+        """The step's tokens, one per sampled row. If sampling the batch raises, each row is
+        sampled alone so that only the rows that raise fail (their item is the exception)."""
+        args = (
+            [s.params for s in to_sample],
+            [s.generator for s in to_sample],
+            [_seen(s, logits.device) for s in to_sample],
+        )
+        try:
+            return list(sample(logits, *args, bitmask=bitmask, mask_rows=mask_rows))
+        except Exception:  # noqa: BLE001 - narrowed to the rows that raise, below
+            logger.exception("sampling the batch failed: sampling its %d rows one at a time", len(to_sample))
+        tokens: list[int | BaseException] = []
+        for row in range(len(to_sample)):
+            one = [a[row : row + 1] for a in args]
+            masked = row in mask_rows
+            try:
+                tokens.extend(
+                    sample(
+                        logits[row : row + 1],
+                        *one,
+                        bitmask=bitmask[mask_rows.index(row)].unsqueeze(0)
+                        if masked and bitmask is not None
+                        else None,
+                        mask_rows=[0] if masked else None,
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - this row's request fails, not the engine
+                tokens.append(exc)
+        return tokens
+
+    def _take_token(
+        self,
+        seq: Sequence,
+        row: int,
+        token: int | BaseException,
+        logits: torch.Tensor,
+        grammar_broken: bool,
+        now: float,
+        outputs: list[StepOutput],
+    ) -> None:
+        """Give `seq` its sampled token: grammar, logprobs, text, stop checks, and its output."""
+        if isinstance(token, BaseException):
+            raise token
+        if token < 0:
+            self._fail_request(
+                seq,
+                "the model's next-token distribution for this request has no usable value (NaN logits, "
+                "or no token left after the structured-output mask and the sampling filters)",
+                outputs,
+            )
+            return
+        if seq.grammar is not None:
+            # The grammar may replace the token to finish within max_tokens (grammar_closing).
+            token = (
+                -1
+                if grammar_broken
+                else seq.grammar.take(token, seq.max_new_tokens - len(seq.output_token_ids))
+            )
+            if token < 0:
+                self._end_broken_grammar(seq, outputs)
+                return
+        if not seq.output_token_ids:
+            self._ttft_sum += now - self._arrival_time.get(seq.request_id, now)
+            self._ttft_count += 1
+        lp = None
+        if seq.params.logprobs is not None:
+            lp = [logprobs_of(logits[row], token, seq.params.logprobs)]
+        text = seq.append_token(token)
+        self._generated += 1
+        outputs.append(StepOutput(seq.request_id, text, [token], seq.finished, seq.finish_reason, lp))
+        if seq.finished:
+            self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        """A finished request gives back its cache and leaves the engine's books."""
+        self.scheduler.finish(seq)
+        self.requests.pop(seq.request_id, None)
+        self._arrival_time.pop(seq.request_id, None)
+        self._save_snapshot_as.pop(seq.request_id, None)
+
+    def _fail_request(self, seq: Sequence, error: str, outputs: list[StepOutput]) -> None:
+        """End `seq` with finish_reason "error" (its cache freed); the other requests go on."""
+        seq.finish_reason = "error"
+        seq.error = error
+        outputs.append(StepOutput(seq.request_id, "", [], True, "error", error=error))
+        self._release(seq)
 
     def _end_broken_grammar(self, seq: Sequence, outputs: list[StepOutput]) -> None:
         """A matcher in error (an llguidance limit or bug): end that request ("abort") rather
@@ -434,10 +505,7 @@ class LLMEngine:
         logger.error("request %s: structured output stopped: %s", seq.request_id, seq.grammar.error())
         seq.finish_reason = "abort"
         outputs.append(StepOutput(seq.request_id, "", [], True, "abort"))
-        self.scheduler.finish(seq)
-        self.requests.pop(seq.request_id, None)
-        self._arrival_time.pop(seq.request_id, None)
-        self._save_snapshot_as.pop(seq.request_id, None)
+        self._release(seq)
 
     # ---- snapshots -------------------------------------------------------------------------------
     def _release_waiting_prefixes(self) -> bool:

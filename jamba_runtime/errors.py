@@ -72,6 +72,15 @@ class EngineStoppedError(JambaStackError):
     code = "engine_stopped"
 
 
+class RequestFailedError(JambaStackError):
+    """One request failed inside the engine (its sampling, structured-output grammar or
+    detokenizing raised, or its next-token distribution was unusable). That request alone ended,
+    its cache freed; the engine goes on serving the others. The server log has the traceback."""
+
+    http_status = 500
+    code = "request_failed"
+
+
 class InsufficientMemoryError(JambaStackError):
     """A model, dtype, context and GPU count that cannot fit the GPUs' memory. The message names the
     shortfall and the settings that would fit (quantization, more GPUs, a shorter context)."""

@@ -7,20 +7,28 @@ import torch
 from jamba_runtime.grammar import apply_token_bitmask
 from jamba_runtime.sampling_params import SamplingParams
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """`logits (vocab,)`; tokens in `seen` get positive logits divided and negative ones multiplied."""
+    """`logits (vocab,)`; tokens in `seen` get positive logits divided and negative ones multiplied.
+    Results stay finite: a tiny penalty would otherwise divide a logit into +inf."""
     if penalty == 1.0 or seen.numel() == 0:
         return logits
     logits = logits.clone()
     scores = logits[seen]
-    logits[seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
+    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
+    logits[seen] = penalized.clamp(-_FLOAT32_MAX, _FLOAT32_MAX)
     return logits
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, then top-k, top-p and min-p: filtered-out tokens get -inf. `logits (vocab,)` float32."""
-    logits = logits / params.temperature
+    """Temperature, then top-k, top-p and min-p: filtered-out tokens get -inf. `logits (vocab,)` float32.
+
+    The row's maximum is subtracted before dividing by the temperature: the distribution is the
+    same, and no positive temperature, however small, can overflow it (the top logit becomes 0,
+    the others -inf at worst), so softmax never sees inf - inf."""
+    logits = (logits - logits.max()) / params.temperature
     if params.top_k > 0 and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -29,6 +37,8 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         cum = torch.softmax(sorted_logits, -1).cumsum(-1)
         # Drop a token when the tokens before it already reach top_p; the top token always stays.
         drop_sorted = (cum - torch.softmax(sorted_logits, -1)) >= params.top_p
+        # Explicitly: a top_p below float32's smallest number compares as 0, which would drop it.
+        drop_sorted[0] = False
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if params.min_p > 0.0:
@@ -58,7 +68,8 @@ def sample(
             are untouched.
 
     Returns:
-        the chosen token id per row.
+        the chosen token id per row, or -1 for a row with no usable distribution (NaN logits,
+        or nothing left after masking and filtering): the caller fails that request alone.
     """
     logits = logits.float()
     if bitmask is not None and mask_rows:
@@ -71,8 +82,10 @@ def sample(
         i for i, (p, seen) in enumerate(zip(params, seen_tokens, strict=True))
         if p.greedy and (p.repetition_penalty == 1.0 or seen.numel() == 0)
     ]  # fmt: skip
+    # A row is usable when it has no NaN and some token above -inf.
+    usable = ~torch.isnan(logits).any(-1) & (logits > float("-inf")).any(-1)
     if len(plain) == len(params):
-        return torch.argmax(logits, -1).tolist()
+        return torch.where(usable, torch.argmax(logits, -1), -1).tolist()
     chosen = torch.zeros(len(params), dtype=torch.long, device=logits.device)
     if plain:
         rows = torch.tensor(plain, device=logits.device)
@@ -84,9 +97,14 @@ def sample(
         row = apply_repetition_penalty(row, seen, p.repetition_penalty)
         if p.greedy:
             chosen[i] = torch.argmax(row)
-        else:
-            chosen[i] = torch.multinomial(torch.softmax(filter_logits(row, p), -1), 1, generator=gen)[0]
-    return chosen.tolist()
+            continue
+        probs = torch.softmax(filter_logits(row, p), -1)
+        ok = torch.isfinite(probs).all() & (probs.sum() > 0)
+        usable[i] &= ok
+        # multinomial must never see NaN (on CUDA that is a device assert, fatal to the process):
+        # an unusable row draws from a uniform stand-in and is reported as -1 below.
+        chosen[i] = torch.multinomial(torch.where(ok, probs, 1.0), 1, generator=gen)[0]
+    return torch.where(usable, chosen, -1).tolist()
 
 
 def logprobs_of(logits: torch.Tensor, token: int, top_n: int) -> dict:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from jamba_runtime.errors import InvalidRequestError
 from jamba_runtime.structured import StructuredOutput
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -14,7 +18,8 @@ class SamplingParams:
 
     Attributes:
         max_tokens: most new tokens to generate.
-        temperature: 0 picks the most likely token (greedy); higher flattens the distribution.
+        temperature: 0 (or anything below 1e-5) picks the most likely token (greedy); higher
+            flattens the distribution.
         top_k: keep the k most likely tokens (0 or -1: all).
         top_p: keep the smallest set of tokens whose probability reaches top_p (1.0: all).
         min_p: drop tokens less likely than min_p times the most likely one (0.0: none).
@@ -30,6 +35,10 @@ class SamplingParams:
         structured: constrain the output to JSON, a JSON Schema, a regex, a choice or tool calls
             (`StructuredOutput`). The grammar decides where the output ends: stop strings and
             stop token ids do not apply inside the constrained part, and `ignore_eos` is refused.
+
+    Every finite value these rules admit is safe to sample with, however extreme (a temperature
+    below 1e-5 samples greedily, a top_p of 1e-46 keeps the top token, a repetition penalty of
+    1e-39 pushes seen tokens to the top without overflowing); NaN and infinities are refused.
 
     Example:
         >>> SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9, seed=1, stop=["\\n\\n"])
@@ -61,7 +70,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Pick the most likely token: temperature 0, or below `GREEDY_TEMPERATURE` (as vLLM),
+        where dividing by it would underflow in float32 and the distribution is the argmax."""
+        return self.temperature < GREEDY_TEMPERATURE
 
     def _validate(self) -> None:
         def bad(name: str, value: object, rule: str) -> InvalidRequestError:
@@ -70,7 +81,7 @@ class SamplingParams:
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
             raise bad("max_tokens", self.max_tokens, "it must be an integer >= 1")
         if not _is_number(self.temperature) or self.temperature < 0:
-            raise bad("temperature", self.temperature, "it must be >= 0 (0 means greedy)")
+            raise bad("temperature", self.temperature, "it must be a finite number >= 0 (0 means greedy)")
         if not _is_int(self.top_k) or self.top_k < -1:
             raise bad("top_k", self.top_k, "it must be an integer >= 1, or 0 / -1 to disable")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
@@ -78,9 +89,15 @@ class SamplingParams:
         if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", self.min_p, "it must be in [0, 1]")
         if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", self.repetition_penalty, "it must be > 0 (1.0 disables it)")
-        if self.seed is not None and not _is_int(self.seed):
-            raise bad("seed", self.seed, "it must be an integer or None")
+            raise bad(
+                "repetition_penalty",
+                self.repetition_penalty,
+                "it must be a finite number > 0 (1.0 disables it)",
+            )
+        if self.seed is not None and (not _is_int(self.seed) or not _INT64_MIN <= self.seed <= _INT64_MAX):
+            raise bad(
+                "seed", self.seed, f"it must be an integer in {_INT64_MIN}..{_INT64_MAX} (int64), or None"
+            )
         if not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", self.stop, "it must be non-empty strings")
         if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
@@ -105,4 +122,11 @@ def _is_int(v: object) -> bool:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # v == v rejects NaN
+    """A finite int or float that a float holds (NaN, infinities and larger ints cannot be
+    sampled with)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False

@@ -34,7 +34,8 @@ class RequestOutput:
         request_id: the request's id. text: the generated text, stop strings removed.
         token_ids: generated ids (an end-of-sequence or stop token that ended it is included,
             as in vLLM; its text is not). finish_reason: "stop" (end token or stop string),
-            "length" (max_tokens or the context limit), or None while running.
+            "length" (max_tokens or the context limit), "abort", "error" (this request alone
+            failed inside the engine: `error` says why), or None while running.
     """
 
     request_id: str
@@ -42,6 +43,7 @@ class RequestOutput:
     text: str
     token_ids: list[int]
     finish_reason: str | None
+    error: str | None = None
 
 
 class SequenceStatus(enum.Enum):
@@ -77,6 +79,7 @@ class Sequence:
     alloc: CacheAllocation = field(default_factory=CacheAllocation)
     num_preemptions: int = 0
     grammar: GrammarMatcher | None = None
+    error: str | None = None  # why the engine failed this request (finish_reason "error")
 
     @property
     def finished(self) -> bool:
@@ -151,7 +154,12 @@ class Sequence:
 
     def output(self) -> RequestOutput:
         return RequestOutput(
-            self.request_id, self.prompt_token_ids, self.text, list(self.output_token_ids), self.finish_reason
+            self.request_id,
+            self.prompt_token_ids,
+            self.text,
+            list(self.output_token_ids),
+            self.finish_reason,
+            self.error,
         )
 
 

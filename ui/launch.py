@@ -4,8 +4,10 @@ Starts `jamba-stack serve` (as `python -m app.cli serve`, so no PATH lookup) and
 `streamlit run ui/app.py` (headless) as child processes, points the app at the server through
 `JAMBA_STACK_SERVER_URL`, waits for both to answer their health checks, prints the URLs, and
 waits. Ctrl-C or SIGTERM stops both (SIGINT to the server so it drains and frees the engine,
-SIGTERM to Streamlit; SIGKILL after a grace period). When either child exits on its own, the
-other is stopped too and `up` exits non-zero.
+SIGTERM to Streamlit; SIGKILL after a grace period). When the API server exits on its own (its
+engine died, or it was killed), it is restarted, at most `MAX_RESTARTS` times within
+`RESTART_WINDOW_S`, with a line saying why; past that, or when the web app exits, the other is
+stopped too and `up` exits non-zero.
 
 Chroma is the embedded store in the data dir unless `JAMBA_STACK_CHROMA_URL` names a server.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +36,8 @@ if TYPE_CHECKING:  # ui.backend imports the runtime (torch): loaded only when `u
 APP_FILE = Path(__file__).resolve().parent / "app.py"
 STREAMLIT_HEALTH_PATH = "/_stcore/health"
 API_HEALTH_PATH = "/health"
+MAX_RESTARTS = 3  # restarts of the API server allowed within RESTART_WINDOW_S
+RESTART_WINDOW_S = 600.0
 
 
 class StackStartError(JambaStackError):
@@ -53,11 +58,13 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     stop_signal: int = signal.SIGTERM
+    log_start: int = 0  # where this run's lines begin in the log (it keeps earlier runs')
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         # A log file, not a pipe: nobody reads a pipe while we wait, and a full pipe blocks the child.
         with self.log.open("ab") as out:
+            self.log_start = out.tell()
             self.proc = subprocess.Popen(
                 self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
@@ -78,10 +85,26 @@ class Service:
             self.proc.wait()
 
     def log_tail(self, chars: int = 3000) -> str:
+        """The end of this run's log (earlier runs' lines left out)."""
         try:
-            return self.log.read_text(errors="replace")[-chars:]
+            with self.log.open("rb") as f:
+                f.seek(self.log_start)
+                return f.read().decode(errors="replace")[-chars:]
         except OSError:
             return ""
+
+    def exit_reason(self) -> str:
+        """Why the child ended, in one line: its exit status and its last error line, if any."""
+        status = self.proc.returncode if self.proc is not None else None
+        if status is not None and status < 0:
+            how = f"was killed by {signal.Signals(-status).name}"
+        else:
+            how = f"exited with status {status}"
+        errors = [line.strip() for line in self.log_tail().splitlines() if _ERROR_LINE.search(line)]
+        return how + (f" ({errors[-1]})" if errors else "")
+
+
+_ERROR_LINE = re.compile(r"error|exception|critical|traceback", re.IGNORECASE)
 
 
 def wait_healthy(service: Service, timeout_s: float) -> None:
@@ -91,8 +114,8 @@ def wait_healthy(service: Service, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if not service.alive():
             raise StackStartError(
-                f"{service.name} exited with status {service.proc.returncode if service.proc else '?'} "
-                f"before it was ready; its log ({service.log}) ends:\n{service.log_tail()}"
+                f"{service.name} {service.exit_reason()} before it was ready; its log ({service.log}) "
+                f"ends:\n{service.log_tail()}"
             )
         try:
             if httpx.get(service.health_url, timeout=2).status_code == 200:
@@ -150,14 +173,30 @@ def run_stack(server: Service, app: Service, start_timeout_s: float, echo=print)
         wait_healthy(server, start_timeout_s)
         app.start()
         wait_healthy(app, 120)
-        echo(f"API server: {server.health_url.removesuffix(API_HEALTH_PATH)}  (log {server.log})")
+        pid = server.proc.pid if server.proc else "?"
+        echo(f"API server: {server.health_url.removesuffix(API_HEALTH_PATH)}  (pid {pid}, log {server.log})")
         echo(f"Web app:    {app.health_url.removesuffix(STREAMLIT_HEALTH_PATH)}  (log {app.log})")
         echo("Ctrl-C stops both.")
-        while server.alive() and app.alive():
-            time.sleep(0.5)
-        dead = server if not server.alive() else app
-        echo(f"error: the {dead.name} exited; its log ends:\n{dead.log_tail()}")
-        return 1
+        restarts: list[float] = []
+        while True:
+            while server.alive() and app.alive():
+                time.sleep(0.5)
+            if not app.alive():
+                echo(f"error: the {app.name} {app.exit_reason()}; its log ends:\n{app.log_tail()}")
+                return 1
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S]
+            if len(restarts) >= MAX_RESTARTS:
+                echo(
+                    f"error: the {server.name} {server.exit_reason()}; it exited {MAX_RESTARTS + 1} times within "
+                    f"{RESTART_WINDOW_S:.0f} s, so it is not restarted again; its log ends:\n{server.log_tail()}"
+                )
+                return 1
+            restarts.append(now)
+            echo(f"the {server.name} {server.exit_reason()}: restarting it ({len(restarts)}/{MAX_RESTARTS})")
+            server.start()
+            wait_healthy(server, start_timeout_s)
+            echo(f"the {server.name} is back (pid {server.proc.pid if server.proc else '?'})")
     except _Stop as stop:
         echo(f"{stop}: stopping...")
         return 0

@@ -106,10 +106,17 @@ def _routes(state: ServerState) -> APIRouter:
     async def model(name: str) -> ModelCard:
         return get_model(state, name)
 
-    @router.get("/health")
+    @router.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
-        if state.engine_error is not None:
-            return JSONResponse({"status": "error", "error": state.engine_error}, status_code=503)
+        llm = state.llm
+        if llm.stopped:
+            failure = llm.failure
+            error = (
+                "the engine is closed"
+                if failure is None
+                else f"the engine loop stopped: {type(failure).__name__}: {failure}"
+            )
+            return JSONResponse({"status": "error", "error": error}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @router.get("/metrics")
@@ -120,14 +127,10 @@ def _routes(state: ServerState) -> APIRouter:
 
 
 async def _guarded(request: Request, work: Any) -> Response:
-    """Run a handler; note a dead engine for /health, and answer a client that left with 499
-    (nobody reads it; the log and the metrics do)."""
-    state: ServerState = request.app.state.server
+    """Run a handler; answer a client that left with 499 (nobody reads it; the log and the
+    metrics do)."""
     try:
         return await work
-    except EngineStoppedError as exc:
-        state.engine_error = str(exc)
-        raise
     except ClientDisconnected:
         return Response(status_code=499)
 
@@ -233,18 +236,35 @@ def serve(
     model_names: Sequence[str] | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve `llm` on `settings.host:settings.port` until interrupted, then shut the engine down."""
+    """Serve `llm` on `settings.host:settings.port` until interrupted, then shut the engine down.
+
+    If the engine loop dies, the server does not live on half dead: `/health` says 503 at once,
+    the server stops, and this raises `EngineStoppedError` (the CLI exits 1), so a supervisor
+    (compose's restart policy, systemd, `jamba-stack up`) starts a fresh one."""
     import uvicorn
 
     app = create_app(settings, llm=llm, model_names=model_names)
     logger.info("serving %s on http://%s:%d", app.state.server.model_names, settings.host, settings.port)
-    try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=log_level,
-            timeout_graceful_shutdown=5,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5
         )
+    )
+
+    def stop_when_engine_dies() -> None:
+        llm.wait_stopped()
+        if llm.failure is not None:
+            logger.critical("the engine loop stopped (%s): shutting the server down", llm.failure)
+            server.should_exit = True
+
+    threading.Thread(target=stop_when_engine_dies, name="engine-watch", daemon=True).start()
+    try:
+        server.run()
     finally:
         llm.shutdown()
+    if llm.failure is not None:
+        failure = llm.failure
+        raise EngineStoppedError(
+            f"the engine loop stopped after an error ({type(failure).__name__}: {failure}); the server exited "
+            "so that its supervisor can restart it: see the log above for the traceback"
+        ) from failure

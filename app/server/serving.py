@@ -44,7 +44,6 @@ class ServerState:
     model_names: tuple[str, ...]
     metrics: ServerMetrics
     created: int = field(default_factory=lambda: int(time.time()))
-    engine_error: str | None = None  # set when a request found the engine loop dead (/health: 503)
     _token_text: dict[int, str] = field(default_factory=dict)
 
     @property

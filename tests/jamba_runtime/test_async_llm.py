@@ -15,7 +15,12 @@ import pytest
 from jamba_runtime import LLM, SamplingParams
 from jamba_runtime.async_llm import AsyncLLM, EngineStoppedError, RequestOutputDelta
 from jamba_runtime.engine import EngineConfig
-from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
+from jamba_runtime.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    RequestFailedError,
+    RequestNotFoundError,
+)
 
 # A small cache (the CPU default is 1 GiB) and fewer sequences than streams, so some wait.
 CONFIG = EngineConfig(max_num_seqs=24, cache_memory_gb=0.02)
@@ -311,4 +316,46 @@ def test_failing_step_fails_every_stream(tiny_model_dir: Path) -> None:
             await allm.generate("again")
 
     _run(after())
+    allm.shutdown()
+    assert allm.failure is not None and str(allm.failure) == "boom" and allm.stopped
+    assert allm.wait_stopped(timeout=5)
+
+
+class _BrokenDecoder:
+    def add(self, token_id: int) -> str:
+        raise RuntimeError("decoder broke")
+
+    def flush(self) -> str:
+        return ""
+
+
+def test_one_failing_request_fails_alone_and_the_engine_goes_on(tiny_model_dir: Path) -> None:
+    """A request whose detokenizing raises ends with `RequestFailedError`; the streams beside it
+    finish exactly as alone, and the engine serves new requests."""
+    llm = LLM(model=tiny_model_dir, engine=CONFIG)
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    expected = [o.token_ids for o in llm.generate(WORDS[:3], params)]
+    make_decoder, made = llm.tokenizer.incremental_decoder, []
+
+    def second_breaks(**kwargs: Any) -> Any:  # the engine adds requests in order: the 2nd breaks
+        made.append(1)
+        return _BrokenDecoder() if len(made) == 2 else make_decoder(**kwargs)
+
+    llm.tokenizer.incremental_decoder = second_breaks  # type: ignore[method-assign]
+    allm = AsyncLLM.from_llm(llm)
+
+    async def main() -> list[Any]:
+        streams = [allm.add_request(p, params) for p in WORDS[:3]]
+        return await asyncio.gather(*(_collect(s) for s in streams), return_exceptions=True)
+
+    first, failed, third = _run(main())
+    assert isinstance(failed, RequestFailedError) and "decoder broke" in str(failed)
+    assert [t for d in first for t in d.token_ids] == expected[0]
+    assert [t for d in third for t in d.token_ids] == expected[2]
+    assert allm.failure is None and not allm.stopped
+    llm.tokenizer.incremental_decoder = make_decoder  # type: ignore[method-assign]
+    again = _run(allm.generate(WORDS[1], params))
+    assert again.token_ids == expected[1]
+    allm.check_cache()
+    assert allm.metrics().kv_blocks_used == 0 and allm.metrics().state_slots_used == 0
     allm.shutdown()

@@ -422,3 +422,22 @@ def test_saving_a_snapshot_without_snapshot_slots_is_refused(llm: LLM) -> None:
     with pytest.raises(InvalidRequestError, match="num_snapshot_slots"):
         engine.add_request([1, 5, 9], SamplingParams(max_tokens=2), save_snapshot="p")
     assert not engine.has_unfinished()
+
+
+class _BrokenDecoder(_Decoder):
+    def add(self, token_id: int) -> str:
+        raise RuntimeError("decoder broke")
+
+
+def test_a_request_that_fails_in_its_step_ends_alone(llm: LLM) -> None:
+    """`generate` returns every output: the failed one with finish_reason "error" and why, the
+    others as they are alone; its cache is back (the autouse fixture checks)."""
+    engine = llm.engine
+    prompts = random_prompts(3, (5, 12), seed=11)
+    params = [seeded(1), GREEDY, seeded(3)]
+    alone = [run_alone(engine, p, q) for p, q in zip(prompts, params, strict=True)]
+    seqs = [engine.add_request(p, q) for p, q in zip(prompts, params, strict=True)]
+    seqs[1].decoder = _BrokenDecoder()
+    drain(engine)
+    assert seqs[1].finish_reason == "error" and "decoder broke" in (seqs[1].output().error or "")
+    assert [seqs[0].output_token_ids, seqs[2].output_token_ids] == [alone[0], alone[2]]

@@ -145,6 +145,14 @@ def test_context_limits(tiny_model_dir: Path, tmp_path: Path) -> None:
         ({"seed": "x"}, "seed"),
         ({"stop": [""]}, "stop"),
         ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"min_p": float("-inf")}, "min_p"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"seed": 10**400}, "seed"),
+        ({"temperature": 10**400}, "temperature"),
     ],
 )
 def test_bad_sampling_values(kwargs: dict, name: str) -> None:
