@@ -13,8 +13,8 @@
 Not the `openai-agents` package (which also imports as `agents`); this one is jamba-stack's.
 """
 
-from agents.agent import Agent, resolve_model
-from agents.errors import (
+from jamba_stack.agents.agent import Agent, resolve_model
+from jamba_stack.agents.errors import (
     AgentConfigError,
     AgentError,
     OutputParseError,
@@ -22,11 +22,11 @@ from agents.errors import (
     ToolDefinitionError,
     ToolError,
 )
-from agents.memory import ConversationMemory
-from agents.policy import Policy
-from agents.run import AgentRun, RunResult
-from agents.tool import Tool, tool
-from agents.tracing import TraceEvent, load_trace, save_trace
+from jamba_stack.agents.memory import ConversationMemory
+from jamba_stack.agents.policy import Policy
+from jamba_stack.agents.run import AgentRun, RunResult
+from jamba_stack.agents.tool import Tool, tool
+from jamba_stack.agents.tracing import TraceEvent, load_trace, save_trace
 
 __all__ = [
     "Agent",

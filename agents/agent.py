@@ -21,14 +21,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.errors import AgentConfigError, AgentError, ToolDefinitionError
-from agents.memory import ConversationMemory
-from agents.policy import Policy
-from agents.run import AgentRun, RunResult
-from agents.tool import Tool, as_tool
-from agents.tracing import TraceEvent
-from app.client import ChatModel, LocalChatModel, chat_model
 from jamba_runtime.llm import LLM
+from jamba_stack.agents.errors import AgentConfigError, AgentError, ToolDefinitionError
+from jamba_stack.agents.memory import ConversationMemory
+from jamba_stack.agents.policy import Policy
+from jamba_stack.agents.run import AgentRun, RunResult
+from jamba_stack.agents.tool import Tool, as_tool
+from jamba_stack.agents.tracing import TraceEvent
+from jamba_stack.app.client import ChatModel, LocalChatModel, chat_model
 
 ToolChoice = str | Mapping[str, Any] | Callable[[int], Any]
 
@@ -158,8 +158,8 @@ class Agent:
         return _sync_iter(self.astream(goal))
 
     def as_tool(self, name: str | None = None, description: str | None = None) -> Tool:
-        """This agent as a tool another agent can hand a task to (see `agents.builtin.handoff`)."""
-        from agents.builtin import handoff
+        """This agent as a tool another agent can hand a task to (see `jamba_stack.agents.builtin.handoff`)."""
+        from jamba_stack.agents.builtin import handoff
 
         return handoff(self, name=name, description=description)
 

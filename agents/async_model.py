@@ -1,9 +1,9 @@
 """`AsyncLocalChatModel`: a `ChatModel` over `jamba_runtime.AsyncLLM`, whose `achat` is native
 asyncio, so concurrent agents' turns run as one continuous batch in the engine.
 
-`app.client.LocalChatModel` serves one request at a time (a lock, `achat` in a worker thread); this
-adapter lives in `agents/` so the scheduler can batch without changing `app.client`. It renders,
-constrains and parses exactly as `LocalChatModel` does (`app.chat_format`).
+`jamba_stack.app.client.LocalChatModel` serves one request at a time (a lock, `achat` in a worker thread); this
+adapter lives in `agents/` so the scheduler can batch without changing `jamba_stack.app.client`. It renders,
+constrains and parses exactly as `LocalChatModel` does (`jamba_stack.app.chat_format`).
 
 Prefix reuse (`reuse_prefix=True`): an agent's next turn re-sends its whole conversation, whose
 prompt begins with the previous turn's prompt. Each request saves a runtime snapshot at the end of
@@ -26,9 +26,13 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from agents.errors import AgentError
-from app.chat_format import ToolCallSplitter
-from app.client import (
+from jamba_runtime.async_llm import AsyncLLM
+from jamba_runtime.errors import InvalidRequestError
+from jamba_runtime.llm import LLM
+from jamba_runtime.sampling_params import SamplingParams
+from jamba_stack.agents.errors import AgentError
+from jamba_stack.app.chat_format import ToolCallSplitter
+from jamba_stack.app.client import (
     ChatChunk,
     ChatModel,
     ChatOptions,
@@ -38,10 +42,6 @@ from app.client import (
     Usage,
     local_prompt,
 )
-from jamba_runtime.async_llm import AsyncLLM
-from jamba_runtime.errors import InvalidRequestError
-from jamba_runtime.llm import LLM
-from jamba_runtime.sampling_params import SamplingParams
 
 
 class AsyncLocalChatModel(ChatModel):

@@ -1,6 +1,6 @@
 """Built-in tools: search over a retrieval collection, a safe calculator, hand-off to an agent.
 
->>> from retrieval.search import open_retriever
+>>> from jamba_stack.retrieval.search import open_retriever
 >>> search = search_tool(open_retriever("docs", data_dir="data"), k=4)
 >>> agent = Agent(name="rag", tools=[search, calculator, handoff(expert)], model=...)
 """
@@ -13,12 +13,12 @@ import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agents.errors import ToolError
-from agents.tool import Tool
+from jamba_stack.agents.errors import ToolError
+from jamba_stack.agents.tool import Tool
 
 if TYPE_CHECKING:
-    from agents.agent import Agent
-    from retrieval.search import Retriever
+    from jamba_stack.agents.agent import Agent
+    from jamba_stack.retrieval.search import Retriever
 
 MAX_EXPRESSION_CHARS = 500
 MAX_POWER = 1000  # 10**1000 is the largest exponent evaluated: bigger ones would eat memory/CPU
@@ -133,7 +133,7 @@ def search_tool(
     `{"query", "results": [{"citation": "[1]", "chunk_id", "source", "page"?, "score", "text"}]}`
     (text cut to `max_chars`). Text in results is data for the model: it grants no permission
     (a `Policy` decides what runs)."""
-    from retrieval.errors import InvalidQueryError
+    from jamba_stack.retrieval.errors import InvalidQueryError
 
     def search(query: str, top_k: int = k) -> dict[str, Any]:
         try:
@@ -170,7 +170,7 @@ def handoff(agent: Agent, *, name: str | None = None, description: str | None = 
     inside the call, under its own policy). The answer is `{"agent", "output", "stop_reason",
     "steps"}`; a run that a limit stopped has `output` null. Raises nothing to the caller's run:
     the sub-agent's model errors become tool errors."""
-    from agents.tracing import jsonable
+    from jamba_stack.agents.tracing import jsonable
 
     async def delegate(task: str) -> dict[str, Any]:
         result = await agent.arun(task)

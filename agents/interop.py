@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from agents.errors import AgentConfigError, ToolDefinitionError
-from agents.tool import Tool
-from agents.tracing import jsonable
+from jamba_stack.agents.errors import AgentConfigError, ToolDefinitionError
+from jamba_stack.agents.tool import Tool
+from jamba_stack.agents.tracing import jsonable
 
 
 def _langchain_tools() -> Any:

@@ -1,5 +1,5 @@
 """Long-term memory: facts an agent keeps across sessions in a Chroma collection (through
-`retrieval.store`), recalled by meaning with the retrieval embedder.
+`jamba_stack.retrieval.store`), recalled by meaning with the retrieval embedder.
 
     >>> memory = LongTermMemory("agent-memory", data_dir="data", namespace="alice")
     >>> memory.remember("Alice prefers window seats.")
@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.errors import AgentConfigError
-from agents.tool import Tool
+from jamba_stack.agents.errors import AgentConfigError
+from jamba_stack.agents.tool import Tool
 
 
 class LongTermMemory:
     """Facts in the Chroma collection `collection` (created on first use).
 
     Args:
-        collection: the collection's name. data_dir / chroma_url: as `retrieval.store.Store`.
-        embedder: a `retrieval.embeddings.Embedder` or a spec for `make_embedder` (default the
+        collection: the collection's name. data_dir / chroma_url: as `jamba_stack.retrieval.store.Store`.
+        embedder: a `jamba_stack.retrieval.embeddings.Embedder` or a spec for `make_embedder` (default the
             project's MiniLM). namespace: whose facts these are ("" for everyone's).
 
     Raises `StoreUnavailableError`, `EmbedderMismatchError` (the collection was made with another
@@ -42,8 +42,8 @@ class LongTermMemory:
         embedder: Any = None,
         namespace: str = "",
     ) -> None:
-        from retrieval.embeddings import Embedder, make_embedder
-        from retrieval.store import Store
+        from jamba_stack.retrieval.embeddings import Embedder, make_embedder
+        from jamba_stack.retrieval.store import Store
 
         if not isinstance(embedder, Embedder):
             embedder = make_embedder(embedder or "minilm", cache_dir=Path(data_dir) / "models" / "embeddings")

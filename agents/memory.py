@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.errors import AgentConfigError
+from jamba_stack.agents.errors import AgentConfigError
 
 TokenCounter = Callable[[str], int]
 SESSION_VERSION = 1

@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.errors import AgentConfigError
-from agents.tool import Tool
-from app.chat_format import ToolCall
+from jamba_stack.agents.errors import AgentConfigError
+from jamba_stack.agents.tool import Tool
+from jamba_stack.app.chat_format import ToolCall
 
 Validator = Callable[[dict[str, Any]], "str | bool | None"]
 """Takes the validated arguments; returns None or True to accept, False or a reason to refuse (or

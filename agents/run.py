@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from agents.errors import OutputParseError, ToolArgumentsError, ToolError
-from agents.tool import Tool, clean_schema, to_content
-from agents.tracing import TraceEvent, jsonable, trace_to_json
-from app.chat_format import ToolCall
-from app.client import ChatModel, ChatResponse
+from jamba_stack.agents.errors import OutputParseError, ToolArgumentsError, ToolError
+from jamba_stack.agents.tool import Tool, clean_schema, to_content
+from jamba_stack.agents.tracing import TraceEvent, jsonable, trace_to_json
+from jamba_stack.app.chat_format import ToolCall
+from jamba_stack.app.client import ChatModel, ChatResponse
 
 if TYPE_CHECKING:
-    from agents.agent import Agent
+    from jamba_stack.agents.agent import Agent
 
 Gate = Callable[[str], contextlib.AbstractAsyncContextManager[float]]
 """A scheduler's admission: `async with gate(agent_name) as queued_seconds:` around a model call."""
@@ -42,7 +42,7 @@ class RunResult:
         final_output: the answer (text, or an instance of the agent's `output_type`); None when a
             limit stopped the run first.
         stop_reason: "final", "max_steps", "max_tokens" or "timeout".
-        trace: the step events (`agents.tracing`). messages: the conversation sent on the last
+        trace: the step events (`jamba_stack.agents.tracing`). messages: the conversation sent on the last
             turn plus the model's last reply (instructions first).
         steps: model turns. tool_calls: calls the model made (denied ones included).
     """

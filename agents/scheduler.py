@@ -24,11 +24,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from agents.agent import Agent
-from agents.async_model import AsyncLocalChatModel
-from agents.errors import AgentConfigError
-from agents.run import RunResult
-from app.client import ChatModel, LocalChatModel
+from jamba_stack.agents.agent import Agent
+from jamba_stack.agents.async_model import AsyncLocalChatModel
+from jamba_stack.agents.errors import AgentConfigError
+from jamba_stack.agents.run import RunResult
+from jamba_stack.app.client import ChatModel, LocalChatModel
 
 
 @dataclass
@@ -90,7 +90,7 @@ class AgentScheduler:
             `max_num_seqs` of the first in-process model, else 64).
         max_running_agents: agents running at once (default: all).
         reuse_prefix: start each turn from the runtime snapshot of the agent's previous prompt
-            (see `agents.async_model`) instead of prefilling the whole conversation again.
+            (see `jamba_stack.agents.async_model`) instead of prefilling the whole conversation again.
 
     After a run, `call_gate.admitted` is the order turns were admitted in and `prefix_requests`
     how many turns started from a snapshot.

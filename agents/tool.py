@@ -34,7 +34,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
-from agents.errors import ToolArgumentsError, ToolDefinitionError
+from jamba_stack.agents.errors import ToolArgumentsError, ToolDefinitionError
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
@@ -50,7 +50,7 @@ class Tool:
         args_model: the pydantic model of its arguments (extra arguments forbidden).
         fn: the function, called with the validated arguments as keywords.
         side_effects: True for tools that change the world (send, write, delete): a `Policy`
-            asks its `confirm` hook before each call (see `agents.policy`).
+            asks its `confirm` hook before each call (see `jamba_stack.agents.policy`).
     """
 
     name: str

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydantic_core
 
 if TYPE_CHECKING:
-    from agents.run import RunResult
+    from jamba_stack.agents.run import RunResult
 
 EventType = Literal["llm", "tool_call", "tool_result", "denied", "final"]
 EVENT_TYPES: tuple[str, ...] = ("llm", "tool_call", "tool_result", "denied", "final")

@@ -1,6 +1,6 @@
 """Chat requests in OpenAI's shape, turned into what the runtime takes, and model output turned back.
 
-Shared by `app.client` (in-process chat) and `app.server` (the HTTP API), so both render the same
+Shared by `jamba_stack.app.client` (in-process chat) and `jamba_stack.app.server` (the HTTP API), so both render the same
 prompt, constrain the same way and parse tool calls the same way:
 
 - `ChatInputs.render(tokenizer)`: messages (text parts joined, `developer` as `system`), tools

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from app.settings import Settings, load_settings
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.settings import Settings, load_settings
 
 app = typer.Typer(
     help="jamba-stack: a local Jamba runtime with RAG and agents.",
@@ -20,19 +20,19 @@ model_app = typer.Typer(help="Make and inspect model checkpoints.", no_args_is_h
 app.add_typer(model_app, name="model")
 
 # Retrieval commands live with retrieval; mounted here so they are `jamba-stack ingest` / `search`.
-from retrieval.cli import ask_cmd, ingest_cmd, search_cmd  # noqa: E402
+from jamba_stack.retrieval.cli import ask_cmd, ingest_cmd, search_cmd  # noqa: E402
 
 app.command("ingest", help=ingest_cmd.__doc__)(ingest_cmd)
 app.command("search", help=search_cmd.__doc__)(search_cmd)
 app.command("ask", help=ask_cmd.__doc__)(ask_cmd)
 
-from retrieval.raft.cli import raft_app  # noqa: E402
+from jamba_stack.retrieval.raft.cli import raft_app  # noqa: E402
 
 app.add_typer(raft_app, name="raft")
 
-# `up` only manages processes (the API server and `streamlit run ui/app.py`); ui.launch imports
+# `up` only manages processes (the API server and `streamlit run ui/app.py`); jamba_stack.ui.launch imports
 # no Streamlit and no ui page, so the CLI does not depend on the web app's code.
-from ui.launch import up_cmd  # noqa: E402
+from jamba_stack.ui.launch import up_cmd  # noqa: E402
 
 app.command("up", help=up_cmd.__doc__)(up_cmd)
 
@@ -259,9 +259,9 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
     path. Set JAMBA_STACK_API_KEY to require a bearer key."""
-    from app.server.app import serve as run_server
     from jamba_runtime.async_llm import AsyncLLM
     from jamba_runtime.engine import EngineConfig
+    from jamba_stack.app.server.app import serve as run_server
 
     settings = load_settings(
         data_dir=data_dir,

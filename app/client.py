@@ -11,7 +11,7 @@ OpenAI-compatible) server. `retrieval`, `agents` and `ui` talk to a model only t
     >>> reply.tool_calls[0].name, reply.tool_calls[0].arguments      # arguments: a dict
     >>> model.chat_json(messages, schema={"type": "object", ...})     # parsed, schema-valid
 
-Both implementations render the same prompt (`app.chat_format`): Jamba's chat template with
+Both implementations render the same prompt (`jamba_stack.app.chat_format`): Jamba's chat template with
 tools, AI21-style documents and JSON mode; structured output and forced tool calls are
 grammar-constrained by the runtime. Messages are OpenAI's dicts; append `reply.to_message()` and
 `{"role": "tool", "tool_call_id": ..., "content": ...}` results to continue a conversation.
@@ -30,10 +30,10 @@ from typing import Any, TypedDict
 
 from typing_extensions import Unpack
 
-from app.chat_format import ChatInputs, ToolCall, ToolCallSplitter
 from jamba_runtime.errors import InvalidRequestError, JambaStackError
 from jamba_runtime.llm import LLM
 from jamba_runtime.sampling_params import SamplingParams
+from jamba_stack.app.chat_format import ChatInputs, ToolCall, ToolCallSplitter
 
 __all__ = [
     "ChatChunk",

@@ -52,13 +52,13 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() not
 
 from pydantic import Field  # noqa: E402
 
-from agents import Agent, Policy, tool  # noqa: E402
-from agents.scheduler import AgentScheduler  # noqa: E402
-from app.client import LocalChatModel  # noqa: E402
 from jamba_runtime import LLM  # noqa: E402
 from jamba_runtime.engine import EngineConfig, LLMEngine, StepOutput  # noqa: E402
 from jamba_runtime.scheduler import SchedulerOutput  # noqa: E402
 from jamba_runtime.tiny import make_tiny_model  # noqa: E402
+from jamba_stack.agents import Agent, Policy, tool  # noqa: E402
+from jamba_stack.agents.scheduler import AgentScheduler  # noqa: E402
+from jamba_stack.app.client import LocalChatModel  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "agents.json"
 

@@ -120,9 +120,9 @@ def floor_seconds(lengths: np.ndarray, rates: dict[str, dict[str, float]], which
 def token_lengths(corpus: Path, chunk_tokens: int) -> dict[str, np.ndarray]:
     """Tokens per embedded sequence (special tokens included, cut at `MAX_SEQ`): our chunks of a
     BEIR `corpus.jsonl`, and LangChain's one window per abstract (`title + " " + text`)."""
-    from retrieval.chunking import Chunker, HFTokenCounter
-    from retrieval.embeddings import default_model_dir
-    from retrieval.loaders import load_file
+    from jamba_stack.retrieval.chunking import Chunker, HFTokenCounter
+    from jamba_stack.retrieval.embeddings import default_model_dir
+    from jamba_stack.retrieval.loaders import load_file
 
     counter = HFTokenCounter(str(default_model_dir() / "tokenizer.json"))
     docs, _ = load_file(corpus)

@@ -87,13 +87,13 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from retrieval.chunking import Chunker, HFTokenCounter
-    from retrieval.embeddings import SentenceTransformerEmbedder
-    from retrieval.loaders import load_file
+    from jamba_stack.retrieval.chunking import Chunker, HFTokenCounter
+    from jamba_stack.retrieval.embeddings import SentenceTransformerEmbedder
+    from jamba_stack.retrieval.loaders import load_file
 
     model = args.model
     if model is None:
-        from retrieval.embeddings import default_model_dir
+        from jamba_stack.retrieval.embeddings import default_model_dir
 
         model = default_model_dir()
     if args.random_weights:
@@ -123,7 +123,7 @@ def main() -> None:
     tlc, _ = timed(lambda: plain.encode(abstracts, batch_size=32, show_progress_bar=False), args.repeat)
     cos = np.sum(v16 * v32, axis=1)
     # What `ask`'s MaxSim rerank does per query on this embedder: token vectors of 30 candidates.
-    from retrieval.rerank import RERANK_CANDIDATES, MaxSimReranker
+    from jamba_stack.retrieval.rerank import RERANK_CANDIDATES, MaxSimReranker
 
     ms = MaxSimReranker(ours16)
     picks = chunks[:: max(1, len(chunks) // RERANK_CANDIDATES)][:RERANK_CANDIDATES]

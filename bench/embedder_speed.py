@@ -41,8 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval.embeddings import _normalize, default_model_dir  # noqa: E402
-from retrieval.onnx_build import Int8Recipe, export_encoder, fuse_bert, quantize_int8  # noqa: E402
+from jamba_stack.retrieval.embeddings import _normalize, default_model_dir  # noqa: E402
+from jamba_stack.retrieval.onnx_build import Int8Recipe, export_encoder, fuse_bert, quantize_int8  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 RESULTS = REPO / "bench" / "results"
@@ -188,7 +188,7 @@ def torch_fp32() -> Callable[[list[str]], np.ndarray]:
 
 def shipped(quantize: str | None) -> Callable[[list[str]], np.ndarray]:
     """`OnnxEmbedder` as `make_embedder` builds it (its own cache under the work dir)."""
-    from retrieval.embeddings import OnnxEmbedder
+    from jamba_stack.retrieval.embeddings import OnnxEmbedder
 
     emb = OnnxEmbedder(cache_dir=RESULTS / "embedder_models" / "shipped", quantize=quantize)
 

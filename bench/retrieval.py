@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO))
 
 from bench.retrieval_common import checked, load_beir, pct  # noqa: E402
 from bench.retrieval_tuning import run_rerank, run_tune  # noqa: E402
-from retrieval.embeddings import Embedder, SentenceTransformerEmbedder, make_embedder  # noqa: E402
-from retrieval.ingest import ingest, rebuild_bm25  # noqa: E402
-from retrieval.search import Retriever, load_bm25  # noqa: E402
-from retrieval.store import Store  # noqa: E402
+from jamba_stack.retrieval.embeddings import Embedder, SentenceTransformerEmbedder, make_embedder  # noqa: E402
+from jamba_stack.retrieval.ingest import ingest, rebuild_bm25  # noqa: E402
+from jamba_stack.retrieval.search import Retriever, load_bm25  # noqa: E402
+from jamba_stack.retrieval.store import Store  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 
@@ -158,7 +158,7 @@ def run_langchain(
     from langchain_core.embeddings import Embeddings
     from sentence_transformers import SentenceTransformer
 
-    from retrieval.embeddings import default_model_dir
+    from jamba_stack.retrieval.embeddings import default_model_dir
 
     class STEmbeddings(Embeddings):
         # langchain-huggingface pins huggingface_hub<2, which would downgrade the runtime's hub

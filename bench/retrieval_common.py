@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.metrics import evaluate, pytrec_evaluate
+from jamba_stack.retrieval.metrics import evaluate, pytrec_evaluate
 
 
 def load_beir(d: Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:

@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 
 from bench.retrieval_common import checked, load_beir, pct
-from retrieval.metrics import evaluate
-from retrieval.search import Retriever
+from jamba_stack.retrieval.metrics import evaluate
+from jamba_stack.retrieval.search import Retriever
 
 
 def run_tune(retriever: Retriever, data: Path) -> dict[str, Any]:
     """Grid over BM25 k1/b and fusion settings on the TRAIN split; prints and returns the table."""
     import bm25s
 
-    from retrieval.bm25 import tokenize
-    from retrieval.fusion import convex_fusion, reciprocal_rank_fusion
+    from jamba_stack.retrieval.bm25 import tokenize
+    from jamba_stack.retrieval.fusion import convex_fusion, reciprocal_rank_fusion
 
     queries, qrels = load_beir(data, "train")
     col = retriever.collection
@@ -137,7 +137,7 @@ def _maxsim_rows(
     `search_many` (vectors embedded in batches)."""
     from tqdm.auto import tqdm
 
-    from retrieval.rerank import MaxSimReranker, TokenVectors
+    from jamba_stack.retrieval.rerank import MaxSimReranker, TokenVectors
 
     ms = MaxSimReranker(retriever.embedder)
     qids = list(queries)
@@ -162,7 +162,7 @@ def _maxsim_rows(
 
 
 def _blend_run(rows: list, alpha: float, n: int, weighting: str, ms: Any) -> dict[str, list[str]]:
-    from retrieval.rerank import blend
+    from jamba_stack.retrieval.rerank import blend
 
     ms.weighting = weighting
     run = {}
@@ -194,13 +194,13 @@ def _save_cache(path: Path | None, cache: dict) -> None:
 def run_rerank(
     retriever: Retriever, queries: dict[str, str], qrels: dict, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """The offline MaxSim reranker (retrieval.rerank) on the hybrid's top documents, blended with the
+    """The offline MaxSim reranker (jamba_stack.retrieval.rerank) on the hybrid's top documents, blended with the
     fused score. On the test split: the default (RERANK_CANDIDATES, MAXSIM_ALPHA, MAXSIM_WEIGHTING)
     and the previous default (top 30, 0.6, local IDF) for reference, plus the per-query cost of
     reranking. With `--rerank-tune`, the grid `RERANK_GRID` (candidates x alpha x query-token
     weighting) on the TRAIN split (all of it unless `--rerank-train-queries`), where the default is
     chosen; the test split never chooses anything."""
-    from retrieval.rerank import MAXSIM_ALPHA, MAXSIM_WEIGHTING, RERANK_CANDIDATES, MaxSimReranker
+    from jamba_stack.retrieval.rerank import MAXSIM_ALPHA, MAXSIM_WEIGHTING, RERANK_CANDIDATES, MaxSimReranker
 
     nmax = max(RERANK_GRID["candidates"]) if args.rerank_tune else max(RERANK_CANDIDATES, 20)
     cache = _load_cache(args.rerank_cache)

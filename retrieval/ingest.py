@@ -29,11 +29,11 @@ from typing import IO, Any
 
 import numpy as np
 
-from retrieval.bm25 import BM25Index
-from retrieval.chunking import Chunk, Chunker
-from retrieval.embeddings import Embedder, make_embedder
-from retrieval.errors import IngestLockedError
-from retrieval.loaders import (
+from jamba_stack.retrieval.bm25 import BM25Index
+from jamba_stack.retrieval.chunking import Chunk, Chunker
+from jamba_stack.retrieval.embeddings import Embedder, make_embedder
+from jamba_stack.retrieval.errors import IngestLockedError
+from jamba_stack.retrieval.loaders import (
     DEFAULT_MAX_BYTES,
     SkipFile,
     Skipped,
@@ -42,7 +42,7 @@ from retrieval.loaders import (
     load_file,
     resolve_within,
 )
-from retrieval.store import Store, StoreCollection
+from jamba_stack.retrieval.store import Store, StoreCollection
 
 EMBED_SLICE = 1024
 """Chunks embedded and written per step: a kill loses at most this much embedding work."""

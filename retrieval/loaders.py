@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from retrieval.errors import PathNotAllowedError, SourceNotFoundError
+from jamba_stack.retrieval.errors import PathNotAllowedError, SourceNotFoundError
 
 Markup = Literal["plain", "markdown"]
 MetaValue = str | int | float | bool

@@ -25,7 +25,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from retrieval.errors import EmbedderUnavailableError
+from jamba_stack.retrieval.errors import EmbedderUnavailableError
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _T = TypeVar("_T")

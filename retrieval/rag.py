@@ -1,7 +1,7 @@
 """Answers with citations: question -> hybrid search (-> optional rerank) -> Jamba chat with the
 retrieved chunks in the template's documents section -> answer whose `[n]` markers map to chunks.
 
-    >>> from app.client import chat_model
+    >>> from jamba_stack.app.client import chat_model
     >>> model = chat_model("data/models/tiny")            # or a server URL
     >>> answer = ask("How do I rotate the API key?", "handbook", model, data_dir="data")
     >>> answer.text, [(c.n, c.source, c.page) for c in answer.citations]
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from app.client import ChatModel, LocalChatModel, RemoteAPIError, Usage
 from jamba_runtime.errors import ContextLengthError
-from retrieval.errors import EmptyCollectionError, EmptyQuestionError, QueryTooLongError
-from retrieval.rerank import RERANK_CANDIDATES, Reranker, make_reranker, supports_maxsim
-from retrieval.search import Hit, Retriever, open_retriever
+from jamba_stack.app.client import ChatModel, LocalChatModel, RemoteAPIError, Usage
+from jamba_stack.retrieval.errors import EmptyCollectionError, EmptyQuestionError, QueryTooLongError
+from jamba_stack.retrieval.rerank import RERANK_CANDIDATES, Reranker, make_reranker, supports_maxsim
+from jamba_stack.retrieval.search import Hit, Retriever, open_retriever
 
 DEFAULT_K = 5
 # On by default: MaxSim over the hybrid's top 20 raised SciFact nDCG@10 (docs/retrieval.md), and
@@ -210,7 +210,7 @@ def fit_documents(
     least 200 characters of it fit), and how many were dropped or cut. The messages are never cut.
     Raises `ContextLengthError` when the messages alone, or with any useful part of a document,
     do not fit."""
-    from app.chat_format import ChatInputs
+    from jamba_stack.app.chat_format import ChatInputs
 
     tok = model.llm.tokenizer
     limit = model.llm.max_model_len - min(max_tokens, model.llm.max_model_len // 2)
@@ -285,7 +285,7 @@ def retrieve(
         retriever = collection
     else:
         if data_dir is None or chroma_url is None:
-            from app.settings import load_settings
+            from jamba_stack.app.settings import load_settings
 
             s = load_settings()
             data_dir = s.data_dir if data_dir is None else data_dir

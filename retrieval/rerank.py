@@ -2,7 +2,7 @@
 
 `Reranker` is the interface: implement `score(query, texts)`; the base gives `rerank(query, hits)`,
 which re-scores `Hit`s and returns them reordered (ranks renumbered, `score` = the reranker's).
-A `Reranker` also plugs into `retrieval.search.Retriever(reranker=...)`, which calls `score`.
+A `Reranker` also plugs into `jamba_stack.retrieval.search.Retriever(reranker=...)`, which calls `score`.
 
 Built in:
 - `CrossEncoderReranker`: a sentence-transformers `CrossEncoder` the user has locally (a folder,
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.embeddings import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
-from retrieval.errors import RerankerUnavailableError
-from retrieval.search import Hit
+from jamba_stack.retrieval.embeddings import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
+from jamba_stack.retrieval.errors import RerankerUnavailableError
+from jamba_stack.retrieval.search import Hit
 
 # Chosen on the SciFact train split (all 809 queries; bench/retrieval.py --rerank --rerank-tune), over
 # candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF, with the

@@ -14,11 +14,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.bm25 import BM25Index
-from retrieval.embeddings import Embedder, make_embedder
-from retrieval.errors import InvalidQueryError, QueryTooLongError
-from retrieval.fusion import CONVEX_WEIGHTS, FUSION, RRF_K, RRF_WEIGHTS, convex_fusion, reciprocal_rank_fusion
-from retrieval.store import Store, StoreCollection, StoredChunk
+from jamba_stack.retrieval.bm25 import BM25Index
+from jamba_stack.retrieval.embeddings import Embedder, make_embedder
+from jamba_stack.retrieval.errors import InvalidQueryError, QueryTooLongError
+from jamba_stack.retrieval.fusion import (
+    CONVEX_WEIGHTS,
+    FUSION,
+    RRF_K,
+    RRF_WEIGHTS,
+    convex_fusion,
+    reciprocal_rank_fusion,
+)
+from jamba_stack.retrieval.store import Store, StoreCollection, StoredChunk
 
 Mode = Literal["hybrid", "dense", "bm25"]
 Fusion = Literal["convex", "rrf"]
@@ -58,7 +65,7 @@ class CrossEncoderReranker:
     def __init__(self, model_dir: str | Path, batch_size: int = 32) -> None:
         from sentence_transformers import CrossEncoder
 
-        from retrieval.errors import EmbedderUnavailableError
+        from jamba_stack.retrieval.errors import EmbedderUnavailableError
 
         if not Path(model_dir).is_dir():
             raise EmbedderUnavailableError(
@@ -120,8 +127,8 @@ class Retriever:
         max_query_chars: int = MAX_QUERY_CHARS,
     ) -> None:
         """`fusion`: convex (min-max normalized weighted sum, the default) or rrf; `weights`:
-        {"dense": w, "bm25": w} for it (defaults tuned on SciFact train, see `retrieval.fusion`).
-        `reranker`: a `retrieval.rerank.Reranker` (its `rerank` reorders the top
+        {"dense": w, "bm25": w} for it (defaults tuned on SciFact train, see `jamba_stack.retrieval.fusion`).
+        `reranker`: a `jamba_stack.retrieval.rerank.Reranker` (its `rerank` reorders the top
         max(k, `RERANK_CANDIDATES`) fused hits, seeing their fused scores) or anything with
         `score(query, texts)` (e.g. this module's `CrossEncoderReranker`: the top max(50, 2k)
         reordered by that score alone)."""
@@ -233,7 +240,7 @@ class Retriever:
         head = [cid for cid in head if cid in known]  # a chunk deleted since BM25 was built
 
         if rerank and head:
-            from retrieval.rerank import RERANK_CANDIDATES, Reranker
+            from jamba_stack.retrieval.rerank import RERANK_CANDIDATES, Reranker
 
             if isinstance(self.reranker, Reranker):
                 # Its `rerank` sees the fused scores too (MaxSim blends with them), over the
@@ -301,7 +308,7 @@ class Retriever:
 def load_bm25(collection: StoreCollection) -> BM25Index:
     """The persisted BM25 index of `collection`, rebuilt from Chroma when it is missing or out of
     sync (another collection id, another chunk count, or a crashed ingest's dirty mark)."""
-    from retrieval.ingest import bm25_dir, dirty_mark, rebuild_bm25, try_lock
+    from jamba_stack.retrieval.ingest import bm25_dir, dirty_mark, rebuild_bm25, try_lock
 
     idx = BM25Index.load(bm25_dir(collection))
     fresh = (

@@ -1,6 +1,6 @@
 """Semantic chunking: cut a document where its topic changes rather than every N tokens.
 
-Each section (markdown sections as in `retrieval.chunking`) is split into sentences; a window of
+Each section (markdown sections as in `jamba_stack.retrieval.chunking`) is split into sentences; a window of
 `window` sentences on each side of every gap between sentences is embedded, and the gap is a cut
 when the cosine similarity of its two windows is below the `percentile`-th percentile of all the
 gaps' similarities in that section. A piece still longer than `chunk_tokens` is cut again at its
@@ -15,9 +15,9 @@ import re
 
 import numpy as np
 
-from retrieval.chunking import Chunk, chunk_id, markdown_sections
-from retrieval.embeddings import Embedder
-from retrieval.loaders import Document
+from jamba_stack.retrieval.chunking import Chunk, chunk_id, markdown_sections
+from jamba_stack.retrieval.embeddings import Embedder
+from jamba_stack.retrieval.loaders import Document
 
 # A sentence: up to . ! or ? followed by whitespace, or to the end of the line.
 _SENTENCE = re.compile(r"\S[^\n]*?(?:[.!?](?=\s)|$)", re.MULTILINE)

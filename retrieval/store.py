@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from retrieval.errors import (
+from jamba_stack.retrieval.errors import (
     CollectionNotFoundError,
     EmbedderMismatchError,
     InvalidQueryError,

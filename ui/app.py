@@ -1,24 +1,18 @@
 """The jamba-stack web app: `streamlit run ui/app.py` (or `jamba-stack up`).
 
 Pages live in `ui/views/` and are wired here with `st.navigation`. What the app talks to comes
-from settings (`ui.backend.UISettings`): `JAMBA_STACK_SERVER_URL` for an API server, else the
+from settings (`jamba_stack.ui.backend.UISettings`): `JAMBA_STACK_SERVER_URL` for an API server, else the
 model in this process; `JAMBA_STACK_DATA_DIR`; `JAMBA_STACK_CHROMA_URL`.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# Streamlit puts this file's folder first on sys.path for every run, where this file, `app.py`,
-# would shadow the project's `app` package; take it out before the project is imported.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from ui import session  # noqa: E402
-from ui.backend import resolve_backend  # noqa: E402
+from jamba_stack.ui import session
+from jamba_stack.ui.backend import resolve_backend
 
 VIEWS = Path(__file__).parent / "views"
 

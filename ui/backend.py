@@ -2,7 +2,7 @@
 an in-process model (`JAMBA_STACK_MODEL`, else the tiny random model in the data dir), the data
 dir, and Chroma (embedded in the data dir, or `JAMBA_STACK_CHROMA_URL`).
 
-No Streamlit here: pages cache what these functions build (`ui.session`), tests call them
+No Streamlit here: pages cache what these functions build (`jamba_stack.ui.session`), tests call them
 directly.
 """
 
@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import httpx
 
-from app.client import ChatModel, LocalChatModel, RemoteChatModel
-from app.settings import Settings
-from ui.errors import ServerUnavailableError
+from jamba_stack.app.client import ChatModel, LocalChatModel, RemoteChatModel
+from jamba_stack.app.settings import Settings
+from jamba_stack.ui.errors import ServerUnavailableError
 
 Mode = Literal["server", "in-process"]
 
@@ -32,13 +32,13 @@ RANDOM_WEIGHTS_NOTICE = (
 
 
 class UISettings(Settings):
-    """`app.settings.Settings` plus what only the web app uses (same `JAMBA_STACK_*` env vars and
+    """`jamba_stack.app.settings.Settings` plus what only the web app uses (same `JAMBA_STACK_*` env vars and
     `.env` file).
 
     Attributes:
         server_url: the API server to chat with (`jamba-stack serve`); empty: load the model
             in this process.
-        embedder: the embedder spec for ingest and search (`retrieval.embeddings.make_embedder`).
+        embedder: the embedder spec for ingest and search (`jamba_stack.retrieval.embeddings.make_embedder`).
         max_upload_mb: the largest file the Documents page accepts.
         request_timeout_s: how long a request to the server may take.
     """

@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.embeddings import Embedder, make_embedder
-from retrieval.errors import IngestLockedError, PathNotAllowedError
-from retrieval.ingest import IngestReport, Manifest, ingest, rebuild_bm25, try_lock
-from retrieval.loaders import SUPPORTED_SUFFIXES, resolve_within
-from retrieval.store import Store, check_collection_name
-from ui.backend import UISettings
-from ui.errors import UnsupportedFileTypeError, UploadTooLargeError
+from jamba_stack.retrieval.embeddings import Embedder, make_embedder
+from jamba_stack.retrieval.errors import IngestLockedError, PathNotAllowedError
+from jamba_stack.retrieval.ingest import IngestReport, Manifest, ingest, rebuild_bm25, try_lock
+from jamba_stack.retrieval.loaders import SUPPORTED_SUFFIXES, resolve_within
+from jamba_stack.retrieval.store import Store, check_collection_name
+from jamba_stack.ui.backend import UISettings
+from jamba_stack.ui.errors import UnsupportedFileTypeError, UploadTooLargeError
 
 ALLOWED_SUFFIXES: tuple[str, ...] = tuple(sorted(SUPPORTED_SUFFIXES))
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -94,7 +94,7 @@ def ingest_files(
 ) -> list[IngestReport]:
     """Ingest `paths` (saved uploads) into `collection`, one file at a time. `on_progress(done,
     total, message)` after each file and each slice of chunks written. Raises as
-    `retrieval.ingest.ingest`."""
+    `jamba_stack.retrieval.ingest.ingest`."""
     if embedder is None:
         embedder = make_embedder(settings.embedder, cache_dir=settings.data_dir / "models" / "embeddings")
     reports = []

@@ -1,6 +1,6 @@
 """`jamba-stack up`: the API server and the web app on loopback, stopped together.
 
-Starts `jamba-stack serve` (as `python -m app.cli serve`, so no PATH lookup) and
+Starts `jamba-stack serve` (as `python -m jamba_stack.app.cli serve`, so no PATH lookup) and
 `streamlit run ui/app.py` (headless) as child processes, points the app at the server through
 `JAMBA_STACK_SERVER_URL`, waits for both to answer their health checks, prints the URLs, and
 waits. Ctrl-C or SIGTERM stops both (SIGINT to the server so it drains and frees the engine,
@@ -30,8 +30,8 @@ import typer
 
 from jamba_runtime.errors import JambaStackError
 
-if TYPE_CHECKING:  # ui.backend imports the runtime (torch): loaded only when `up` runs
-    from ui.backend import UISettings
+if TYPE_CHECKING:  # jamba_stack.ui.backend imports the runtime (torch): loaded only when `up` runs
+    from jamba_stack.ui.backend import UISettings
 
 APP_FILE = Path(__file__).resolve().parent / "app.py"
 STREAMLIT_HEALTH_PATH = "/_stcore/health"
@@ -135,7 +135,16 @@ def stack_services(
     """The server and the web app as `up` starts them, on 127.0.0.1."""
     data_dir = str(settings.data_dir.resolve())
     api_url = f"http://127.0.0.1:{api_port}"
-    serve = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(api_port)]
+    serve = [
+        sys.executable,
+        "-m",
+        "jamba_stack.app.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(api_port),
+    ]
     serve += ["--data-dir", data_dir, "--device", settings.device, "--dtype", settings.dtype]
     if settings.model:
         serve += ["--model", settings.model]
@@ -237,7 +246,7 @@ def up_cmd(
 ) -> None:
     """Start the API server and the web app on loopback (embedded Chroma unless
     JAMBA_STACK_CHROMA_URL is set); Ctrl-C stops both."""
-    from ui.backend import is_random_test_model, load_ui_settings
+    from jamba_stack.ui.backend import is_random_test_model, load_ui_settings
 
     settings = load_ui_settings(data_dir=data_dir, model=model, device=device, dtype=dtype)
     if not settings.model or is_random_test_model(settings.model):

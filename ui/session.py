@@ -12,10 +12,10 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from app.client import ChatModel
 from jamba_runtime.errors import JambaStackError
-from retrieval.embeddings import Embedder, make_embedder
-from ui.backend import (
+from jamba_stack.app.client import ChatModel
+from jamba_stack.retrieval.embeddings import Embedder, make_embedder
+from jamba_stack.ui.backend import (
     RANDOM_WEIGHTS_NOTICE,
     UISettings,
     is_random_test_model,

@@ -1,5 +1,5 @@
-"""Adapters that expose jamba-stack's retrieval to other frameworks: `app.integrations.langchain`
-(a LangChain `BaseRetriever`) and `app.integrations.llamaindex` (a LlamaIndex `BaseRetriever`).
+"""Adapters that expose jamba-stack's retrieval to other frameworks: `jamba_stack.app.integrations.langchain`
+(a LangChain `BaseRetriever`) and `jamba_stack.app.integrations.llamaindex` (a LlamaIndex `BaseRetriever`).
 Each imports its framework on import and, when it is missing, raises `IntegrationUnavailableError`
 naming the pip extra to install."""
 
@@ -25,7 +25,7 @@ def missing(framework: str, extra: str, error: ImportError) -> IntegrationUnavai
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:
-    """A `retrieval.search.Hit`'s metadata as both integrations expose it: the chunk's stored
+    """A `jamba_stack.retrieval.search.Hit`'s metadata as both integrations expose it: the chunk's stored
     metadata plus `chunk_id`, `doc_id`, `source`, `page` (None when unknown), `score`, `rank`."""
     return {
         **hit.metadata,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.integrations import hit_metadata, missing
+from jamba_stack.app.integrations import hit_metadata, missing
 
 try:
     from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -27,7 +27,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise missing("langchain-core", "langchain", e) from e
 
-from retrieval.search import Retriever, open_retriever
+from jamba_stack.retrieval.search import Retriever, open_retriever
 
 __all__ = ["JambaStackRetriever", "format_documents", "to_jamba_documents"]
 
@@ -35,9 +35,9 @@ __all__ = ["JambaStackRetriever", "format_documents", "to_jamba_documents"]
 class JambaStackRetriever(BaseRetriever):
     """Hybrid search (dense + BM25, fused; optional rerank) over one jamba-stack collection.
 
-    Fields: `retriever` (a `retrieval.search.Retriever`), `k` (hits per query), `mode` (hybrid,
+    Fields: `retriever` (a `jamba_stack.retrieval.search.Retriever`), `k` (hits per query), `mode` (hybrid,
     dense or bm25), `filters` (Chroma `where` syntax, applied to both retrievers), `reranker` (a
-    `retrieval.rerank.Reranker` applied to max(k, 30) candidates, or None). `invoke` raises what
+    `jamba_stack.retrieval.rerank.Reranker` applied to max(k, 30) candidates, or None). `invoke` raises what
     `Retriever.search` raises (`InvalidQueryError`, `QueryTooLongError`)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -58,7 +58,7 @@ class JambaStackRetriever(BaseRetriever):
         embedder: str | None = None,
         **fields: Any,
     ) -> JambaStackRetriever:
-        """Open `collection` (as `retrieval.search.open_retriever`; raises `CollectionNotFoundError`,
+        """Open `collection` (as `jamba_stack.retrieval.search.open_retriever`; raises `CollectionNotFoundError`,
         `EmbedderMismatchError`) and wrap it; `fields` are this class's (k, mode, filters, reranker)."""
         r = open_retriever(collection, data_dir=data_dir, chroma_url=chroma_url, embedder=embedder)
         return cls(retriever=r, **fields)
@@ -67,7 +67,7 @@ class JambaStackRetriever(BaseRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[Document]:
         if self.reranker is not None:
-            from retrieval.rerank import RERANK_CANDIDATES
+            from jamba_stack.retrieval.rerank import RERANK_CANDIDATES
 
             pool = self.retriever.search(
                 query, max(self.k, RERANK_CANDIDATES), mode=self.mode, filters=self.filters, rerank=False
@@ -93,7 +93,7 @@ format_documents = RunnableLambda(_format, name="format_documents")
 
 
 def to_jamba_documents(docs: Sequence[Document]) -> list[dict[str, Any]]:
-    """LangChain Documents as Jamba's documents (`app.client.ChatModel`'s `documents=` option):
+    """LangChain Documents as Jamba's documents (`jamba_stack.app.client.ChatModel`'s `documents=` option):
     {"id", "content", "metadata": {citation "[n]", source file, page}}."""
     out = []
     for n, d in enumerate(docs, start=1):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.integrations import hit_metadata, missing
+from jamba_stack.app.integrations import hit_metadata, missing
 
 try:
     from llama_index.core.retrievers import BaseRetriever
@@ -22,7 +22,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise missing("llama-index-core", "llamaindex", e) from e
 
-from retrieval.search import Retriever, open_retriever
+from jamba_stack.retrieval.search import Retriever, open_retriever
 
 __all__ = ["JambaStackLlamaRetriever"]
 
@@ -30,8 +30,8 @@ __all__ = ["JambaStackLlamaRetriever"]
 class JambaStackLlamaRetriever(BaseRetriever):
     """Hybrid search (dense + BM25, fused; optional rerank) over one jamba-stack collection.
 
-    `retriever`: a `retrieval.search.Retriever`; `k`: hits per query; `mode`: hybrid, dense or
-    bm25; `filters`: Chroma `where` syntax; `reranker`: a `retrieval.rerank.Reranker` or None.
+    `retriever`: a `jamba_stack.retrieval.search.Retriever`; `k`: hits per query; `mode`: hybrid, dense or
+    bm25; `filters`: Chroma `where` syntax; `reranker`: a `jamba_stack.retrieval.rerank.Reranker` or None.
     `retrieve` raises what `Retriever.search` raises (`InvalidQueryError`, `QueryTooLongError`)."""
 
     def __init__(
@@ -61,7 +61,7 @@ class JambaStackLlamaRetriever(BaseRetriever):
         embedder: str | None = None,
         **kwargs: Any,
     ) -> JambaStackLlamaRetriever:
-        """Open `collection` (as `retrieval.search.open_retriever`; raises `CollectionNotFoundError`,
+        """Open `collection` (as `jamba_stack.retrieval.search.open_retriever`; raises `CollectionNotFoundError`,
         `EmbedderMismatchError`) and wrap it; `kwargs` go to `__init__` (k, mode, filters, reranker)."""
         r = open_retriever(collection, data_dir=data_dir, chroma_url=chroma_url, embedder=embedder)
         return cls(r, **kwargs)
@@ -69,7 +69,7 @@ class JambaStackLlamaRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str
         if self.reranker is not None:
-            from retrieval.rerank import RERANK_CANDIDATES
+            from jamba_stack.retrieval.rerank import RERANK_CANDIDATES
 
             pool = self.retriever.search(
                 query, max(self.k, RERANK_CANDIDATES), mode=self.mode, filters=self.filters, rerank=False

@@ -6,6 +6,6 @@ disconnects); `sse.py` event framing; `errors.py` OpenAI error bodies; `metrics.
 See docs/server.md.
 """
 
-from app.server.app import create_app, serve
+from jamba_stack.app.server.app import create_app, serve
 
 __all__ = ["create_app", "serve"]

@@ -21,22 +21,22 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.server.chat import create_chat_completion
-from app.server.completions import create_completion
-from app.server.errors import (
+from jamba_runtime.async_llm import AsyncLLM
+from jamba_runtime.errors import EngineStoppedError, ModelNotFoundError
+from jamba_stack.app.server.chat import create_chat_completion
+from jamba_stack.app.server.completions import create_completion
+from jamba_stack.app.server.errors import (
     AuthenticationError,
     RequestTooLargeError,
     error_of,
     install_error_handlers,
     logger,
 )
-from app.server.metrics import CONTENT_TYPE, ServerMetrics
-from app.server.models import get_model, list_models
-from app.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from app.server.serving import ClientDisconnected, ServerState
-from app.settings import Settings
-from jamba_runtime.async_llm import AsyncLLM
-from jamba_runtime.errors import EngineStoppedError, ModelNotFoundError
+from jamba_stack.app.server.metrics import CONTENT_TYPE, ServerMetrics
+from jamba_stack.app.server.models import get_model, list_models
+from jamba_stack.app.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from jamba_stack.app.server.serving import ClientDisconnected, ServerState
+from jamba_stack.app.settings import Settings
 
 _PROTECTED_PREFIXES = ("/v1/", "/studio/")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}

@@ -19,10 +19,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from app.chat_format import ChatInputs, InvalidParameterError, ToolCall, ToolCallSplitter
-from app.server.errors import sse_error
-from app.server.protocol import ChatCompletionRequest
-from app.server.serving import (
+from jamba_runtime.async_llm import RequestOutputDelta
+from jamba_runtime.errors import InvalidRequestError
+from jamba_stack.app.chat_format import ChatInputs, InvalidParameterError, ToolCall, ToolCallSplitter
+from jamba_stack.app.server.errors import sse_error
+from jamba_stack.app.server.protocol import ChatCompletionRequest
+from jamba_stack.app.server.serving import (
     RequestTimer,
     ServerState,
     add_choices,
@@ -32,9 +34,7 @@ from app.server.serving import (
     until_disconnect,
     usage_dict,
 )
-from app.server.sse import DONE, SSEResponse, event
-from jamba_runtime.async_llm import RequestOutputDelta
-from jamba_runtime.errors import InvalidRequestError
+from jamba_stack.app.server.sse import DONE, SSEResponse, event
 
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
 

@@ -18,9 +18,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from app.server.errors import UnsupportedParameterError, sse_error
-from app.server.protocol import CompletionRequest
-from app.server.serving import (
+from jamba_runtime.async_llm import RequestOutputDelta
+from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.server.errors import UnsupportedParameterError, sse_error
+from jamba_stack.app.server.protocol import CompletionRequest
+from jamba_stack.app.server.serving import (
     RequestTimer,
     ServerState,
     add_choices,
@@ -30,9 +32,7 @@ from app.server.serving import (
     until_disconnect,
     usage_dict,
 )
-from app.server.sse import DONE, SSEResponse, event
-from jamba_runtime.async_llm import RequestOutputDelta
-from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.server.sse import DONE, SSEResponse, event
 
 _MIN_LOGPROB = -9999.0
 

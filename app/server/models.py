@@ -3,8 +3,8 @@ default the `--model` argument), each the same loaded model."""
 
 from __future__ import annotations
 
-from app.server.protocol import ModelCard, ModelList
-from app.server.serving import ServerState
+from jamba_stack.app.server.protocol import ModelCard, ModelList
+from jamba_stack.app.server.serving import ServerState
 
 
 def model_card(state: ServerState, name: str) -> ModelCard:

@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from app.chat_format import InvalidParameterError
-from app.server.errors import UnsupportedParameterError
-from app.server.metrics import ServerMetrics
-from app.server.protocol import SamplingFields
 from jamba_runtime.async_llm import AsyncLLM, RequestOutputDelta
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.tokenizer import Tokenizer
+from jamba_stack.app.chat_format import InvalidParameterError
+from jamba_stack.app.server.errors import UnsupportedParameterError
+from jamba_stack.app.server.metrics import ServerMetrics
+from jamba_stack.app.server.protocol import SamplingFields
 
 T = TypeVar("T")
 _PARAM_IN_MESSAGE = re.compile(r"^(\w+)=")

@@ -6,7 +6,7 @@ everywhere (to rule a kernel out when chasing a numerical difference); `triton` 
 for CPU tensors, which only works under Triton's interpreter (`TRITON_INTERPRET=1`, set before
 the kernel modules are imported) and is how the kernels are tested without a GPU.
 
-The runtime reads no environment variables here (settings live in `app.settings`); a caller
+The runtime reads no environment variables here (settings live in `jamba_stack.app.settings`); a caller
 switches with `set_kernel_backend` or the `kernel_backend` context manager.
 """
 

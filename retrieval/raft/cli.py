@@ -51,7 +51,7 @@ def _fail(e: Exception) -> typer.Exit:
 
 def _chat_model(settings: Any, model: str | None, api_key: str | None, served: str | None) -> tuple[Any, str]:
     """(ChatModel, its name) for --model: a URL (remote), a directory, or the tiny model."""
-    from app.client import chat_model
+    from jamba_stack.app.client import chat_model
 
     target = model or settings.model
     if not target:
@@ -150,12 +150,12 @@ def generate_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Generate RAFT rows from a corpus and write every export into --out (resumable)."""
-    from app.settings import load_settings
-    from retrieval.embeddings import make_embedder
-    from retrieval.raft.corpus import build_corpus
-    from retrieval.raft.export import export_all
-    from retrieval.raft.generate import RaftConfig, generate
-    from retrieval.raft.teacher import Teacher
+    from jamba_stack.app.settings import load_settings
+    from jamba_stack.retrieval.embeddings import make_embedder
+    from jamba_stack.retrieval.raft.corpus import build_corpus
+    from jamba_stack.retrieval.raft.export import export_all
+    from jamba_stack.retrieval.raft.generate import RaftConfig, generate
+    from jamba_stack.retrieval.raft.teacher import Teacher
 
     s = load_settings(data_dir=data_dir, chroma_url=chroma_url)
     try:
@@ -237,8 +237,14 @@ def eval_cmd(
     """Answer the eval split with its documents; report exact match, F1, citation precision,
     abstention rate, with and without the oracle (and with retrieved top-k documents: --rag-k).
     With --compare: only the RAG runs, once for the base model and once with --adapter merged."""
-    from app.settings import load_settings
-    from retrieval.raft.evaluate import answer_rows, compare_table, format_compare, load_eval_rows, score
+    from jamba_stack.app.settings import load_settings
+    from jamba_stack.retrieval.raft.evaluate import (
+        answer_rows,
+        compare_table,
+        format_compare,
+        load_eval_rows,
+        score,
+    )
 
     s = load_settings(data_dir=data_dir, chroma_url=chroma_url)
     progress = not quiet and not as_json
@@ -262,7 +268,7 @@ def eval_cmd(
         chat = _eval_chat(s, model, adapter, api_key, served_model)
         result = score(rows, answer_rows(chat, rows, max_tokens=max_tokens, progress=progress))
         if ks:
-            from retrieval.raft.evaluate import rag_scores
+            from jamba_stack.retrieval.raft.evaluate import rag_scores
 
             retriever = _eval_retriever(data, s)
             result["rag"] = rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
@@ -277,8 +283,8 @@ def _eval_chat(
     """The answering model for `raft eval`: --model, with --adapter merged when given."""
     chat, target = _chat_model(s, model, api_key, served)
     if adapter is not None:
-        from app.client import LocalChatModel
-        from retrieval.raft.train import merge_adapter
+        from jamba_stack.app.client import LocalChatModel
+        from jamba_stack.retrieval.raft.train import merge_adapter
 
         if not isinstance(chat, LocalChatModel):
             raise typer.BadParameter(f"--adapter needs a local --model, not {target}")
@@ -288,7 +294,7 @@ def _eval_chat(
 
 def _eval_retriever(data: Path, s: Any) -> Any:
     """The retriever over the corpus collection `raft generate` recorded in summary.json."""
-    from retrieval.search import open_retriever
+    from jamba_stack.retrieval.search import open_retriever
 
     meta = json.loads((data / "summary.json").read_text())
     return open_retriever(
@@ -310,7 +316,7 @@ def _rag_scores(
 ) -> dict[str, dict[str, Any]]:
     """`rag_scores` of a freshly loaded model: the fine-tuned run never shares an engine (and its
     prefix cache, filled under the base weights) with the base run."""
-    from retrieval.raft.evaluate import rag_scores
+    from jamba_stack.retrieval.raft.evaluate import rag_scores
 
     chat = _eval_chat(s, model, adapter, api_key, served)
     return rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
@@ -343,8 +349,8 @@ def train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """LoRA fine-tuning on the chat export (loss on the assistant turn only); saves the adapter."""
-    from app.settings import load_settings
-    from retrieval.raft.train import TrainConfig, train_lora, write_merged_checkpoint
+    from jamba_stack.app.settings import load_settings
+    from jamba_stack.retrieval.raft.train import TrainConfig, train_lora, write_merged_checkpoint
 
     s = load_settings(data_dir=data_dir)
     try:

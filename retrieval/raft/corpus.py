@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.embeddings import Embedder
-from retrieval.errors import InvalidQueryError, QueryTooLongError
-from retrieval.raft.errors import QuestionsFileError
-from retrieval.raft.quotes import contains_answer, normalize_question, normalize_ws
-from retrieval.search import Retriever
+from jamba_stack.retrieval.embeddings import Embedder
+from jamba_stack.retrieval.errors import InvalidQueryError, QueryTooLongError
+from jamba_stack.retrieval.raft.errors import QuestionsFileError
+from jamba_stack.retrieval.raft.quotes import contains_answer, normalize_question, normalize_ws
+from jamba_stack.retrieval.search import Retriever
 
 
 @dataclass(frozen=True)
@@ -89,16 +89,16 @@ def build_corpus(
     ingest's token chunker, with `overlap_tokens`) or "semantic" (`SemanticChunker`: cuts where
     the topic changes, below `semantic_percentile`, chunks still at most `chunk_tokens`; no
     overlap). Raises `ValueError` for another `chunking`, and what `ingest` raises."""
-    from retrieval.ingest import ingest
-    from retrieval.search import load_bm25
-    from retrieval.store import Store
+    from jamba_stack.retrieval.ingest import ingest
+    from jamba_stack.retrieval.search import load_bm25
+    from jamba_stack.retrieval.store import Store
 
     if chunking not in CHUNKINGS:
         raise ValueError(f"chunking={chunking!r} is not one of {', '.join(CHUNKINGS)}")
     tokens = chunk_tokens or embedder.chunk_tokens
     name = collection or collection_name(docs, embedder, tokens, overlap_tokens, chunking)
     if chunking == "semantic":
-        from retrieval.semantic_chunking import SemanticChunker
+        from jamba_stack.retrieval.semantic_chunking import SemanticChunker
 
         chunker = SemanticChunker(embedder, tokens, percentile=semantic_percentile)
         _ingest_semantic(docs, name, chunker, data_dir=data_dir, chroma_url=chroma_url, progress=progress)
@@ -143,10 +143,10 @@ def _ingest_semantic(
     longer yields, rebuild the BM25 index. The collection is RAFT's own (`collection_name`), so
     there is no manifest to keep: unchanged files re-chunk to the same ids and are not re-embedded.
     Raises `SourceNotFoundError` for a missing `docs`, `StoreUnavailableError`."""
-    from retrieval.errors import SourceNotFoundError
-    from retrieval.ingest import rebuild_bm25
-    from retrieval.loaders import SkipFile, Skipped, iter_files, load_file
-    from retrieval.store import Store
+    from jamba_stack.retrieval.errors import SourceNotFoundError
+    from jamba_stack.retrieval.ingest import rebuild_bm25
+    from jamba_stack.retrieval.loaders import SkipFile, Skipped, iter_files, load_file
+    from jamba_stack.retrieval.store import Store
 
     if not docs.exists():
         raise SourceNotFoundError(f"{docs} does not exist: pass a file or folder to --docs")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrieval.errors import RetrievalError
+from jamba_stack.retrieval.errors import RetrievalError
 
 
 class RaftError(RetrievalError):

@@ -16,8 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retrieval.raft.errors import RaftDataError
-from retrieval.raft.quotes import exact_match, extract_quotes, final_answer, is_abstention, quote_in, token_f1
+from jamba_stack.retrieval.raft.errors import RaftDataError
+from jamba_stack.retrieval.raft.quotes import (
+    exact_match,
+    extract_quotes,
+    final_answer,
+    is_abstention,
+    quote_in,
+    token_f1,
+)
 
 
 def load_eval_rows(data: Path, split: str = "eval") -> list[dict[str, Any]]:
@@ -115,7 +122,7 @@ def answer_rows(
 def rag_rows(rows: Sequence[dict[str, Any]], retriever: Any, k: int) -> list[dict[str, Any]]:
     """The rows with their documents replaced by the retriever's top `k` for the question (what a
     RAG deployment shows); `oracle_present` says whether the oracle chunk was retrieved."""
-    from retrieval.raft.prompts import student_messages
+    from jamba_stack.retrieval.raft.prompts import student_messages
 
     out = []
     for row in rows:

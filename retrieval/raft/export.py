@@ -19,9 +19,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from retrieval.raft.errors import OptionalDependencyError
-from retrieval.raft.jsonl import dumps_line
-from retrieval.raft.prompts import student_messages
+from jamba_stack.retrieval.raft.errors import OptionalDependencyError
+from jamba_stack.retrieval.raft.jsonl import dumps_line
+from jamba_stack.retrieval.raft.prompts import student_messages
 
 SPLITS = ("train", "eval")
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from retrieval.raft.corpus import (
+from jamba_stack.retrieval.raft.corpus import (
     QA,
     CorpusChunk,
     choose_documents,
@@ -28,12 +28,23 @@ from retrieval.raft.corpus import (
     qa_id,
     read_questions_file,
 )
-from retrieval.raft.errors import CheckpointMismatchError, RaftError
-from retrieval.raft.jsonl import dumps_line, split_lines
-from retrieval.raft.prompts import ABSTAIN_REASON, question_messages, question_schema, student_messages
-from retrieval.raft.quotes import cot_regex, extract_quotes, final_answer, split_sentences, verify_answer
-from retrieval.raft.teacher import AnswerRequest, Teacher
-from retrieval.search import Retriever
+from jamba_stack.retrieval.raft.errors import CheckpointMismatchError, RaftError
+from jamba_stack.retrieval.raft.jsonl import dumps_line, split_lines
+from jamba_stack.retrieval.raft.prompts import (
+    ABSTAIN_REASON,
+    question_messages,
+    question_schema,
+    student_messages,
+)
+from jamba_stack.retrieval.raft.quotes import (
+    cot_regex,
+    extract_quotes,
+    final_answer,
+    split_sentences,
+    verify_answer,
+)
+from jamba_stack.retrieval.raft.teacher import AnswerRequest, Teacher
+from jamba_stack.retrieval.search import Retriever
 
 NoOracleAnswer = Literal["memory", "abstain"]
 

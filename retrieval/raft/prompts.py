@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from retrieval.raft.quotes import ABSTAIN_ANSWER, ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, REASON_TAG
+from jamba_stack.retrieval.raft.quotes import ABSTAIN_ANSWER, ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, REASON_TAG
 
 SYSTEM_PROMPT = (
     "You answer questions from the documents given with them. Some documents are irrelevant "

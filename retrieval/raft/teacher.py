@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.chat_format import ChatInputs
-from app.client import ChatModel, LocalChatModel
 from jamba_runtime.errors import JambaStackError
-from retrieval.raft.quotes import closing_regex
+from jamba_stack.app.chat_format import ChatInputs
+from jamba_stack.app.client import ChatModel, LocalChatModel
+from jamba_stack.retrieval.raft.quotes import closing_regex
 
 
 @dataclass(frozen=True)

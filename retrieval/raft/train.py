@@ -28,8 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from retrieval.raft.errors import OptionalDependencyError, RaftDataError
-from retrieval.raft.jsonl import split_lines
+from jamba_stack.retrieval.raft.errors import OptionalDependencyError, RaftDataError
+from jamba_stack.retrieval.raft.jsonl import split_lines
 
 TARGET_MODULES = (
     r".*\.(mamba\.(in_proj|x_proj|out_proj)|self_attn\.(q_proj|k_proj|v_proj|o_proj)"

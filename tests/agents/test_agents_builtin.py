@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from scripted import ScriptedModel, calls
 
-from agents import Agent, Policy, ToolError
-from agents.builtin import calculator, evaluate, handoff, search_tool
+from jamba_stack.agents import Agent, Policy, ToolError
+from jamba_stack.agents.builtin import calculator, evaluate, handoff, search_tool
 
 
 @pytest.mark.parametrize(
@@ -63,9 +63,9 @@ def test_calculator_as_a_tool_reports_errors_to_the_model() -> None:
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     pytest.importorskip("sentence_transformers")
-    from retrieval.embeddings import SentenceTransformerEmbedder
-    from retrieval.ingest import ingest
-    from retrieval.search import open_retriever
+    from jamba_stack.retrieval.embeddings import SentenceTransformerEmbedder
+    from jamba_stack.retrieval.ingest import ingest
+    from jamba_stack.retrieval.search import open_retriever
 
     docs = tmp_path_factory.mktemp("docs")
     (docs / "jamba.txt").write_text("Jamba interleaves Mamba layers with attention layers, one in eight.")
@@ -92,7 +92,7 @@ def test_search_tool_returns_cited_chunks(retriever) -> None:  # noqa: ANN001
 
 
 def test_retrieved_injection_cannot_trigger_a_tool(retriever) -> None:  # noqa: ANN001
-    from agents import tool
+    from jamba_stack.agents import tool
 
     wiped: list[bool] = []
 
@@ -104,8 +104,8 @@ def test_retrieved_injection_cannot_trigger_a_tool(retriever) -> None:  # noqa: 
 
     def follow(request):  # noqa: ANN001, ANN202 - a model that obeys text in tool results
         text = request.inputs.messages[-1]["content"]
-        from app.chat_format import ToolCall
-        from app.client import ChatResponse, Usage
+        from jamba_stack.app.chat_format import ToolCall
+        from jamba_stack.app.client import ChatResponse, Usage
 
         if "delete_all" in text:
             return ChatResponse(None, (ToolCall("c1", "delete_all", {}),), "tool_calls", Usage(1, 1))

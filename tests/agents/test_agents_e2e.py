@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from weather_tools import CALLS, Report, check_tool_steps, get_weather, make_agent
 
-from agents import Policy
-from agents.async_model import AsyncLocalChatModel
-from agents.scheduler import AgentScheduler
-from app.client import LocalChatModel
 from jamba_runtime import LLM
 from jamba_runtime.engine import EngineConfig
+from jamba_stack.agents import Policy
+from jamba_stack.agents.async_model import AsyncLocalChatModel
+from jamba_stack.agents.scheduler import AgentScheduler
+from jamba_stack.app.client import LocalChatModel
 
 
 @pytest.fixture(scope="module")

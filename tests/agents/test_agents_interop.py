@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from scripted import ScriptedModel, calls
 
-from agents import Agent, tool
-from agents.interop import from_langchain, to_langchain
+from jamba_stack.agents import Agent, tool
+from jamba_stack.agents.interop import from_langchain, to_langchain
 
 lc_tools = pytest.importorskip("langchain_core.tools")
 

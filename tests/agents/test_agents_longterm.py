@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from scripted import ScriptedModel, calls
 
-from agents import Agent, AgentConfigError
-from agents.longterm import LongTermMemory
+from jamba_stack.agents import Agent, AgentConfigError
+from jamba_stack.agents.longterm import LongTermMemory
 
 
 @pytest.fixture(scope="module")
 def embedder():  # noqa: ANN201
     pytest.importorskip("sentence_transformers")
-    from retrieval.embeddings import SentenceTransformerEmbedder
+    from jamba_stack.retrieval.embeddings import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder()
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from scripted import ScriptedModel, calls
 
-from agents import Agent, AgentConfigError, ConversationMemory, tool
-from agents.memory import fit_messages, units
+from jamba_stack.agents import Agent, AgentConfigError, ConversationMemory, tool
+from jamba_stack.agents.memory import fit_messages, units
 
 
 @tool

@@ -8,9 +8,9 @@ import json
 import pytest
 from scripted import ScriptedModel, calls
 
-from agents import Agent, AgentConfigError, Policy, tool
-from app.chat_format import ToolCall
-from app.client import ChatResponse, Usage
+from jamba_stack.agents import Agent, AgentConfigError, Policy, tool
+from jamba_stack.app.chat_format import ToolCall
+from jamba_stack.app.client import ChatResponse, Usage
 
 DELETED: list[str] = []
 INJECTION = (

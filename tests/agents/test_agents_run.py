@@ -12,8 +12,8 @@ import pytest
 from pydantic import BaseModel
 from scripted import ScriptedModel, calls
 
-from agents import Agent, AgentError, Policy, ToolError, load_trace, save_trace, tool
-from app.client import ChatResponse, Usage
+from jamba_stack.agents import Agent, AgentError, Policy, ToolError, load_trace, save_trace, tool
+from jamba_stack.app.client import ChatResponse, Usage
 
 
 @tool

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 from pydantic import BaseModel
 
-from agents import Tool, ToolArgumentsError, ToolDefinitionError, tool
-from agents.tool import parse_docstring, to_content
+from jamba_stack.agents import Tool, ToolArgumentsError, ToolDefinitionError, tool
+from jamba_stack.agents.tool import parse_docstring, to_content
 
 
 class Point(BaseModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agents import Agent, tool
+from jamba_stack.agents import Agent, tool
 
 CALLS: list[tuple[str, int]] = []
 

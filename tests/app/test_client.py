@@ -13,17 +13,17 @@ from typing import Any
 import jsonschema
 import pytest
 
-from app.chat_format import structured_available
-from app.client import (
+from jamba_runtime import LLM
+from jamba_runtime.engine import EngineConfig
+from jamba_runtime.errors import ContextLengthError, InvalidRequestError
+from jamba_stack.app.chat_format import structured_available
+from jamba_stack.app.client import (
     ChatModel,
     LocalChatModel,
     RemoteAPIError,
     RemoteChatModel,
     chat_model,
 )
-from jamba_runtime import LLM
-from jamba_runtime.engine import EngineConfig
-from jamba_runtime.errors import ContextLengthError, InvalidRequestError
 
 MAX_MODEL_LEN = 1024
 HI = [{"role": "user", "content": "Hi there"}]

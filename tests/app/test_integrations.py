@@ -1,6 +1,6 @@
 """LangChain and LlamaIndex over our hybrid search (app/integrations), run for real: a small
 ingested collection, the real retrievers, an LCEL RAG chain and a LlamaIndex query engine whose
-LLM is `jamba-stack serve` with the tiny model; and `retrieval.rag.ask` through that server."""
+LLM is `jamba-stack serve` with the tiny model; and `jamba_stack.retrieval.rag.ask` through that server."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.client import RemoteChatModel
-from retrieval.search import Retriever, open_retriever
+from jamba_stack.app.client import RemoteChatModel
+from jamba_stack.retrieval.search import Retriever, open_retriever
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 1024
@@ -24,8 +24,8 @@ LONG = (
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pytest.importorskip("sentence_transformers")
-    from retrieval.embeddings import SentenceTransformerEmbedder
-    from retrieval.ingest import ingest
+    from jamba_stack.retrieval.embeddings import SentenceTransformerEmbedder
+    from jamba_stack.retrieval.ingest import ingest
 
     docs = tmp_path_factory.mktemp("intdocs")
     data = tmp_path_factory.mktemp("intdata")
@@ -59,7 +59,7 @@ def server(start_server: Any, tiny_model_dir: Path) -> Any:
 def test_langchain_retriever_returns_our_hits_as_documents(collection: dict[str, Any]) -> None:
     from langchain_core.documents import Document
 
-    from app.integrations.langchain import JambaStackRetriever
+    from jamba_stack.app.integrations.langchain import JambaStackRetriever
 
     r: Retriever = collection["retriever"]
     lc = JambaStackRetriever(retriever=r, k=2)
@@ -86,8 +86,8 @@ def test_langchain_retriever_returns_our_hits_as_documents(collection: dict[str,
 
 
 def test_langchain_from_collection_and_rerank(collection: dict[str, Any]) -> None:
-    from app.integrations.langchain import JambaStackRetriever
-    from retrieval.rerank import MaxSimReranker
+    from jamba_stack.app.integrations.langchain import JambaStackRetriever
+    from jamba_stack.retrieval.rerank import MaxSimReranker
 
     lc = JambaStackRetriever.from_collection(
         "integ",
@@ -107,7 +107,7 @@ def test_langchain_lcel_rag_chain_against_our_server(collection: dict[str, Any],
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
-    from app.integrations.langchain import JambaStackRetriever, format_documents
+    from jamba_stack.app.integrations.langchain import JambaStackRetriever, format_documents
 
     seen: list[Any] = []
 
@@ -145,7 +145,7 @@ def test_langchain_lcel_rag_chain_against_our_server(collection: dict[str, Any],
 def test_llamaindex_retriever_returns_nodes_with_scores(collection: dict[str, Any]) -> None:
     from llama_index.core.schema import NodeWithScore, TextNode
 
-    from app.integrations.llamaindex import JambaStackLlamaRetriever
+    from jamba_stack.app.integrations.llamaindex import JambaStackLlamaRetriever
 
     r: Retriever = collection["retriever"]
     li = JambaStackLlamaRetriever(r, k=2)
@@ -166,7 +166,7 @@ def test_llamaindex_query_engine_against_our_server(collection: dict[str, Any], 
     openai_like = pytest.importorskip("llama_index.llms.openai_like")
     from llama_index.core.query_engine import RetrieverQueryEngine
 
-    from app.integrations.llamaindex import JambaStackLlamaRetriever
+    from jamba_stack.app.integrations.llamaindex import JambaStackLlamaRetriever
 
     llm = openai_like.OpenAILike(
         model=MODEL,
@@ -185,9 +185,9 @@ def test_llamaindex_query_engine_against_our_server(collection: dict[str, Any], 
     assert len(response.source_nodes) == 2
 
 
-# ---- retrieval.rag through the server --------------------------------------------------------------
+# ---- jamba_stack.retrieval.rag through the server --------------------------------------------------------------
 def test_rag_over_a_server_halves_documents_until_they_fit(collection: dict[str, Any], server: Any) -> None:
-    from retrieval.rag import ask, ask_stream
+    from jamba_stack.retrieval.rag import ask, ask_stream
 
     model = RemoteChatModel(server.url, api_key=server.api_key, model=MODEL, max_retries=0)
     try:

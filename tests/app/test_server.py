@@ -20,12 +20,12 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.chat_format import structured_available
-from app.server.app import create_app
-from app.settings import Settings
 from jamba_runtime.async_llm import AsyncLLM
 from jamba_runtime.engine import EngineConfig
 from jamba_runtime.errors import ModelNotFoundError
+from jamba_stack.app.chat_format import structured_available
+from jamba_stack.app.server.app import create_app
+from jamba_stack.app.settings import Settings
 
 API_KEY = "test-key"  # what the start_server fixture sets JAMBA_STACK_API_KEY to
 MODEL = "tiny"

@@ -22,11 +22,11 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.server.app import create_app
-from app.settings import Settings
 from jamba_runtime import LLM
 from jamba_runtime.async_llm import AsyncLLM
 from jamba_runtime.engine import EngineConfig
+from jamba_stack.app.server.app import create_app
+from jamba_stack.app.settings import Settings
 
 API_KEY = "test-key"  # what the start_server fixture sets
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -153,7 +153,7 @@ def failing_step(self):
     return step(self)
 
 LLMEngine.step = failing_step
-from app.cli import main
+from jamba_stack.app.cli import main
 sys.argv = ["jamba-stack", *sys.argv[1:]]
 main()
 """

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import load_settings
+from jamba_stack.app.settings import load_settings
 
 
 def test_env_then_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ SCIFACT = SHARED / "data" / "scifact"
 @pytest.fixture(scope="session")
 def embedder():  # noqa: ANN201 - SentenceTransformerEmbedder
     pytest.importorskip("sentence_transformers")
-    from retrieval.embeddings import SentenceTransformerEmbedder
+    from jamba_stack.retrieval.embeddings import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder()
 

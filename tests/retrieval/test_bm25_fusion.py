@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.bm25 import BM25Index
-from retrieval.errors import InvalidQueryError
-from retrieval.fusion import convex_fusion, reciprocal_rank_fusion
+from jamba_stack.retrieval.bm25 import BM25Index
+from jamba_stack.retrieval.errors import InvalidQueryError
+from jamba_stack.retrieval.fusion import convex_fusion, reciprocal_rank_fusion
 
 TEXTS = ["The cats are running home", "A dog runs fast", "Cats and dogs", "Stock markets fell"]
 METAS = [{"source": "a", "page": 1}, {"source": "a", "page": 2}, {"source": "b", "page": 1}, {"source": "c"}]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.embeddings import Embedder
-from retrieval.errors import StoreUnavailableError
-from retrieval.ingest import ingest
-from retrieval.search import open_retriever
-from retrieval.store import Store
+from jamba_stack.retrieval.embeddings import Embedder
+from jamba_stack.retrieval.errors import StoreUnavailableError
+from jamba_stack.retrieval.ingest import ingest
+from jamba_stack.retrieval.search import open_retriever
+from jamba_stack.retrieval.store import Store
 
 
 def chroma_exe() -> str | None:

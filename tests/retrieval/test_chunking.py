@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.chunking import Chunker, HFTokenCounter, RegexTokenCounter, chunk_id, markdown_sections
-from retrieval.loaders import Document
+from jamba_stack.retrieval.chunking import (
+    Chunker,
+    HFTokenCounter,
+    RegexTokenCounter,
+    chunk_id,
+    markdown_sections,
+)
+from jamba_stack.retrieval.loaders import Document
 
 
 @pytest.fixture(scope="module")
 def counter() -> HFTokenCounter:
-    from retrieval.embeddings import default_model_dir
+    from jamba_stack.retrieval.embeddings import default_model_dir
 
     return HFTokenCounter(str(default_model_dir() / "tokenizer.json"))
 

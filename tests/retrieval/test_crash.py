@@ -15,20 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.bm25 import BM25Index
-from retrieval.chunking import Chunker
-from retrieval.embeddings import Embedder
-from retrieval.ingest import bm25_dir, dirty_mark, ingest
-from retrieval.loaders import load_path
-from retrieval.store import Store
+from jamba_stack.retrieval.bm25 import BM25Index
+from jamba_stack.retrieval.chunking import Chunker
+from jamba_stack.retrieval.embeddings import Embedder
+from jamba_stack.retrieval.ingest import bm25_dir, dirty_mark, ingest
+from jamba_stack.retrieval.loaders import load_path
+from jamba_stack.retrieval.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent(
     """
     import sys
-    from retrieval.embeddings import SentenceTransformerEmbedder
-    from retrieval.ingest import ingest
+    from jamba_stack.retrieval.embeddings import SentenceTransformerEmbedder
+    from jamba_stack.retrieval.ingest import ingest
 
     def wrote(n):
         print("wrote", n, flush=True)

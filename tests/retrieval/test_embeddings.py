@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embeddings import Embedder, OnnxEmbedder, default_model_dir, make_embedder
+from jamba_stack.retrieval.embeddings import Embedder, OnnxEmbedder, default_model_dir, make_embedder
 
 TEXTS = [
     "Hemoglobin carries oxygen.",
@@ -85,7 +85,7 @@ def test_parallel_calls_keep_order_and_values(onnx_cache: Path) -> None:
 def test_fusion_check_rejects_a_different_graph(onnx_cache: Path) -> None:
     """`check_same_outputs` is what sends a model whose fused graph misreads the mask back to the
     plain export; two graphs that really differ (float32 vs int8) must fail it."""
-    from retrieval.onnx_build import FusionError, check_same_outputs, fuse_bert
+    from jamba_stack.retrieval.onnx_build import FusionError, check_same_outputs, fuse_bert
 
     fp32 = next(onnx_cache.rglob("model.fused.onnx"))
     int8 = next(onnx_cache.rglob("model.fused.int8-*.onnx"))
@@ -140,7 +140,7 @@ def test_specs() -> None:
 def test_gpu_embedder_without_a_gpu_says_so() -> None:
     import torch
 
-    from retrieval.errors import EmbedderUnavailableError
+    from jamba_stack.retrieval.errors import EmbedderUnavailableError
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: bench/embedder_gpu.py measures that path")

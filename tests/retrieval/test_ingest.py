@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import write_pdf
 
-from retrieval.bm25 import BM25Index
-from retrieval.embeddings import Embedder
-from retrieval.errors import (
+from jamba_stack.retrieval.bm25 import BM25Index
+from jamba_stack.retrieval.embeddings import Embedder
+from jamba_stack.retrieval.errors import (
     CollectionNotFoundError,
     EmbedderMismatchError,
     IngestLockedError,
@@ -20,9 +20,9 @@ from retrieval.errors import (
     PathNotAllowedError,
     QueryTooLongError,
 )
-from retrieval.ingest import bm25_dir, dirty_mark, ingest, try_lock
-from retrieval.search import Retriever, open_retriever
-from retrieval.store import Store
+from jamba_stack.retrieval.ingest import bm25_dir, dirty_mark, ingest, try_lock
+from jamba_stack.retrieval.search import Retriever, open_retriever
+from jamba_stack.retrieval.store import Store
 
 
 class Counting(Embedder):

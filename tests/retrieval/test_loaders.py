@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import write_docx, write_pdf
 
-from retrieval.errors import PathNotAllowedError, SourceNotFoundError
-from retrieval.loaders import SkipFile, load_file, load_path
+from jamba_stack.retrieval.errors import PathNotAllowedError, SourceNotFoundError
+from jamba_stack.retrieval.loaders import SkipFile, load_file, load_path
 
 
 def test_text_markdown_html(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from retrieval.raft.cli import raft_app
-from retrieval.raft.errors import RaftDataError
-from retrieval.raft.evaluate import load_eval_rows, score
-from retrieval.raft.export import export_all
-from retrieval.raft.quotes import ABSTAIN_ANSWER
+from jamba_stack.retrieval.raft.cli import raft_app
+from jamba_stack.retrieval.raft.errors import RaftDataError
+from jamba_stack.retrieval.raft.evaluate import load_eval_rows, score
+from jamba_stack.retrieval.raft.export import export_all
+from jamba_stack.retrieval.raft.quotes import ABSTAIN_ANSWER
 
 DOC_A = {"id": "a", "text": "Paris is the capital of France. It lies on the Seine.", "source": "a.md"}
 DOC_B = {"id": "b", "text": "Berlin is the capital of Germany.", "source": "b.md"}

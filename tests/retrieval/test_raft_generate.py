@@ -11,13 +11,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from app.client import chat_model
-from retrieval.raft.corpus import build_corpus
-from retrieval.raft.export import dataset_info, export_all
-from retrieval.raft.generate import RaftConfig, generate
-from retrieval.raft.prompts import ABSTAIN_REASON
-from retrieval.raft.quotes import normalize_ws, verify_answer
-from retrieval.raft.teacher import Teacher
+from jamba_stack.app.client import chat_model
+from jamba_stack.retrieval.raft.corpus import build_corpus
+from jamba_stack.retrieval.raft.export import dataset_info, export_all
+from jamba_stack.retrieval.raft.generate import RaftConfig, generate
+from jamba_stack.retrieval.raft.prompts import ABSTAIN_REASON
+from jamba_stack.retrieval.raft.quotes import normalize_ws, verify_answer
+from jamba_stack.retrieval.raft.teacher import Teacher
 
 CORPUS = {
     "animals.md": "# Cats\nCats sleep for most of the day. A cat can jump six times its length. Cats were "
@@ -170,7 +170,7 @@ def test_rows_are_well_formed(run, corpus) -> None:  # noqa: ANN001
 
 
 def _user(r: dict[str, Any]) -> str:
-    from retrieval.raft.prompts import user_prompt
+    from jamba_stack.retrieval.raft.prompts import user_prompt
 
     return user_prompt(r["question"], r["documents"])
 
@@ -215,7 +215,7 @@ def test_exports_pass_their_schemas_and_load(run) -> None:  # noqa: ANN001
 def test_resume_and_determinism(run, corpus, teacher: Teacher, tmp_path: Path) -> None:  # noqa: ANN001
     import shutil
 
-    from retrieval.raft.errors import CheckpointMismatchError
+    from jamba_stack.retrieval.raft.errors import CheckpointMismatchError
 
     out, rows, _, _ = run
     _, chunks, retriever = corpus
@@ -279,7 +279,7 @@ def test_questions_file_and_abstain(corpus, teacher: Teacher, tmp_path: Path) ->
 def test_cli_generate_with_questions_file(corpus, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
     from typer.testing import CliRunner
 
-    from retrieval.raft.cli import raft_app
+    from jamba_stack.retrieval.raft.cli import raft_app
 
     root, _, _ = corpus
     qfile = tmp_path / "q.jsonl"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from retrieval.raft.jsonl import dumps_line, split_lines
+from jamba_stack.retrieval.raft.jsonl import dumps_line, split_lines
 
 
 def test_line_break_characters_inside_strings_do_not_split_a_row() -> None:

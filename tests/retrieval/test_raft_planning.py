@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.raft.corpus import build_corpus, choose_documents, hard_candidates, read_questions_file
-from retrieval.raft.quotes import contains_answer, normalize_ws
+from jamba_stack.retrieval.raft.corpus import (
+    build_corpus,
+    choose_documents,
+    hard_candidates,
+    read_questions_file,
+)
+from jamba_stack.retrieval.raft.quotes import contains_answer, normalize_ws
 
 SQUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "squad_small" / "squad_small.jsonl"
 

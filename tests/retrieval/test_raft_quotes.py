@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from retrieval.raft.quotes import (
+from jamba_stack.retrieval.raft.quotes import (
     ABSTAIN_ANSWER,
     closing_regex,
     contains_answer,

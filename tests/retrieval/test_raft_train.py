@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from retrieval.raft.cli import raft_app
-from retrieval.raft.export import export_all
+from jamba_stack.retrieval.raft.cli import raft_app
+from jamba_stack.retrieval.raft.export import export_all
 
 pytest.importorskip("peft")
 
@@ -72,7 +72,7 @@ def test_merged_equals_lora_model_and_changes_outputs(trained, tiny_model_dir: P
     from jamba_runtime.llm import LLM
     from jamba_runtime.loader import load_model
     from jamba_runtime.sampling_params import SamplingParams
-    from retrieval.raft.train import load_merged_llm, merge_adapter
+    from jamba_stack.retrieval.raft.train import load_merged_llm, merge_adapter
 
     data, out, _ = trained
     ids = torch.arange(5, 45)[None]
@@ -101,8 +101,8 @@ def test_compare_table_equals_separate_runs(trained, tiny_model_dir: Path, tmp_p
     and the fine-tuned model, both with RAG) whose numbers are those of the separate --rag-k runs."""
     import shutil
 
-    from retrieval.raft.corpus import build_corpus
-    from retrieval.raft.evaluate import COMPARE_METRICS, format_compare
+    from jamba_stack.retrieval.raft.corpus import build_corpus
+    from jamba_stack.retrieval.raft.evaluate import COMPARE_METRICS, format_compare
 
     data, adapter, _ = trained
     docs = tmp_path / "docs"

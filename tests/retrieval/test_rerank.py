@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.errors import RerankerUnavailableError
-from retrieval.rerank import (
+from jamba_stack.retrieval.errors import RerankerUnavailableError
+from jamba_stack.retrieval.rerank import (
     MAXSIM_ALPHA,
     MAXSIM_WEIGHTING,
     CrossEncoderReranker,
@@ -20,7 +20,7 @@ from retrieval.rerank import (
     make_reranker,
     supports_maxsim,
 )
-from retrieval.search import Hit
+from jamba_stack.retrieval.search import Hit
 
 PASSAGES = [
     "Mitochondria produce ATP, the energy currency of the cell.",
@@ -148,8 +148,8 @@ def test_maxsim_rerank_blends_with_the_first_stage(embedder) -> None:  # noqa: A
 
 
 def test_maxsim_plugs_into_the_retriever(tmp_path: Path, embedder) -> None:  # noqa: ANN001
-    from retrieval.ingest import ingest
-    from retrieval.search import open_retriever
+    from jamba_stack.retrieval.ingest import ingest
+    from jamba_stack.retrieval.search import open_retriever
 
     for i, t in enumerate(PASSAGES):
         (tmp_path / f"p{i}.txt").write_text(t)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from retrieval.cli import app
+from jamba_stack.retrieval.cli import app
 
 runner = CliRunner()
 FP32 = ["--embedder", "minilm-fp32"]

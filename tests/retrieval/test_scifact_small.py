@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.embeddings import Embedder
-from retrieval.ingest import ingest
-from retrieval.metrics import evaluate, pytrec_evaluate
-from retrieval.search import open_retriever
+from jamba_stack.retrieval.embeddings import Embedder
+from jamba_stack.retrieval.ingest import ingest
+from jamba_stack.retrieval.metrics import evaluate, pytrec_evaluate
+from jamba_stack.retrieval.search import open_retriever
 
 
 def test_scifact_subset_hybrid(tmp_path: Path, embedder: Embedder, scifact_small: dict) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from retrieval.chunking import count_tokens
-from retrieval.loaders import Document
-from retrieval.semantic_chunking import SemanticChunker, sentence_spans
+from jamba_stack.retrieval.chunking import count_tokens
+from jamba_stack.retrieval.loaders import Document
+from jamba_stack.retrieval.semantic_chunking import SemanticChunker, sentence_spans
 
 CATS = [
     "Cats were domesticated in the Near East about ten thousand years ago.",
@@ -74,7 +74,7 @@ def test_bad_settings_are_refused(embedder) -> None:  # noqa: ANN001
 
 
 def test_raft_corpus_uses_semantic_chunks(tmp_path: Path, embedder) -> None:  # noqa: ANN001
-    from retrieval.raft.corpus import build_corpus
+    from jamba_stack.retrieval.raft.corpus import build_corpus
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -93,7 +93,7 @@ def test_raft_corpus_uses_semantic_chunks(tmp_path: Path, embedder) -> None:  # 
 
 
 def test_generate_command_takes_chunking(tmp_path: Path) -> None:
-    from retrieval.raft.cli import raft_app
+    from jamba_stack.retrieval.raft.cli import raft_app
 
     (tmp_path / "a.txt").write_text(TEXT)
     res = CliRunner().invoke(
@@ -109,7 +109,7 @@ def test_generate_command_takes_chunking(tmp_path: Path) -> None:
 def test_generate_command_with_semantic_chunks(tmp_path: Path, tiny_model_dir: Path) -> None:
     import json
 
-    from retrieval.raft.cli import raft_app
+    from jamba_stack.retrieval.raft.cli import raft_app
 
     docs = tmp_path / "docs"
     docs.mkdir()

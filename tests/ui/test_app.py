@@ -17,8 +17,8 @@ pytest.importorskip("streamlit", reason="the web app needs streamlit (pip instal
 from streamlit.testing.v1 import AppTest  # noqa: E402
 from ui_procs import BIN, Proc, clean_env, free_port, start_process
 
-from ui.backend import RANDOM_WEIGHTS_NOTICE
-from ui.documents import sanitize_filename
+from jamba_stack.ui.backend import RANDOM_WEIGHTS_NOTICE
+from jamba_stack.ui.documents import sanitize_filename
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 TIMEOUT = 240  # seconds per script run: the first loads the embedder and the model on one core

@@ -32,8 +32,8 @@ import typer
 import yaml
 from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process
 
-from ui.backend import UISettings
-from ui.launch import API_HEALTH_PATH, STREAMLIT_HEALTH_PATH
+from jamba_stack.ui.backend import UISettings
+from jamba_stack.ui.launch import API_HEALTH_PATH, STREAMLIT_HEALTH_PATH
 
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -188,12 +188,12 @@ def test_services_images_volumes_and_env_are_wired() -> None:
 
 # ---- runtime: command, port, healthcheck ----------------------------------------------------------
 def test_runtime_command_port_and_healthcheck_match_the_cli() -> None:
-    from app.cli import app
+    from jamba_stack.app.cli import app
 
     runtime = load()["services"]["runtime"]
     command = runtime["command"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert command[0] == "jamba-stack" and scripts["jamba-stack"] == "app.cli:main"
+    assert command[0] == "jamba-stack" and scripts["jamba-stack"] == "jamba_stack.app.cli:main"
     serve = typer.main.get_command(app).commands[command[1]]  # KeyError: no such command
     params = serve.make_context(command[1], list(command[2:])).params  # a wrong option raises here
     port = container_port(runtime)

@@ -16,7 +16,7 @@ pytest.importorskip("peft", reason="training needs peft (pip install -e '.[train
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from ui.session import MODEL_OVERRIDE_KEY  # noqa: E402
+from jamba_stack.ui.session import MODEL_OVERRIDE_KEY  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 TIMEOUT = 240  # seconds per script run: generation and training on one core

@@ -8,11 +8,11 @@ from typing import Any
 
 import streamlit as st
 
-from agents import Agent, Policy, TraceEvent
-from agents.builtin import calculator, search_tool
-from retrieval.search import open_retriever
-from ui import session
-from ui.documents import list_collections
+from jamba_stack.agents import Agent, Policy, TraceEvent
+from jamba_stack.agents.builtin import calculator, search_tool
+from jamba_stack.retrieval.search import open_retriever
+from jamba_stack.ui import session
+from jamba_stack.ui.documents import list_collections
 
 DENIED_REASON = "denied by the policy set on the Agents page"
 TOOL_CHOICES = {

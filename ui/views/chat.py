@@ -1,7 +1,7 @@
 """Chat with documents: pick a collection, ask, watch the answer stream in, open each citation
 [n] to its chunk, file and page. The conversation is kept per browser session and collection.
 
-Each question is answered on its own (`retrieval.rag.ask_stream`: retrieval, then the model with
+Each question is answered on its own (`jamba_stack.retrieval.rag.ask_stream`: retrieval, then the model with
 the chunks as documents); earlier turns are shown, not sent to the model.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import streamlit as st
 
-from retrieval.rag import Answer, ask_stream
-from retrieval.search import open_retriever
-from ui import session
-from ui.documents import list_collections
+from jamba_stack.retrieval.rag import Answer, ask_stream
+from jamba_stack.retrieval.search import open_retriever
+from jamba_stack.ui import session
+from jamba_stack.ui.documents import list_collections
 
 HISTORY_KEY = "chat_history"
 

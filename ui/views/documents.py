@@ -8,9 +8,15 @@ from pathlib import Path
 import streamlit as st
 
 from jamba_runtime.errors import JambaStackError
-from retrieval.store import check_collection_name
-from ui import session
-from ui.documents import ALLOWED_SUFFIXES, delete_source, ingest_files, list_collections, save_upload
+from jamba_stack.retrieval.store import check_collection_name
+from jamba_stack.ui import session
+from jamba_stack.ui.documents import (
+    ALLOWED_SUFFIXES,
+    delete_source,
+    ingest_files,
+    list_collections,
+    save_upload,
+)
 
 settings = session.settings()
 st.title("Documents")

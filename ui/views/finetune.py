@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ui import session
-from ui.backend import UISettings, list_raft_sets, load_ui_settings, local_model_path
-from ui.errors import UIError
+from jamba_stack.ui import session
+from jamba_stack.ui.backend import UISettings, list_raft_sets, load_ui_settings, local_model_path
+from jamba_stack.ui.errors import UIError
 
 KS = (3, 5, 7)
 MERGED = "merged"
@@ -50,7 +50,7 @@ def train(
 ) -> list[float]:
     """Train, chart each step's loss, merge the adapter into `out/merged`. Returns the losses.
     Raises `UIError` for bad options, `RaftDataError`, `OptionalDependencyError` (no peft)."""
-    from retrieval.raft.train import TrainConfig, train_lora, write_merged_checkpoint
+    from jamba_stack.retrieval.raft.train import TrainConfig, train_lora, write_merged_checkpoint
 
     if r < 1 or steps < 1:
         raise UIError(f"LoRA rank {r} and steps {steps} are invalid: use rank >= 1 and steps >= 1")
@@ -82,10 +82,10 @@ def evaluate(
     """`raft eval`'s comparison: the eval rows answered by the base model and by base + adapter,
     each with the retriever's top k chunks, for each k. Returns `compare_table`'s rows; also saved
     as `adapter/eval.json`. Raises `RaftDataError`, `UIError` for a set without its summary."""
-    from app.client import LocalChatModel
     from jamba_runtime.llm import LLM
-    from retrieval.raft.evaluate import compare_table, load_eval_rows, rag_scores
-    from retrieval.search import open_retriever
+    from jamba_stack.app.client import LocalChatModel
+    from jamba_stack.retrieval.raft.evaluate import compare_table, load_eval_rows, rag_scores
+    from jamba_stack.retrieval.search import open_retriever
 
     if not ks:
         raise UIError("no top-k chosen: pick at least one of 3, 5, 7")

@@ -8,8 +8,8 @@ from typing import Any
 
 import streamlit as st
 
-from ui import session
-from ui.errors import EmptyPromptError, InvalidJSONInputError
+from jamba_stack.ui import session
+from jamba_stack.ui.errors import EmptyPromptError, InvalidJSONInputError
 
 DEFAULT_SCHEMA = {
     "type": "object",

@@ -1,7 +1,7 @@
 """RAFT builder: choose a corpus (an upload folder or a collection's files) and the options, generate
 RAFT rows with a progress bar, preview them, and download the exports.
 
-Generation runs in this script run, as `raft generate` does (`retrieval.raft`): the corpus is
+Generation runs in this script run, as `raft generate` does (`jamba_stack.retrieval.raft`): the corpus is
 ingested into its own collection, the session's model is the teacher. `generate` takes no progress
 callback, so the bar is driven by a `Teacher` subclass that reports each batch it is asked for
 (chunks asked for questions, then rows answered, read back from the checkpointed `rows.jsonl`).
@@ -19,12 +19,12 @@ from typing import Any
 
 import streamlit as st
 
-from retrieval.loaders import SUPPORTED_SUFFIXES
-from retrieval.raft.teacher import AnswerRequest, Teacher
-from ui import session
-from ui.backend import UISettings, list_raft_sets
-from ui.documents import list_collections
-from ui.errors import UIError
+from jamba_stack.retrieval.loaders import SUPPORTED_SUFFIXES
+from jamba_stack.retrieval.raft.teacher import AnswerRequest, Teacher
+from jamba_stack.ui import session
+from jamba_stack.ui.backend import UISettings, list_raft_sets
+from jamba_stack.ui.documents import list_collections
+from jamba_stack.ui.errors import UIError
 
 LAST_SET_KEY = "raft_last_set"
 SKIP_DOWNLOADS = {"checkpoint.json", "questions.jsonl"}
@@ -102,9 +102,9 @@ def run_generation(s: UISettings, docs: Path, out: Path, opts: dict[str, Any]) -
     """Ingest `docs`, generate rows into `out` with the session's model as teacher, write every
     export and `summary.json` (as `raft generate` does). Returns the summary. Raises `RaftError`
     (bad options), what ingest and the model raise."""
-    from retrieval.raft.corpus import build_corpus
-    from retrieval.raft.export import export_all
-    from retrieval.raft.generate import RaftConfig, generate
+    from jamba_stack.retrieval.raft.corpus import build_corpus
+    from jamba_stack.retrieval.raft.export import export_all
+    from jamba_stack.retrieval.raft.generate import RaftConfig, generate
 
     # A bad option fails here, before the corpus is ingested or the model loads.
     cfg = RaftConfig(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.client import LocalChatModel
-from ui import session
-from ui.backend import (
+from jamba_stack.app.client import LocalChatModel
+from jamba_stack.ui import session
+from jamba_stack.ui.backend import (
     RANDOM_WEIGHTS_NOTICE,
     RuntimeInfo,
     local_runtime_info,
