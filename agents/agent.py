@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,34 +27,27 @@ from jamba_stack.agents.policy import Policy
 from jamba_stack.agents.run import AgentRun, RunResult
 from jamba_stack.agents.tool import Tool, as_tool
 from jamba_stack.agents.tracing import TraceEvent
-from jamba_stack.app.client import ChatModel, LocalChatModel, chat_model
+from jamba_stack.chat import ChatModel, chat_model
 
 ToolChoice = str | Mapping[str, Any] | Callable[[int], Any]
-
-_LOCAL: dict[str, ChatModel] = {}
-_LOCAL_LOCK = threading.Lock()
+ModelSpec = ChatModel | LLM | str | Path
 
 
-def resolve_model(model: ChatModel | LLM | str | Path, api_key: str | None = None) -> ChatModel:
+def resolve_model(model: ModelSpec, api_key: str | None = None) -> ChatModel:
     """A `ChatModel` for `model`: itself; an `LLM` (in-process); an OpenAI-compatible base URL
     ("http(s)://..."); or a checkpoint directory, loaded in-process once per process and shared by
     every agent given the same path (so they share one runtime)."""
+    _check_model_spec(model)
     if isinstance(model, ChatModel):
         return model
-    if isinstance(model, LLM):
-        return chat_model(model)
-    if isinstance(model, str | Path):
-        target = str(model)
-        if target.startswith(("http://", "https://")):
-            return chat_model(target, api_key=api_key)
-        key = str(Path(target).expanduser().resolve()) if Path(target).exists() else target
-        with _LOCAL_LOCK:
-            if key not in _LOCAL:
-                _LOCAL[key] = chat_model(target)
-            return _LOCAL[key]
-    raise AgentConfigError(
-        f"model={model!r} is not a model: pass a ChatModel, an LLM, a checkpoint path or a server URL"
-    )
+    return chat_model(model, api_key=api_key, shared=True)
+
+
+def _check_model_spec(model: object) -> None:
+    if not isinstance(model, ChatModel | LLM | str | Path):
+        raise AgentConfigError(
+            f"model={model!r} is not a model: pass a ChatModel, an LLM, a checkpoint path or a server URL"
+        )
 
 
 class Agent:
@@ -66,7 +58,8 @@ class Agent:
         instructions: the system message.
         tools: `@tool` functions (or plain typed functions, made tools here).
         model: a `ChatModel`, an `LLM`, a checkpoint path (in-process) or an OpenAI-compatible
-            base URL (then `api_key`).
+            base URL (then `api_key`). A path or URL is opened on first use (`Agent.model`),
+            not here: making an agent loads nothing.
         memory: `ConversationMemory` carried across runs (None: each run starts fresh).
         policy: `Policy` (default: all tools allowed, side-effecting ones need confirmation, 10
             steps).
@@ -105,7 +98,10 @@ class Agent:
             if t.name in self.tool_map:
                 raise ToolDefinitionError(f"agent {name!r} has two tools named {t.name!r}: rename one")
             self.tool_map[t.name] = t
-        self.model = resolve_model(model, api_key)
+        _check_model_spec(model)
+        self._model_spec: ModelSpec = model
+        self._api_key = api_key
+        self._model: ChatModel | None = None
         self.memory = memory
         self.policy = policy or Policy()
         self.policy.check_tools(self.tools)
@@ -124,9 +120,16 @@ class Agent:
                 f"model_options {sorted(clash)} are set by the agent: use tools=, tool_choice= or output_type="
             )
         self.model_options = options
-        if memory is not None and isinstance(self.model, LocalChatModel):
-            tokenizer = self.model.llm.tokenizer
-            memory.use_counter(lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
+
+    @property
+    def model(self) -> ChatModel:
+        """The agent's `ChatModel`, opened on first use (loading an in-process checkpoint, shared
+        by every agent given the same path). Memory then counts tokens with the model's tokenizer."""
+        if self._model is None:
+            self._model = resolve_model(self._model_spec, self._api_key)
+            if self.memory is not None:
+                self.memory.use_counter(self._model.count_tokens)
+        return self._model
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, tools={[t.name for t in self.tools]})"

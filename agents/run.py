@@ -22,8 +22,8 @@ import pydantic
 from jamba_stack.agents.errors import OutputParseError, ToolArgumentsError, ToolError
 from jamba_stack.agents.tool import Tool, clean_schema, to_content
 from jamba_stack.agents.tracing import TraceEvent, jsonable, trace_to_json
-from jamba_stack.app.chat_format import ToolCall
-from jamba_stack.app.client import ChatModel, ChatResponse
+from jamba_stack.chat import ChatModel, ChatResponse
+from jamba_stack.chat.format import ToolCall
 
 if TYPE_CHECKING:
     from jamba_stack.agents.agent import Agent

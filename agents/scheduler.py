@@ -3,9 +3,9 @@ turns batch in the engine (continuous batching through `AsyncLLM`).
 
     >>> results = AgentScheduler(max_concurrent_calls=32).run([(agent_a, "goal 1"), (agent_b, "goal 2")])
 
-Agents whose model is an in-process `LocalChatModel` (a checkpoint path) are moved, for the
-duration of the run, onto one `AsyncLocalChatModel` per `LLM` (so every agent of a runtime shares
-one batch); remote models and other `ChatModel`s are used as they are (a server batches by itself).
+For the duration of the run, each distinct model is entered once as `model.concurrent()`: an
+in-process model lends its engine to an asyncio adapter (so every agent of a runtime shares one
+batch); a server's model is used as it is (a server batches by itself).
 
 Fairness is FIFO: at most `max_concurrent_calls` model turns are in flight; a turn that finds them
 all taken waits in one queue and is admitted in arrival order. An agent asks for its next turn only
@@ -25,10 +25,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from jamba_stack.agents.agent import Agent
-from jamba_stack.agents.async_model import AsyncLocalChatModel
 from jamba_stack.agents.errors import AgentConfigError
 from jamba_stack.agents.run import RunResult
-from jamba_stack.app.client import ChatModel, LocalChatModel
+from jamba_stack.chat import ChatModel
 
 
 @dataclass
@@ -90,7 +89,7 @@ class AgentScheduler:
             `max_num_seqs` of the first in-process model, else 64).
         max_running_agents: agents running at once (default: all).
         reuse_prefix: start each turn from the runtime snapshot of the agent's previous prompt
-            (see `jamba_stack.agents.async_model`) instead of prefilling the whole conversation again.
+            (see `jamba_stack.chat.concurrent`) instead of prefilling the whole conversation again.
 
     After a run, `call_gate.admitted` is the order turns were admitted in and `prefix_requests`
     how many turns started from a snapshot.
@@ -119,20 +118,28 @@ class AgentScheduler:
         An agent whose model raises does not stop the others: every agent finishes, then the first
         such error is raised."""
         jobs = list(jobs)
-        adapters: dict[int, AsyncLocalChatModel] = {}
-        models = [self._model_for(agent, adapters, self.reuse_prefix) for agent, _ in jobs]
-        capacity = self.max_concurrent_calls or _default_capacity(adapters)
-        self.call_gate = FifoGate(capacity)
-        self.agent_gate = FifoGate(self.max_running_agents or max(1, len(jobs)))
-        try:
-            results = await asyncio.gather(
-                *(self._one(agent, goal, model) for (agent, goal), model in zip(jobs, models, strict=True)),
-                return_exceptions=True,
+        results: list[RunResult | BaseException]
+        with contextlib.ExitStack() as stack:
+            concurrent: dict[int, ChatModel] = {}
+            for agent, _ in jobs:
+                model = agent.model
+                if id(model) not in concurrent:
+                    concurrent[id(model)] = stack.enter_context(model.concurrent(self.reuse_prefix))
+            models = [concurrent[id(agent.model)] for agent, _ in jobs]
+            capacity = self.max_concurrent_calls or next(
+                (m.max_concurrency for m in concurrent.values() if m.max_concurrency), 64
             )
-        finally:
-            for adapter in adapters.values():
-                self.prefix_requests += adapter.prefix_requests
-                await asyncio.to_thread(adapter.close)
+            self.call_gate = FifoGate(capacity)
+            self.agent_gate = FifoGate(self.max_running_agents or max(1, len(jobs)))
+            try:
+                results = await asyncio.gather(
+                    *(self._one(agent, goal, m) for (agent, goal), m in zip(jobs, models, strict=True)),
+                    return_exceptions=True,
+                )
+            finally:
+                self.prefix_requests += sum(m.prefix_requests for m in concurrent.values())
+                # Closing an in-process adapter stops its engine loop: off the event loop.
+                await asyncio.to_thread(stack.pop_all().close)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -144,19 +151,3 @@ class AgentScheduler:
             run = agent.start(goal, model)
             run.gate = self.call_gate
             return await run.run()
-
-    @staticmethod
-    def _model_for(agent: Agent, adapters: dict[int, AsyncLocalChatModel], reuse_prefix: bool) -> ChatModel:
-        model = agent.model
-        if isinstance(model, LocalChatModel):
-            key = id(model.llm)
-            if key not in adapters:
-                adapters[key] = AsyncLocalChatModel.from_local(model, reuse_prefix)
-            return adapters[key]
-        return model
-
-
-def _default_capacity(adapters: dict[int, AsyncLocalChatModel]) -> int:
-    for adapter in adapters.values():
-        return max(1, adapter.llm.engine.config.max_num_seqs)
-    return 64

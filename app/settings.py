@@ -1,6 +1,7 @@
 """The one settings object: `JAMBA_STACK_*` env vars, a `.env` file, and CLI flags on top.
 
-Nothing else in the project reads `os.environ`.
+Read only at the entry points (the CLI, the server, the web app); the libraries below them take
+objects and paths, never a settings lookup.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class Settings(BaseSettings):
         kv_cache_dtype: "auto" (the model dtype) or "fp8" (float8 KV cache, half of bf16).
         mamba_ssm_dtype: "float32" (default) or "bfloat16" (half the Mamba state memory; the
             GPU fast path needs float32).
+        server_url: the API server the web app chats with (`jamba-stack up` sets it); empty: the
+            web app loads the model in its own process.
+        embedder: the embedder spec for ingest and search (`jamba_stack.retrieval.embeddings.make_embedder`).
+        max_upload_mb: the largest file the web app's Documents page accepts.
+        request_timeout_s: how long the web app's request to the server may take.
 
     Example:
         >>> Settings(data_dir="/srv/jamba").tiny_model_dir
@@ -50,10 +56,32 @@ class Settings(BaseSettings):
     quantization: str = ""
     kv_cache_dtype: str = "auto"
     mamba_ssm_dtype: str = "float32"
+    server_url: str = ""
+    embedder: str = "minilm"
+    max_upload_mb: float = 20.0
+    request_timeout_s: float = 300.0
 
     @property
     def tiny_model_dir(self) -> Path:
         return self.data_dir / "models" / "tiny"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def raft_sets_dir(self) -> Path:
+        """Where the RAFT builder writes generated sets (one folder each: rows, exports)."""
+        return self.data_dir / "raft" / "sets"
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Where the Fine-tune page saves LoRA adapters (one folder each, with `merged/`)."""
+        return self.data_dir / "raft" / "adapters"
 
 
 def load_settings(**overrides: object) -> Settings:

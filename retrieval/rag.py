@@ -1,7 +1,7 @@
 """Answers with citations: question -> hybrid search (-> optional rerank) -> Jamba chat with the
 retrieved chunks in the template's documents section -> answer whose `[n]` markers map to chunks.
 
-    >>> from jamba_stack.app.client import chat_model
+    >>> from jamba_stack.chat import chat_model
     >>> model = chat_model("data/models/tiny")            # or a server URL
     >>> answer = ask("How do I rotate the API key?", "handbook", model, data_dir="data")
     >>> answer.text, [(c.n, c.source, c.page) for c in answer.citations]
@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from jamba_runtime.errors import ContextLengthError
-from jamba_stack.app.client import ChatModel, LocalChatModel, RemoteAPIError, Usage
+from jamba_stack.chat import ChatModel, RemoteAPIError, Usage
 from jamba_stack.retrieval.errors import EmptyCollectionError, EmptyQuestionError, QueryTooLongError
-from jamba_stack.retrieval.rerank import RERANK_CANDIDATES, Reranker, make_reranker, supports_maxsim
-from jamba_stack.retrieval.search import Hit, Retriever, open_retriever
+from jamba_stack.retrieval.hits import Hit
+from jamba_stack.retrieval.rerank import Reranker, make_reranker, supports_maxsim
+from jamba_stack.retrieval.search import Retriever, open_retriever
 
 DEFAULT_K = 5
 # On by default: MaxSim over the hybrid's top 20 raised SciFact nDCG@10 (docs/retrieval.md), and
@@ -203,20 +204,20 @@ def make_answer(
 
 # ---- fitting the context ------------------------------------------------------------------------
 def fit_documents(
-    model: LocalChatModel, messages: list[dict[str, str]], hits: list[Hit], max_tokens: int
+    model: ChatModel, messages: list[dict[str, str]], hits: list[Hit], max_tokens: int
 ) -> tuple[list[Hit], int]:
-    """The leading `hits` whose documents fit the in-process model's context with `max_tokens`
-    (at most half the context) left for the answer, the last kept one possibly cut (when at
-    least 200 characters of it fit), and how many were dropped or cut. The messages are never cut.
+    """The leading `hits` whose documents fit the model's context (`model.context_length`, which
+    must be known) with `max_tokens` (at most half the context) left for the answer, the last
+    kept one possibly cut (when at least 200 characters of it fit), and how many were dropped or
+    cut. The messages are never cut. Prompts are measured with `model.count_prompt_tokens`.
     Raises `ContextLengthError` when the messages alone, or with any useful part of a document,
     do not fit."""
-    from jamba_stack.app.chat_format import ChatInputs
-
-    tok = model.llm.tokenizer
-    limit = model.llm.max_model_len - min(max_tokens, model.llm.max_model_len // 2)
+    context_length = model.context_length
+    assert context_length, "fit_documents needs a model whose context length is known"
+    limit = context_length - min(max_tokens, context_length // 2)
 
     def size(hs: Sequence[Hit]) -> int:
-        return len(ChatInputs(messages=messages, documents=make_documents(hs) or None).render(tok))
+        return model.count_prompt_tokens(messages, documents=make_documents(hs) or None)
 
     if size(hits) <= limit:
         return hits, 0
@@ -268,7 +269,8 @@ def retrieve(
 ) -> list[Hit]:
     """The `k` chunks `ask` gives the model, best first.
 
-    `collection`: a name (opened in `data_dir`, default from settings) or a `Retriever`.
+    `collection`: a name (opened in `data_dir`, with Chroma at `chroma_url` or embedded there)
+    or a `Retriever`.
     `rerank`: None (the default, `DEFAULT_RERANK`: MaxSim when the embedder gives token vectors),
     False (off), True ("maxsim"), a spec for `make_reranker` or a `Reranker`; the reranker reorders
     the top max(k, `RERANK_CANDIDATES`) fused candidates.
@@ -284,12 +286,8 @@ def retrieve(
     if isinstance(collection, Retriever):
         retriever = collection
     else:
-        if data_dir is None or chroma_url is None:
-            from jamba_stack.app.settings import load_settings
-
-            s = load_settings()
-            data_dir = s.data_dir if data_dir is None else data_dir
-            chroma_url = s.chroma_url if chroma_url is None else chroma_url
+        if data_dir is None:
+            raise TypeError(f"collection {collection!r} is a name: pass data_dir= (or an open Retriever)")
         retriever = open_retriever(collection, data_dir=data_dir, chroma_url=chroma_url, embedder=embedder)
     if retriever.collection.count() == 0:
         name = getattr(retriever.collection, "name", "") or str(collection)
@@ -302,11 +300,7 @@ def retrieve(
     if rerank is None and spec == "maxsim" and not supports_maxsim(retriever.embedder):
         spec = None  # the default quietly steps aside for an embedder without token vectors
     reranker = make_reranker(spec or None, retriever.embedder)  # type: ignore[arg-type]
-    where = dict(filters) if filters else None
-    if reranker is None:
-        return retriever.search(question, k, filters=where, rerank=False)
-    candidates = retriever.search(question, max(k, RERANK_CANDIDATES), filters=where, rerank=False)
-    return reranker.rerank(question.strip(), candidates, top_k=k)
+    return retriever.search(question, k, filters=dict(filters) if filters else None, rerank=reranker or False)
 
 
 def _prepare(
@@ -321,7 +315,7 @@ def _prepare(
     hits = retrieve(question, collection, **kw)
     q = question.strip()
     messages = make_messages(q, system_prompt)
-    if hits and isinstance(model, LocalChatModel):
+    if hits and model.context_length:
         kept, dropped = fit_documents(model, messages, hits, max_tokens)
         return q, messages, kept, dropped
     return q, messages, hits, 0

@@ -27,7 +27,7 @@ import numpy as np
 
 from jamba_stack.retrieval.embeddings import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
 from jamba_stack.retrieval.errors import RerankerUnavailableError
-from jamba_stack.retrieval.search import Hit
+from jamba_stack.retrieval.hits import Hit
 
 # Chosen on the SciFact train split (all 809 queries; bench/retrieval.py --rerank --rerank-tune), over
 # candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF, with the

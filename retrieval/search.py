@@ -1,5 +1,6 @@
 """Hybrid search: dense (Chroma) + BM25 -> fusion (min-max convex by default, or reciprocal rank
-fusion) -> optional cross-encoder rerank -> optional MMR. Metadata filters (Chroma's `where` syntax) apply to both retrievers.
+fusion) -> optional rerank (`jamba_stack.retrieval.rerank`: MaxSim or a cross-encoder) -> optional
+MMR. Metadata filters (Chroma's `where` syntax) apply to both retrievers.
 
 `open_retriever(collection, data_dir=..., chroma_url=...)` is the entry point; `Retriever.search`
 returns `Hit`s, best first.
@@ -7,8 +8,8 @@ returns `Hit`s, best first.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,62 +26,14 @@ from jamba_stack.retrieval.fusion import (
     convex_fusion,
     reciprocal_rank_fusion,
 )
+from jamba_stack.retrieval.hits import Hit
+from jamba_stack.retrieval.rerank import RERANK_CANDIDATES, Reranker, make_reranker
 from jamba_stack.retrieval.store import Store, StoreCollection, StoredChunk
 
 Mode = Literal["hybrid", "dense", "bm25"]
 Fusion = Literal["convex", "rrf"]
 MAX_QUERY_CHARS = 8192
 MAX_K = 1000
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. `score` is the fused score (hybrid), cosine similarity (dense), BM25
-    score (bm25) or the reranker's score (rerank): comparable within one result list only."""
-
-    rank: int
-    chunk_id: str
-    doc_id: str
-    source: str
-    score: float
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "chunk_id": self.chunk_id,
-            "doc_id": self.doc_id,
-            "source": self.source,
-            "score": round(self.score, 6),
-            "text": self.text,
-            "metadata": self.metadata,
-        }
-
-
-class CrossEncoderReranker:
-    """A local sentence-transformers `CrossEncoder` folder (e.g. ms-marco-MiniLM-L-6-v2); never
-    downloads. Scores (query, chunk text) pairs; higher is more relevant."""
-
-    def __init__(self, model_dir: str | Path, batch_size: int = 32) -> None:
-        from sentence_transformers import CrossEncoder
-
-        from jamba_stack.retrieval.errors import EmbedderUnavailableError
-
-        if not Path(model_dir).is_dir():
-            raise EmbedderUnavailableError(
-                f"reranker folder {model_dir} does not exist: pass a local cross-encoder path"
-            )
-        self.model = CrossEncoder(str(model_dir), device="cpu", local_files_only=True)
-        self.batch_size = batch_size
-
-    def score(self, query: str, texts: list[str]) -> np.ndarray:
-        return np.asarray(
-            self.model.predict(
-                [(query, t) for t in texts], batch_size=self.batch_size, show_progress_bar=False
-            ),
-            dtype=np.float32,
-        )
 
 
 def normalize_where(filters: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -120,7 +73,7 @@ class Retriever:
         embedder: Embedder,
         bm25: BM25Index,
         *,
-        reranker: Any = None,
+        reranker: Reranker | None = None,
         fusion: Fusion = FUSION,
         weights: dict[str, float] | None = None,
         rrf_k: float = RRF_K,
@@ -128,10 +81,8 @@ class Retriever:
     ) -> None:
         """`fusion`: convex (min-max normalized weighted sum, the default) or rrf; `weights`:
         {"dense": w, "bm25": w} for it (defaults tuned on SciFact train, see `jamba_stack.retrieval.fusion`).
-        `reranker`: a `jamba_stack.retrieval.rerank.Reranker` (its `rerank` reorders the top
-        max(k, `RERANK_CANDIDATES`) fused hits, seeing their fused scores) or anything with
-        `score(query, texts)` (e.g. this module's `CrossEncoderReranker`: the top max(50, 2k)
-        reordered by that score alone)."""
+        `reranker`: a `Reranker` (its `rerank` reorders the top max(k, `RERANK_CANDIDATES`)
+        fused hits, seeing their fused scores), used by every search unless it says otherwise."""
         if fusion not in ("convex", "rrf"):
             raise InvalidQueryError(f"fusion={fusion!r}: use convex or rrf")
         self.collection = collection
@@ -164,7 +115,7 @@ class Retriever:
         mode: Mode = "hybrid",
         filters: dict[str, Any] | None = None,
         candidates: int | None = None,
-        rerank: bool | None = None,
+        rerank: bool | Reranker | None = None,
         mmr: bool = False,
         mmr_lambda: float = 0.5,
         unique_docs: bool = False,
@@ -175,8 +126,9 @@ class Retriever:
         `mode`: hybrid (dense + BM25, fused), dense or bm25. `filters`: a Chroma `where`
         filter on chunk metadata (`{"source": "/abs/a.pdf"}`, `{"page": {"$gte": 3}}`), applied
         to both retrievers. `candidates`: how many each retriever returns before fusion (default
-        max(50, 4k)). `rerank`: re-score the fused top candidates with the cross-encoder (default:
-        on when one is configured). `mmr`: diversify the final list. `unique_docs`: at most one
+        max(50, 4k)). `rerank`: reorder the fused top max(k, `RERANK_CANDIDATES`) with the
+        retriever's reranker (True; the default when it has one), not at all (False), or with
+        this `Reranker`. `mmr`: diversify the final list. `unique_docs`: at most one
         chunk per document (for document-level evaluation such as BEIR).
         Raises `InvalidQueryError`, `QueryTooLongError`.
         """
@@ -188,9 +140,9 @@ class Retriever:
         n = max(1, min(n, self._count))
         if self._count == 0:
             return []
-        rerank = self.reranker is not None if rerank is None else rerank
-        if rerank and self.reranker is None:
-            raise InvalidQueryError("rerank asked for, but no reranker is configured: pass --reranker PATH")
+        reranker = rerank if isinstance(rerank, Reranker) else self.reranker if rerank is not False else None
+        if rerank is True and self.reranker is None:
+            raise InvalidQueryError("rerank asked for, but no reranker is configured: pass --rerank SPEC")
 
         known: dict[str, StoredChunk] = {}
         vecs: dict[str, np.ndarray] = {}
@@ -229,7 +181,7 @@ class Retriever:
             order = rankings[0]
 
         # Only the chunks that can reach the answer are fetched (BM25 hits carry no text).
-        pool = len(order) if (rerank or mmr) else (k * 3 if unique_docs else k)
+        pool = len(order) if (reranker or mmr) else (k * 3 if unique_docs else k)
         head = order[: max(pool, k)]
         missing = [cid for cid in head if cid not in known or (mmr and cid not in vecs)]
         if missing:
@@ -239,23 +191,19 @@ class Retriever:
                     vecs[c.id] = e
         head = [cid for cid in head if cid in known]  # a chunk deleted since BM25 was built
 
-        if rerank and head:
-            from jamba_stack.retrieval.rerank import RERANK_CANDIDATES, Reranker
-
-            if isinstance(self.reranker, Reranker):
-                # Its `rerank` sees the fused scores too (MaxSim blends with them), over the
-                # candidate count its defaults were tuned for.
-                pool_ids = head[: max(RERANK_CANDIDATES, k)]
-                pool = [self._hit(0, cid, known[cid], scores.get(cid, 0.0)) for cid in pool_ids]
-                reranked = self.reranker.rerank(query, pool)
-                head = [h.chunk_id for h in reranked]
-                scores = {h.chunk_id: h.score for h in reranked}
-            else:
-                pool_ids = head[: max(50, 2 * k)]
-                rs = self.reranker.score(query, [known[c].text for c in pool_ids])
-                idx = np.argsort(-rs, kind="stable")
-                head = [pool_ids[i] for i in idx]
-                scores = {pool_ids[i]: float(rs[i]) for i in idx}
+        if reranker is not None and head:
+            # The reranker sees the fused scores too (MaxSim blends with them), over the candidate
+            # count its defaults were tuned for.
+            pool_ids = head[: max(RERANK_CANDIDATES, k)]
+            hits = [
+                self._hit(rank, cid, known[cid], scores.get(cid, 0.0)) for rank, cid in enumerate(pool_ids, 1)
+            ]
+            reranked = reranker.rerank(query, hits)
+            head = [h.chunk_id for h in reranked]
+            scores = {h.chunk_id: h.score for h in reranked}
+            known.update(
+                {h.chunk_id: dataclasses.replace(known[h.chunk_id], metadata=h.metadata) for h in reranked}
+            )
         if mmr and head:
             if qv is None:
                 qv = self.embedder.embed_query(query)
@@ -334,18 +282,20 @@ def open_retriever(
     data_dir: str | Path,
     chroma_url: str = "",
     embedder: Embedder | str | None = None,
-    reranker: str | Path | None = None,
+    reranker: str | Path | Reranker | None = None,
     **kwargs: Any,
 ) -> Retriever:
     """A `Retriever` over an existing collection. `embedder`: an `Embedder`, a spec for
-    `make_embedder`, or None for the default. Raises `CollectionNotFoundError`,
-    `EmbedderMismatchError`, `StoreUnavailableError`."""
+    `make_embedder`, or None for the default. `reranker`: a `Reranker` or a spec for
+    `make_reranker` ("maxsim", "maxsim:W", a cross-encoder folder), used by every search.
+    Raises `CollectionNotFoundError`, `EmbedderMismatchError`, `StoreUnavailableError`,
+    `RerankerUnavailableError`."""
     store = Store(data_dir, chroma_url)
     col = store.open(collection)
     if not isinstance(embedder, Embedder):
         embedder = make_embedder(embedder or "minilm", cache_dir=Path(data_dir) / "models" / "embeddings")
     col = store.open(collection, embedder_name=embedder.name, dim=embedder.dim)
-    rr = CrossEncoderReranker(reranker) if reranker else None
+    rr = make_reranker(str(reranker) if isinstance(reranker, Path) else reranker, embedder)
     return Retriever(col, embedder, load_bm25(col), reranker=rr, **kwargs)
 
 

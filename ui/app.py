@@ -1,7 +1,7 @@
 """The jamba-stack web app: `streamlit run ui/app.py` (or `jamba-stack up`).
 
 Pages live in `ui/views/` and are wired here with `st.navigation`. What the app talks to comes
-from settings (`jamba_stack.ui.backend.UISettings`): `JAMBA_STACK_SERVER_URL` for an API server, else the
+from settings (`jamba_stack.ui.backend.Settings`): `JAMBA_STACK_SERVER_URL` for an API server, else the
 model in this process; `JAMBA_STACK_DATA_DIR`; `JAMBA_STACK_CHROMA_URL`.
 """
 

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jamba_stack.app.settings import Settings
 from jamba_stack.retrieval.embeddings import Embedder, make_embedder
 from jamba_stack.retrieval.errors import IngestLockedError, PathNotAllowedError
 from jamba_stack.retrieval.ingest import IngestReport, Manifest, ingest, rebuild_bm25, try_lock
 from jamba_stack.retrieval.loaders import SUPPORTED_SUFFIXES, resolve_within
 from jamba_stack.retrieval.store import Store, check_collection_name
-from jamba_stack.ui.backend import UISettings
 from jamba_stack.ui.errors import UnsupportedFileTypeError, UploadTooLargeError
 
 ALLOWED_SUFFIXES: tuple[str, ...] = tuple(sorted(SUPPORTED_SUFFIXES))
@@ -59,11 +59,11 @@ def check_upload(name: str, size: int, max_bytes: int) -> None:
         )
 
 
-def collection_uploads_dir(settings: UISettings, collection: str) -> Path:
+def collection_uploads_dir(settings: Settings, collection: str) -> Path:
     return settings.uploads_dir / check_collection_name(collection)
 
 
-def save_upload(settings: UISettings, collection: str, name: str, data: bytes) -> Path:
+def save_upload(settings: Settings, collection: str, name: str, data: bytes) -> Path:
     """Check the upload and write it into the collection's upload folder (atomically: a reader
     never sees half a file). Returns the path. Raises as `check_upload`, `InvalidQueryError` for a
     bad collection name, `PathNotAllowedError` if the path would leave the folder."""
@@ -86,7 +86,7 @@ def save_upload(settings: UISettings, collection: str, name: str, data: bytes) -
 
 
 def ingest_files(
-    settings: UISettings,
+    settings: Settings,
     collection: str,
     paths: Sequence[Path],
     embedder: Embedder | None = None,
@@ -142,7 +142,7 @@ class CollectionInfo:
     sources: tuple[SourceInfo, ...]
 
 
-def list_collections(settings: UISettings) -> list[CollectionInfo]:
+def list_collections(settings: Settings) -> list[CollectionInfo]:
     """Every collection in the store with its chunk count and the files ingested into it (from the
     ingest manifest in the data dir). Raises `StoreUnavailableError`."""
     store = Store(settings.data_dir, settings.chroma_url)
@@ -166,7 +166,7 @@ def list_collections(settings: UISettings) -> list[CollectionInfo]:
     return out
 
 
-def delete_source(settings: UISettings, collection: str, source: str) -> int:
+def delete_source(settings: Settings, collection: str, source: str) -> int:
     """Delete every chunk of `source` from `collection`, forget it in the manifest, rebuild BM25,
     and remove the uploaded file when it lies in the upload folder. Returns the chunks deleted.
     Raises `CollectionNotFoundError`, `IngestLockedError` (an ingest is running)."""

@@ -13,27 +13,21 @@ from contextlib import contextmanager
 import streamlit as st
 
 from jamba_runtime.errors import JambaStackError
-from jamba_stack.app.client import ChatModel
+from jamba_stack.app.settings import Settings, load_settings
+from jamba_stack.chat import ChatModel, is_random_test_model
+from jamba_stack.chat import chat_model as open_model
 from jamba_stack.retrieval.embeddings import Embedder, make_embedder
-from jamba_stack.ui.backend import (
-    RANDOM_WEIGHTS_NOTICE,
-    UISettings,
-    is_random_test_model,
-    load_ui_settings,
-    make_chat_model,
-    resolve_backend,
-    server_runtime_info,
-)
+from jamba_stack.ui.backend import RANDOM_WEIGHTS_NOTICE, make_chat_model, resolve_backend
 
 MODEL_OVERRIDE_KEY = "model_override"
 """Session key of a checkpoint directory that replaces the configured in-process model for this
 browser session (set by the Fine-tune page's "Use for chat")."""
 
 
-def settings() -> UISettings:
+def settings() -> Settings:
     """The app's settings, with this session's model override (an in-process checkpoint) on top;
     the override does nothing while the app talks to a server."""
-    s = load_ui_settings()
+    s = load_settings()
     override = st.session_state.get(MODEL_OVERRIDE_KEY)
     if override and not s.server_url:
         return s.model_copy(update={"model": str(override)})
@@ -42,10 +36,10 @@ def settings() -> UISettings:
 
 @st.cache_resource(show_spinner="Loading the model...")
 def _chat_model(settings_json: str) -> ChatModel:
-    return make_chat_model(UISettings.model_validate_json(settings_json))
+    return make_chat_model(Settings.model_validate_json(settings_json))
 
 
-def chat_model(s: UISettings) -> ChatModel:
+def chat_model(s: Settings) -> ChatModel:
     """The app's `ChatModel` (one per process and settings). Raises the model's load errors."""
     # Keyed by the settings' JSON: Streamlit's cache hashes arguments, and a pydantic model is not
     # hashable.
@@ -59,19 +53,20 @@ def _embedder(spec: str, data_dir: str) -> Embedder:
     return make_embedder(spec, cache_dir=Path(data_dir) / "models" / "embeddings")
 
 
-def embedder(s: UISettings) -> Embedder:
+def embedder(s: Settings) -> Embedder:
     return _embedder(s.embedder, str(s.data_dir))
 
 
 @st.cache_data(ttl=30, show_spinner=False)
 def _remote_is_random(url: str, api_key: str) -> bool | None:
     try:
-        return server_runtime_info(url, api_key).random_weights
+        info = open_model(url, api_key=api_key or None, timeout=5.0, max_retries=0).info()
     except JambaStackError:
         return None
+    return is_random_test_model(info.name) or is_random_test_model(info.root)
 
 
-def uses_random_model(s: UISettings) -> bool | None:
+def uses_random_model(s: Settings) -> bool | None:
     """Whether answers come from the tiny random test model; None when the server cannot say."""
     backend = resolve_backend(s)
     if backend.mode == "server":
@@ -79,7 +74,7 @@ def uses_random_model(s: UISettings) -> bool | None:
     return not s.model or is_random_test_model(s.model)
 
 
-def random_model_notice(s: UISettings) -> None:
+def random_model_notice(s: Settings) -> None:
     """A warning on the page when the model is the random-weight test model."""
     if uses_random_model(s):
         st.warning(RANDOM_WEIGHTS_NOTICE, icon="\u26a0\ufe0f")

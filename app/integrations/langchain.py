@@ -93,7 +93,7 @@ format_documents = RunnableLambda(_format, name="format_documents")
 
 
 def to_jamba_documents(docs: Sequence[Document]) -> list[dict[str, Any]]:
-    """LangChain Documents as Jamba's documents (`jamba_stack.app.client.ChatModel`'s `documents=` option):
+    """LangChain Documents as Jamba's documents (`jamba_stack.chat.ChatModel`'s `documents=` option):
     {"id", "content", "metadata": {citation "[n]", source file, page}}."""
     out = []
     for n, d in enumerate(docs, start=1):

@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP server: `create_app(settings, llm=...)` builds the FastAPI app,
 `serve(...)` runs it under uvicorn (what `jamba-stack serve` calls).
 
-Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models[/{id}]`, AI21's
+Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models[/{id}]`,
+`POST /tokenize` (vLLM's), AI21's
 `POST /studio/v1/chat/completions` (the `ai21` SDK with `api_host="http://HOST:PORT/studio/v1"`),
-`GET /health`, `GET /metrics` (Prometheus). With an API key set, `/v1/*` and `/studio/*` need
+`GET /health`, `GET /metrics` (Prometheus). With an API key set, `/v1/*`, `/studio/*` and `/tokenize` need
 `Authorization: Bearer KEY`; `/health` and `/metrics` stay open for probes and scrapers.
 """
 
@@ -34,11 +35,22 @@ from jamba_stack.app.server.errors import (
 )
 from jamba_stack.app.server.metrics import CONTENT_TYPE, ServerMetrics
 from jamba_stack.app.server.models import get_model, list_models
-from jamba_stack.app.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from jamba_stack.app.server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from jamba_stack.app.server.serving import ClientDisconnected, ServerState
+from jamba_stack.app.server.tokenize import tokenize
 from jamba_stack.app.settings import Settings
 
-_PROTECTED_PREFIXES = ("/v1/", "/studio/")
+_PROTECTED_PREFIXES = ("/v1/", "/studio/", "/tokenize")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
@@ -83,20 +95,46 @@ def create_app(
     return app
 
 
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "invalid request"),
+        (401, "missing or wrong API key"),
+        (404, "unknown model"),
+        (413, "request too large"),
+        (500, "internal error"),
+        (503, "engine stopped"),
+    )
+}
+_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "SSE chunks, then [DONE]"}}}
+
+
+def _documented(model: type) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses of a completion route: its JSON body (or SSE with stream=true), errors."""
+    return {200: {"model": model, "content": _STREAM}, **_ERRORS}
+
+
 def _routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/chat/completions", response_model=None)
+    # Handlers build their bodies as dicts (hot path); the models document them for OpenAPI.
+    @router.post("/v1/chat/completions", response_model=None, responses=_documented(ChatCompletionResponse))
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await _guarded(request, create_chat_completion(state, body, request))
 
-    @router.post("/studio/v1/chat/completions", response_model=None)
+    @router.post(
+        "/studio/v1/chat/completions", response_model=None, responses=_documented(ChatCompletionResponse)
+    )
     async def ai21_chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await _guarded(request, create_chat_completion(state, body, request, ai21=True))
 
-    @router.post("/v1/completions", response_model=None)
+    @router.post("/v1/completions", response_model=None, responses=_documented(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await _guarded(request, create_completion(state, body, request))
+
+    @router.post("/tokenize")
+    async def tokenize_route(body: TokenizeRequest) -> TokenizeResponse:
+        return await tokenize(state, body)
 
     @router.get("/v1/models")
     async def models() -> ModelList:

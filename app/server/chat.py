@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, Response
 
 from jamba_runtime.async_llm import RequestOutputDelta
 from jamba_runtime.errors import InvalidRequestError
-from jamba_stack.app.chat_format import ChatInputs, InvalidParameterError, ToolCall, ToolCallSplitter
 from jamba_stack.app.server.errors import sse_error
 from jamba_stack.app.server.protocol import ChatCompletionRequest
 from jamba_stack.app.server.serving import (
@@ -31,16 +30,25 @@ from jamba_stack.app.server.serving import (
     merge,
     resolve_max_tokens,
     sampling_params,
+    structured_outputs_of,
     until_disconnect,
     usage_dict,
 )
 from jamba_stack.app.server.sse import DONE, SSEResponse, event
+from jamba_stack.chat.format import ChatInputs, InvalidParameterError, ToolCall, ToolCallSplitter
 
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
 
 
 def chat_inputs(body: ChatCompletionRequest) -> ChatInputs:
+    """The request's chat inputs. Raises `InvalidParameterError` for what they cannot express."""
     choice = body.tool_choice
+    if body.continue_final_message == body.add_generation_prompt:
+        raise InvalidParameterError(
+            "continue_final_message continues the last assistant message instead of opening a new turn: "
+            "set add_generation_prompt=false with it, and leave both at their defaults otherwise",
+            "continue_final_message" if body.continue_final_message else "add_generation_prompt",
+        )
     return ChatInputs(
         messages=[m.model_dump(exclude_none=True) for m in body.messages],
         tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
@@ -49,6 +57,8 @@ def chat_inputs(body: ChatCompletionRequest) -> ChatInputs:
         response_format=body.response_format.model_dump(by_alias=True, exclude_none=True)
         if body.response_format
         else None,
+        structured_outputs=structured_outputs_of(body),
+        continue_final_message=body.continue_final_message,
     )
 
 
@@ -74,7 +84,7 @@ async def create_chat_completion(
         try:
             await asyncio.to_thread(state.llm.engine.check_structured, spec)
         except InvalidRequestError as exc:
-            exc.param = "tools" if inputs.uses_tools else "response_format"  # type: ignore[attr-defined]
+            exc.param = inputs.constraint_param  # type: ignore[attr-defined]
             raise
     params = sampling_params(body, max_tokens, logprobs, spec, body.n)
     reply = _Reply(state, body, inputs, model, len(prompt), ai21)

@@ -29,10 +29,12 @@ from jamba_stack.app.server.serving import (
     merge,
     resolve_max_tokens,
     sampling_params,
+    structured_outputs_of,
     until_disconnect,
     usage_dict,
 )
 from jamba_stack.app.server.sse import DONE, SSEResponse, event
+from jamba_stack.chat.format import check_structured_outputs, structured_output_of
 
 _MIN_LOGPROB = -9999.0
 
@@ -60,6 +62,16 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
     prompts = _prompts(body.prompt)
     if not prompts:
         raise UnsupportedParameterError("prompt is empty: give at least one prompt", "prompt")
+    spec = None
+    constraint = structured_outputs_of(body)
+    if constraint is not None:
+        check_structured_outputs(constraint)
+        spec = structured_output_of(constraint)
+        try:  # compiled now, so an unsupported schema is a 400 before anything streams
+            await asyncio.to_thread(state.llm.engine.check_structured, spec)
+        except JambaStackError as exc:
+            exc.param = "structured_outputs"  # type: ignore[attr-defined]
+            raise
     reply = _Reply(state, body, model)
     streams: list[AsyncIterator[RequestOutputDelta]] = []
     try:
@@ -70,7 +82,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
                 exc.param = "prompt"  # type: ignore[attr-defined]
                 raise
             max_tokens = resolve_max_tokens(state, body.max_tokens, len(ids), "prompt")
-            params = sampling_params(body, max_tokens, body.logprobs, None, body.n)
+            params = sampling_params(body, max_tokens, body.logprobs, spec, body.n)
             reply.prompt_tokens += len(ids)
             reply.echo_text.append(
                 (prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)) if body.echo else ""

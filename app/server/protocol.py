@@ -47,6 +47,13 @@ class SamplingFields(_Request):
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     ignore_eos: bool | None = None
+    # vLLM's structured output: `structured_outputs` ({"json" | "regex" | "choice" | "grammar": ...})
+    # and its older `guided_*` fields (`structured_outputs_of` merges them)
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 class Usage(_Response):
@@ -128,6 +135,9 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     documents: list[Document] | None = None
+    # vLLM's: continue the last assistant message instead of opening a new turn
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
 
 
 class ResponseToolCall(_Response):
@@ -205,6 +215,28 @@ class CompletionResponse(_Response):
     choices: list[CompletionChoice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+# ---- tokenize ----------------------------------------------------------------------------------
+class TokenizeRequest(_Request):
+    """vLLM's `POST /tokenize`: a `prompt`, or chat `messages` rendered with the chat template
+    (with `tools` and `documents`, and a generation prompt unless told otherwise)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[ToolDefinition] | None = None
+    documents: list[Document] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeResponse(_Response):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
 
 
 # ---- models and errors -------------------------------------------------------------------------

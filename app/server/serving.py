@@ -23,10 +23,10 @@ from jamba_runtime.async_llm import AsyncLLM, RequestOutputDelta
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
 from jamba_runtime.sampling_params import SamplingParams
 from jamba_runtime.tokenizer import Tokenizer
-from jamba_stack.app.chat_format import InvalidParameterError
 from jamba_stack.app.server.errors import UnsupportedParameterError
 from jamba_stack.app.server.metrics import ServerMetrics
 from jamba_stack.app.server.protocol import SamplingFields
+from jamba_stack.chat.format import InvalidParameterError
 
 T = TypeVar("T")
 _PARAM_IN_MESSAGE = re.compile(r"^(\w+)=")
@@ -155,6 +155,24 @@ def sampling_params(
             match = _PARAM_IN_MESSAGE.match(str(exc))
             raise InvalidParameterError(str(exc), match.group(1) if match else None) from None
     return out
+
+
+def structured_outputs_of(req: SamplingFields) -> dict[str, Any] | None:
+    """vLLM's structured-output fields as one `structured_outputs` dict, None when none is set.
+    Raises `InvalidParameterError` when both `structured_outputs` and `guided_*` fields are given
+    (checking what is inside is `chat.format.check_structured_outputs`'s)."""
+    legacy = {
+        "json": req.guided_json,
+        "regex": req.guided_regex,
+        "choice": req.guided_choice,
+        "grammar": req.guided_grammar,
+    }
+    legacy = {k: v for k, v in legacy.items() if v is not None}
+    if legacy and req.structured_outputs:
+        raise InvalidParameterError(
+            "give structured_outputs or the guided_* fields, not both", "structured_outputs"
+        )
+    return dict(req.structured_outputs or legacy) or None
 
 
 def add_choices(

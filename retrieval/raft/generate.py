@@ -15,6 +15,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -168,8 +169,18 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+Progress = Callable[[str, int, int], None]
+"""`progress(phase, done, total)` after each batch: phase "questions" counts chunks asked,
+"rows" counts questions answered (kept or dropped)."""
+
+
 def generate_questions(
-    chunks: list[CorpusChunk], teacher: Teacher, cfg: RaftConfig, out: Path, summary: Summary
+    chunks: list[CorpusChunk],
+    teacher: Teacher,
+    cfg: RaftConfig,
+    out: Path,
+    summary: Summary,
+    on_progress: Progress | None = None,
 ) -> list[QA]:
     """The teacher's questions for each chunk, batch by batch, saved per chunk in
     `out/questions.jsonl` (a rerun asks only for the chunks not there)."""
@@ -202,6 +213,8 @@ def generate_questions(
             _append_jsonl(path, recs)
             done.update({r["chunk_id"]: r for r in recs})
             bar.update(len(part))
+            if on_progress is not None:
+                on_progress("questions", bar.n, len(chunks))
     out_qs: list[QA] = []
     for c in chunks:
         rec = done[c.id]
@@ -277,11 +290,13 @@ def generate(
     questions_file: Path | None = None,
     overwrite: bool = False,
     fingerprint_extra: str = "",
+    on_progress: Progress | None = None,
 ) -> tuple[list[dict[str, Any]], Summary]:
     """Make RAFT rows from `chunks` into `out/rows.jsonl` and return (all rows, summary).
 
     `retriever`: the hybrid retriever over `chunks` (hard negatives); None draws only random
-    distractors. `questions_file`: read questions instead of asking the teacher. Raises
+    distractors. `questions_file`: read questions instead of asking the teacher. `on_progress`:
+    called after each batch (`Progress`); `cfg.progress` draws tqdm bars besides. Raises
     `CheckpointMismatchError` when `out` holds a run with other settings (pass `overwrite`),
     `QuestionsFileError`."""
     from tqdm.auto import tqdm
@@ -315,7 +330,7 @@ def generate(
         qas, summary.questions_unmatched = read_questions_file(questions_file, pool)
         summary.questions_from_file = len(qas)
     else:
-        qas = generate_questions(chunks, teacher, cfg, out, summary)
+        qas = generate_questions(chunks, teacher, cfg, out, summary, on_progress)
     qas, summary.duplicates_removed = dedup(qas)
     by_id = {c.id: c for c in pool}
     finished: set[str] = set(ckpt.get("finished", []))
@@ -356,6 +371,8 @@ def generate(
             }
             _write_atomic(ckpt_path, json.dumps(state))
             bar.update(len(part))
+            if on_progress is not None:
+                on_progress("rows", bar.n, len(qas))
     summary.rows = len(rows)
     summary.oracle_rows = sum(1 for r in rows if r["oracle_present"])
     summary.p_realised = summary.oracle_rows / len(rows) if rows else 0.0

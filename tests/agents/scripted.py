@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from jamba_stack.app.chat_format import ToolCall, new_tool_call_id
-from jamba_stack.app.client import ChatChunk, ChatModel, ChatResponse, Usage
+from jamba_stack.chat import ChatChunk, ChatModel, ChatResponse, Usage
+from jamba_stack.chat.format import ToolCall, new_tool_call_id
 
 Turn = str | list[tuple[str, dict[str, Any]]] | Callable[[Any], ChatResponse]
 

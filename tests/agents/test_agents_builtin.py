@@ -104,8 +104,8 @@ def test_retrieved_injection_cannot_trigger_a_tool(retriever) -> None:  # noqa: 
 
     def follow(request):  # noqa: ANN001, ANN202 - a model that obeys text in tool results
         text = request.inputs.messages[-1]["content"]
-        from jamba_stack.app.chat_format import ToolCall
-        from jamba_stack.app.client import ChatResponse, Usage
+        from jamba_stack.chat import ChatResponse, Usage
+        from jamba_stack.chat.format import ToolCall
 
         if "delete_all" in text:
             return ChatResponse(None, (ToolCall("c1", "delete_all", {}),), "tool_calls", Usage(1, 1))

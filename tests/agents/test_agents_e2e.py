@@ -14,9 +14,9 @@ from weather_tools import CALLS, Report, check_tool_steps, get_weather, make_age
 from jamba_runtime import LLM
 from jamba_runtime.engine import EngineConfig
 from jamba_stack.agents import Policy
-from jamba_stack.agents.async_model import AsyncLocalChatModel
 from jamba_stack.agents.scheduler import AgentScheduler
-from jamba_stack.app.client import LocalChatModel
+from jamba_stack.chat import LocalChatModel
+from jamba_stack.chat.concurrent import AsyncLocalChatModel
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_fifo_gate_admits_in_arrival_order(llm: LLM) -> None:
 
 
 def test_async_adapter_reuses_the_conversation_prefix(llm: LLM) -> None:
-    adapter = AsyncLocalChatModel.from_local(LocalChatModel(llm))
+    adapter = AsyncLocalChatModel.from_llm(llm)
     agent = make_agent(adapter, tool_choice="required", policy=Policy(max_steps=3))
     try:
         result = asyncio.run(agent.arun("Weather in Paris?"))
@@ -97,7 +97,7 @@ def test_async_adapter_keeps_one_snapshot_per_conversation(llm: LLM) -> None:
     hold two snapshots (not six, which would crowd the engine's state slots); `close` drops them."""
     engine = llm.engine
     before = set(engine.snapshots)
-    adapter = AsyncLocalChatModel.from_local(LocalChatModel(llm))
+    adapter = AsyncLocalChatModel.from_llm(llm)
     agents = [
         make_agent(adapter, name=f"c{i}", tool_choice="required", policy=Policy(max_steps=3))
         for i in range(2)
@@ -129,7 +129,7 @@ def test_async_adapter_chat_matches_local(llm: LLM) -> None:
         "seed": 3,
     }
     want = local.chat(messages, **options)
-    adapter = AsyncLocalChatModel.from_local(local, reuse_prefix=False)
+    adapter = AsyncLocalChatModel.from_llm(local.llm, reuse_prefix=False)
     try:
         got = adapter.chat(messages, **options)
     finally:

@@ -9,8 +9,8 @@ import pytest
 from scripted import ScriptedModel, calls
 
 from jamba_stack.agents import Agent, AgentConfigError, Policy, tool
-from jamba_stack.app.chat_format import ToolCall
-from jamba_stack.app.client import ChatResponse, Usage
+from jamba_stack.chat import ChatResponse, Usage
+from jamba_stack.chat.format import ToolCall
 
 DELETED: list[str] = []
 INJECTION = (

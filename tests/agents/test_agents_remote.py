@@ -11,7 +11,7 @@ from pathlib import Path
 from weather_tools import check_tool_steps, make_agent
 
 from jamba_stack.agents import Policy
-from jamba_stack.app.client import RemoteChatModel
+from jamba_stack.chat import RemoteChatModel
 
 
 def _app_conftest():  # noqa: ANN202 - tests/app's server helpers, loaded by path

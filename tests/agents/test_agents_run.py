@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from scripted import ScriptedModel, calls
 
 from jamba_stack.agents import Agent, AgentError, Policy, ToolError, load_trace, save_trace, tool
-from jamba_stack.app.client import ChatResponse, Usage
+from jamba_stack.chat import ChatResponse, Usage
 
 
 @tool

@@ -16,8 +16,7 @@ import pytest
 from jamba_runtime import LLM
 from jamba_runtime.engine import EngineConfig
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError
-from jamba_stack.app.chat_format import structured_available
-from jamba_stack.app.client import (
+from jamba_stack.chat import (
     ChatModel,
     LocalChatModel,
     RemoteAPIError,
@@ -55,11 +54,6 @@ ANSWER = {
 DOCS = [
     {"content": "Jamba interleaves Mamba and attention layers.", "id": "d1", "metadata": {"title": "Jamba"}}
 ]
-
-needs_structured = pytest.mark.skipif(
-    not structured_available(),
-    reason="jamba_runtime.structured (constrained decoding) is not in this runtime yet",
-)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +123,6 @@ def test_closing_a_local_stream_aborts_it(local: LocalChatModel, llm: LLM) -> No
     assert local.chat(HI, max_tokens=2).usage.completion_tokens <= 2  # the model is free again
 
 
-@needs_structured
 def test_tools_and_json(model: ChatModel) -> None:
     reply = model.chat(HI, tools=[WEATHER], tool_choice="required", temperature=0.7, seed=3, max_tokens=200)
     assert reply.finish_reason == "tool_calls" and reply.content is None and reply.tool_calls
@@ -153,7 +146,6 @@ def test_tools_and_json(model: ChatModel) -> None:
     assert isinstance(model.chat_json(HI, seed=2, max_tokens=200), dict)
 
 
-@needs_structured
 def test_same_structured_output_local_and_remote(local: LocalChatModel, remote: RemoteChatModel) -> None:
     kwargs: dict[str, Any] = {"json_schema": ANSWER, "seed": 7, "max_tokens": 120}
     assert local.chat_json(HI, **kwargs) == remote.chat_json(HI, **kwargs)
@@ -182,9 +174,8 @@ def test_typed_errors(local: LocalChatModel, remote: RemoteChatModel, server: An
         local.chat(HI, max_new_tokens=3)  # type: ignore[call-arg]
     with pytest.raises(InvalidRequestError, match="tool_choice"):
         local.chat(HI, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}})
-    if structured_available():
-        with pytest.raises(InvalidRequestError, match="max_tokens"):
-            local.chat_json(HI, json_schema=ANSWER, max_tokens=3)  # cut off: not whole JSON
+    with pytest.raises(InvalidRequestError, match="max_tokens"):
+        local.chat_json(HI, json_schema=ANSWER, max_tokens=3)  # cut off: not whole JSON
 
 
 def test_factory_and_async(llm: LLM, server: Any) -> None:

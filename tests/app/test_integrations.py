@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from jamba_stack.app.client import RemoteChatModel
+from jamba_stack.chat import RemoteChatModel
 from jamba_stack.retrieval.search import Retriever, open_retriever
 
 MODEL = "tiny"

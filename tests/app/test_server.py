@@ -23,7 +23,6 @@ from fastapi.testclient import TestClient
 from jamba_runtime.async_llm import AsyncLLM
 from jamba_runtime.engine import EngineConfig
 from jamba_runtime.errors import ModelNotFoundError
-from jamba_stack.app.chat_format import structured_available
 from jamba_stack.app.server.app import create_app
 from jamba_stack.app.settings import Settings
 
@@ -46,10 +45,6 @@ SERVE_ARGS = (
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HI = [{"role": "user", "content": "Hi there"}]
 
-needs_structured = pytest.mark.skipif(
-    not structured_available(),
-    reason="jamba_runtime.structured (constrained decoding) is not in this runtime yet",
-)
 
 WEATHER = {
     "type": "function",
@@ -431,7 +426,6 @@ def test_bad_requests_get_openai_errors(
     assert (error["code"], error["param"]) == (code, param), error
 
 
-@needs_structured
 def test_unenforceable_schema_is_a_400_naming_the_keyword(client: openai.OpenAI) -> None:
     schema = {
         "type": "object",
@@ -520,7 +514,6 @@ def test_50_abrupt_disconnects_free_everything(server: Any, client: openai.OpenA
 
 
 # ---- structured output and tools -------------------------------------------------------------------
-@needs_structured
 def test_json_object_and_json_schema(client: openai.OpenAI) -> None:
     for seed in (2, 4):
         resp = _chat(
@@ -545,7 +538,6 @@ def test_json_object_and_json_schema(client: openai.OpenAI) -> None:
     assert streamed == resp.choices[0].message.content
 
 
-@needs_structured
 def test_tools_under_every_tool_choice(client: openai.OpenAI) -> None:
     # Seeds 0 and 1 (choices 0 and 1 of n=2) make one call and two parallel calls.
     tools = {"tools": TOOLS, "temperature": 0.7, "max_tokens": 200}
@@ -572,7 +564,6 @@ def test_tools_under_every_tool_choice(client: openai.OpenAI) -> None:
     assert not none.message.tool_calls and isinstance(none.message.content, str)
 
 
-@needs_structured
 def test_streamed_tool_calls_match(client: openai.OpenAI) -> None:
     body = {"tools": TOOLS, "tool_choice": "required", "seed": 1, "temperature": 0.7, "max_tokens": 200}
     whole = _chat(client, **body).choices[0].message.tool_calls
@@ -595,7 +586,6 @@ def test_streamed_tool_calls_match(client: openai.OpenAI) -> None:
     assert all(c["id"].startswith("call_") for c in calls.values())
 
 
-@needs_structured
 def test_tool_results_round_trip(client: openai.OpenAI) -> None:
     first = _chat(client, tools=[WEATHER], tool_choice="required", seed=3, temperature=0.7, max_tokens=200)
     first = first.choices[0].message
@@ -627,26 +617,24 @@ def test_ai21_sdk_chat_with_tools_and_documents(server: Any) -> None:
         sdk.chat.completions.create(model="jamba-mini", messages=question, max_tokens=6, stream=True)
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    if structured_available():
-        resp = sdk.chat.completions.create(
-            model="jamba-mini",
-            messages=question,
-            max_tokens=160,
-            documents=docs,
-            tools=[WEATHER],
-            tool_choice="required",
-            seed=0,
-        )
-        calls = resp.choices[0].message.tool_calls
-        assert calls and resp.choices[0].finish_reason == "tool_calls"
-        for call in calls:
-            jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    resp = sdk.chat.completions.create(
+        model="jamba-mini",
+        messages=question,
+        max_tokens=160,
+        documents=docs,
+        tools=[WEATHER],
+        tool_choice="required",
+        seed=0,
+    )
+    calls = resp.choices[0].message.tool_calls
+    assert calls and resp.choices[0].finish_reason == "tool_calls"
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
     bad = ai21.AI21Client(api_key="wrong", api_host=f"{server.url}/studio/v1", num_retries=0)
     with pytest.raises(ai21.errors.Unauthorized):
         bad.chat.completions.create(model="jamba-mini", messages=question)
 
 
-@needs_structured
 def test_langchain_chat_openai(server: Any) -> None:
     lc = pytest.importorskip("langchain_openai")
     from pydantic import BaseModel, Field

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_pdf
+from retrieval_files import write_pdf
 
 from jamba_stack.retrieval.bm25 import BM25Index
 from jamba_stack.retrieval.embeddings import Embedder
@@ -21,6 +21,7 @@ from jamba_stack.retrieval.errors import (
     QueryTooLongError,
 )
 from jamba_stack.retrieval.ingest import bm25_dir, dirty_mark, ingest, try_lock
+from jamba_stack.retrieval.rerank import Reranker
 from jamba_stack.retrieval.search import Retriever, open_retriever
 from jamba_stack.retrieval.store import Store
 
@@ -150,7 +151,7 @@ def test_search_modes_filters_pages(tmp_path: Path, embedder: Embedder) -> None:
         assert {h.doc_id for h in got} == {"r1", "r4"}, mode
     assert len({h.doc_id for h in ret.search("Record", 6, unique_docs=True)}) == 6
 
-    class InsulinFirst:  # a stand-in cross-encoder (none ships offline): prefers "insulin"
+    class InsulinFirst(Reranker):  # a stand-in cross-encoder (none ships offline): prefers "insulin"
         def score(self, query: str, texts: list[str]) -> np.ndarray:
             return np.array([t.count("insulin") for t in texts], dtype=np.float32)
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import write_docx, write_pdf
+from retrieval_files import write_docx, write_pdf
 
 from jamba_stack.retrieval.errors import PathNotAllowedError, SourceNotFoundError
 from jamba_stack.retrieval.loaders import SkipFile, load_file, load_path

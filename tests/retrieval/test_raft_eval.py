@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from jamba_stack.retrieval.raft.cli import raft_app
+from jamba_stack.app.cli.raft import raft_app
 from jamba_stack.retrieval.raft.errors import RaftDataError
 from jamba_stack.retrieval.raft.evaluate import load_eval_rows, score
 from jamba_stack.retrieval.raft.export import export_all

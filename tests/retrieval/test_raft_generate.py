@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from jamba_stack.app.client import chat_model
+from jamba_stack.chat import chat_model
 from jamba_stack.retrieval.raft.corpus import build_corpus
 from jamba_stack.retrieval.raft.export import dataset_info, export_all
 from jamba_stack.retrieval.raft.generate import RaftConfig, generate
@@ -279,7 +279,7 @@ def test_questions_file_and_abstain(corpus, teacher: Teacher, tmp_path: Path) ->
 def test_cli_generate_with_questions_file(corpus, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
     from typer.testing import CliRunner
 
-    from jamba_stack.retrieval.raft.cli import raft_app
+    from jamba_stack.app.cli.raft import raft_app
 
     root, _, _ = corpus
     qfile = tmp_path / "q.jsonl"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from jamba_stack.retrieval.raft.cli import raft_app
+from jamba_stack.app.cli.raft import raft_app
 from jamba_stack.retrieval.raft.export import export_all
 
 pytest.importorskip("peft")

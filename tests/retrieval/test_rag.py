@@ -7,18 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_pdf
+from retrieval_files import write_pdf
 
 from jamba_runtime.errors import ContextLengthError
 from jamba_runtime.llm import LLM
-from jamba_stack.app.chat_format import ChatInputs
-from jamba_stack.app.client import LocalChatModel, Usage, chat_model
+from jamba_stack.chat import LocalChatModel, Usage, chat_model
+from jamba_stack.chat.format import ChatInputs
 from jamba_stack.retrieval.errors import (
     CollectionNotFoundError,
     EmptyCollectionError,
     EmptyQuestionError,
     QueryTooLongError,
 )
+from jamba_stack.retrieval.hits import Hit
 from jamba_stack.retrieval.ingest import ingest
 from jamba_stack.retrieval.rag import (
     NOT_FOUND,
@@ -34,7 +35,7 @@ from jamba_stack.retrieval.rag import (
     parse_citations,
     retrieve,
 )
-from jamba_stack.retrieval.search import Hit, Retriever, open_retriever
+from jamba_stack.retrieval.search import Retriever, open_retriever
 from jamba_stack.retrieval.store import Store
 
 INJECTION = (
@@ -235,7 +236,7 @@ def test_ask_command_streams_then_lists_sources(corpus: dict, tiny_model_dir: Pa
 
     from typer.testing import CliRunner
 
-    from jamba_stack.retrieval.cli import app
+    from jamba_stack.app.cli import app
 
     runner = CliRunner()
     base = ["-c", "rag", "--data-dir", str(corpus["data"]), "--model", str(tiny_model_dir)]

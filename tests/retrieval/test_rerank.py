@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jamba_stack.retrieval.errors import RerankerUnavailableError
+from jamba_stack.retrieval.hits import Hit
 from jamba_stack.retrieval.rerank import (
     MAXSIM_ALPHA,
     MAXSIM_WEIGHTING,
@@ -20,7 +21,6 @@ from jamba_stack.retrieval.rerank import (
     make_reranker,
     supports_maxsim,
 )
-from jamba_stack.retrieval.search import Hit
 
 PASSAGES = [
     "Mitochondria produce ATP, the energy currency of the cell.",

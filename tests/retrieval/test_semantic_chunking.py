@@ -93,7 +93,7 @@ def test_raft_corpus_uses_semantic_chunks(tmp_path: Path, embedder) -> None:  # 
 
 
 def test_generate_command_takes_chunking(tmp_path: Path) -> None:
-    from jamba_stack.retrieval.raft.cli import raft_app
+    from jamba_stack.app.cli.raft import raft_app
 
     (tmp_path / "a.txt").write_text(TEXT)
     res = CliRunner().invoke(
@@ -109,7 +109,7 @@ def test_generate_command_takes_chunking(tmp_path: Path) -> None:
 def test_generate_command_with_semantic_chunks(tmp_path: Path, tiny_model_dir: Path) -> None:
     import json
 
-    from jamba_stack.retrieval.raft.cli import raft_app
+    from jamba_stack.app.cli.raft import raft_app
 
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process
 
-from jamba_stack.ui.launch import STREAMLIT_HEALTH_PATH
+from jamba_stack.app.cli.up import STREAMLIT_HEALTH_PATH
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")

@@ -32,8 +32,8 @@ import typer
 import yaml
 from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process
 
-from jamba_stack.ui.backend import UISettings
-from jamba_stack.ui.launch import API_HEALTH_PATH, STREAMLIT_HEALTH_PATH
+from jamba_stack.app.cli.up import API_HEALTH_PATH, STREAMLIT_HEALTH_PATH
+from jamba_stack.app.settings import Settings
 
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -177,7 +177,7 @@ def test_services_images_volumes_and_env_are_wired() -> None:
     assert ui["environment"]["JAMBA_STACK_CHROMA_URL"] == f"http://chroma:{container_port(chroma)}"
     # Every JAMBA_STACK_* name in the file and in .env.example is a real setting (or compose's own).
     names = set(re.findall(r"JAMBA_STACK_\w+", COMPOSE.read_text())) | set(env_example())
-    fields = {f"JAMBA_STACK_{f.upper()}" for f in UISettings.model_fields}
+    fields = {f"JAMBA_STACK_{f.upper()}" for f in Settings.model_fields}
     assert names - COMPOSE_ONLY <= fields, names - COMPOSE_ONLY - fields
     used = {m[0] for m in _VAR.findall(COMPOSE.read_text())}
     assert used <= set(env_example()), f"no line in .env.example for {used - set(env_example())}"

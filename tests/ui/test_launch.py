@@ -18,7 +18,7 @@ from ui_procs import clean_env, free_port
 
 pytest.importorskip("streamlit", reason="`up` starts streamlit (pip install -e '.[ui]')")
 
-UP = "import typer; from jamba_stack.ui.launch import up_cmd; typer.run(up_cmd)"
+UP = "import typer; from jamba_stack.app.cli.up import up_cmd; typer.run(up_cmd)"
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout_s: float) -> None:

@@ -16,15 +16,16 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from jamba_stack.app.settings import Settings, load_settings
 from jamba_stack.ui import session
-from jamba_stack.ui.backend import UISettings, list_raft_sets, load_ui_settings, local_model_path
+from jamba_stack.ui.backend import list_raft_sets, local_model_path
 from jamba_stack.ui.errors import UIError
 
 KS = (3, 5, 7)
 MERGED = "merged"
 
 
-def list_adapters(s: UISettings) -> list[Path]:
+def list_adapters(s: Settings) -> list[Path]:
     root = s.adapters_dir
     if not root.is_dir():
         return []
@@ -46,7 +47,7 @@ def check_name(name: str, what: str) -> str:
 
 
 def train(
-    s: UISettings, data: Path, base: str, out: Path, r: int, steps: int, lr: float, max_len: int
+    s: Settings, data: Path, base: str, out: Path, r: int, steps: int, lr: float, max_len: int
 ) -> list[float]:
     """Train, chart each step's loss, merge the adapter into `out/merged`. Returns the losses.
     Raises `UIError` for bad options, `RaftDataError`, `OptionalDependencyError` (no peft)."""
@@ -77,13 +78,12 @@ def train(
 
 
 def evaluate(
-    s: UISettings, data: Path, adapter: Path, base: str, ks: list[int], limit: int, max_tokens: int
+    s: Settings, data: Path, adapter: Path, base: str, ks: list[int], limit: int, max_tokens: int
 ) -> list[dict]:
     """`raft eval`'s comparison: the eval rows answered by the base model and by base + adapter,
     each with the retriever's top k chunks, for each k. Returns `compare_table`'s rows; also saved
     as `adapter/eval.json`. Raises `RaftDataError`, `UIError` for a set without its summary."""
-    from jamba_runtime.llm import LLM
-    from jamba_stack.app.client import LocalChatModel
+    from jamba_stack.chat import chat_model
     from jamba_stack.retrieval.raft.evaluate import compare_table, load_eval_rows, rag_scores
     from jamba_stack.retrieval.search import open_retriever
 
@@ -101,9 +101,9 @@ def evaluate(
     )
     kw = {"device": s.device, "dtype": s.dtype}
     bar = st.progress(0.0, text="Answering with the base model...")
-    base_scores = rag_scores(LocalChatModel(LLM(base, **kw)), rows, retriever, ks, max_tokens=max_tokens)
+    base_scores = rag_scores(chat_model(base, **kw), rows, retriever, ks, max_tokens=max_tokens)
     bar.progress(0.5, text="Answering with the fine-tuned model...")
-    tuned = LocalChatModel(LLM(str(adapter / MERGED), **kw))
+    tuned = chat_model(str(adapter / MERGED), **kw)
     ft_scores = rag_scores(tuned, rows, retriever, ks, max_tokens=max_tokens)
     table = compare_table(base_scores, ft_scores, ks)
     (adapter / "eval.json").write_text(json.dumps({"set": data.name, "rows": len(rows), "table": table}))
@@ -137,7 +137,7 @@ if not sets:
 else:
     chosen = st.selectbox("Generated set", [p.name for p in sets], key="ft_set")
     data = settings.raft_sets_dir / chosen
-    configured = load_ui_settings()  # the base is the configured model, not a loaded adapter
+    configured = load_settings()  # the base is the configured model, not a loaded adapter
     c1, c2, c3 = st.columns(3)
     base = c1.text_input(
         "Base model (checkpoint directory)", value=local_model_path(configured), key="ft_base"

@@ -1,28 +1,27 @@
 """RAFT builder: choose a corpus (an upload folder or a collection's files) and the options, generate
 RAFT rows with a progress bar, preview them, and download the exports.
 
-Generation runs in this script run, as `raft generate` does (`jamba_stack.retrieval.raft`): the corpus is
-ingested into its own collection, the session's model is the teacher. `generate` takes no progress
-callback, so the bar is driven by a `Teacher` subclass that reports each batch it is asked for
-(chunks asked for questions, then rows answered, read back from the checkpointed `rows.jsonl`).
+Generation runs in this script run through the same pipeline as `raft generate`
+(`jamba_stack.retrieval.raft.pipeline.run_generation`, one resume fingerprint for both): the corpus
+is ingested into its own collection, the session's model is the teacher, and the pipeline's
+progress callback drives the bar.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from jamba_stack.app.settings import Settings
 from jamba_stack.retrieval.loaders import SUPPORTED_SUFFIXES
-from jamba_stack.retrieval.raft.teacher import AnswerRequest, Teacher
+from jamba_stack.retrieval.raft.teacher import Teacher
 from jamba_stack.ui import session
-from jamba_stack.ui.backend import UISettings, list_raft_sets
+from jamba_stack.ui.backend import list_raft_sets
 from jamba_stack.ui.documents import list_collections
 from jamba_stack.ui.errors import UIError
 
@@ -30,38 +29,7 @@ LAST_SET_KEY = "raft_last_set"
 SKIP_DOWNLOADS = {"checkpoint.json", "questions.jsonl"}
 
 
-class ProgressTeacher(Teacher):
-    """A `Teacher` that calls `on_batch(phase, done)` after each batch: phase "questions" with the
-    chunks asked so far, phase "rows" with the rows written so far (read from `out/rows.jsonl`,
-    which `generate` appends to after each batch of answers)."""
-
-    def __init__(self, model: Any, out: Path, on_batch: Callable[[str, int], None], **kw: Any) -> None:
-        super().__init__(model, **kw)
-        self._out, self._on_batch, self._chunks = out, on_batch, 0
-
-    def questions(
-        self,
-        messages: Sequence[list[dict[str, str]]],
-        schema: Mapping[str, Any],
-        seeds: Sequence[int],
-        max_tokens: int,
-    ) -> list[list[dict[str, str]] | None]:
-        got = super().questions(messages, schema, seeds, max_tokens)
-        self._chunks += len(messages)
-        self._on_batch("questions", self._chunks)
-        return got
-
-    def answers(self, requests: Sequence[AnswerRequest], max_tokens: int) -> list[str | None]:
-        got = super().answers(requests, max_tokens)
-        self._on_batch("rows", _count_lines(self._out / "rows.jsonl"))
-        return got
-
-
-def _count_lines(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
-
-
-def corpus_choices(s: UISettings) -> dict[str, list[Path]]:
+def corpus_choices(s: Settings) -> dict[str, list[Path]]:
     """{label: files} for each upload folder with files the loaders read, and each collection whose
     ingested files still exist (RAFT's own `raft-*` collections left out)."""
     out: dict[str, list[Path]] = {}
@@ -79,7 +47,7 @@ def corpus_choices(s: UISettings) -> dict[str, list[Path]]:
     return out
 
 
-def corpus_folder(s: UISettings, label: str, files: list[Path]) -> Path:
+def corpus_folder(s: Settings, label: str, files: list[Path]) -> Path:
     """One folder holding the corpus: an upload folder itself, or a copy of a collection's files
     (its sources can lie anywhere; `build_corpus` reads one file or folder)."""
     parents = {f.parent for f in files}
@@ -98,60 +66,41 @@ def check_set_name(name: str) -> str:
     return name
 
 
-def run_generation(s: UISettings, docs: Path, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    """Ingest `docs`, generate rows into `out` with the session's model as teacher, write every
-    export and `summary.json` (as `raft generate` does). Returns the summary. Raises `RaftError`
-    (bad options), what ingest and the model raise."""
-    from jamba_stack.retrieval.raft.corpus import build_corpus
-    from jamba_stack.retrieval.raft.export import export_all
-    from jamba_stack.retrieval.raft.generate import RaftConfig, generate
+def run_generation(s: Settings, docs: Path, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    """Generate the set into `out` with the session's model as teacher, as `raft generate` does.
+    Returns the summary report. Raises `RaftError` (bad options, before any work), `UIError`,
+    what ingest and the model raise."""
+    from jamba_stack.retrieval.raft.generate import RaftConfig
+    from jamba_stack.retrieval.raft.pipeline import CorpusSpec
+    from jamba_stack.retrieval.raft.pipeline import run_generation as run
 
-    # A bad option fails here, before the corpus is ingested or the model loads.
     cfg = RaftConfig(
         questions_per_chunk=opts["questions_per_chunk"], distractors=opts["distractors"], p=opts["p"],
         seed=opts["seed"], max_tokens=opts["max_tokens"], question_max_tokens=opts["max_tokens"],
         max_chunks=opts["max_chunks"] or None, checkpoint_every=4,
     )  # fmt: skip
-    if not 0.0 <= opts["eval_fraction"] < 1.0:
-        raise UIError(f"eval fraction {opts['eval_fraction']} is invalid: use 0 <= fraction < 1")
+    corpus = CorpusSpec(docs, embedder=s.embedder, chunk_tokens=opts["chunk_tokens"] or None)
     bar = st.progress(0.0, text="Ingesting the corpus...")
-    embedder = session.embedder(s)
-    chunk_tokens = opts["chunk_tokens"] or None
-    # The RAG default overlap, cut for small chunks (the chunker wants it under half a chunk).
-    overlap = min(32, (chunk_tokens or embedder.chunk_tokens) // 4)
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        share = done / max(total, 1)
+        if phase == "ingest":
+            bar.progress(
+                0.1 * share, text="Ingesting the corpus..." if share < 1 else "Asking the teacher..."
+            )
+        elif phase == "questions":
+            bar.progress(0.1 + 0.3 * share, text=f"Questions: {done}/{total} chunks")
+        else:
+            bar.progress(0.4 + 0.6 * share, text=f"Rows: {done}/{total}")
+
+    teacher = Teacher(session.chat_model(s), grammar=True)
     try:
-        chunks, retriever = build_corpus(
-            docs, data_dir=s.data_dir, embedder=embedder, chroma_url=s.chroma_url,
-            chunk_tokens=chunk_tokens, overlap_tokens=overlap,
+        summary, report = run(
+            corpus, out, teacher, cfg, data_dir=s.data_dir, chroma_url=s.chroma_url, overwrite=True,
+            eval_fraction=opts["eval_fraction"], on_progress=on_progress,
         )  # fmt: skip
     except ValueError as exc:  # the chunker's check of chunk_tokens
         raise UIError(f"{exc}: change the chunk tokens") from None
-    n_chunks = min(len(chunks), cfg.max_chunks or len(chunks))
-    bar.progress(0.1, text=f"{len(chunks)} chunks; asking the teacher for questions...")
-
-    def on_batch(phase: str, done: int) -> None:
-        if phase == "questions":
-            bar.progress(
-                0.1 + 0.3 * min(done / max(n_chunks, 1), 1.0), text=f"Questions: {done}/{n_chunks} chunks"
-            )
-            return
-        qs = out / "questions.jsonl"
-        total = sum(len(r.get("questions") or []) for r in map(json.loads, qs.read_text().splitlines()))
-        bar.progress(0.4 + 0.6 * min(done / max(total, 1), 1.0), text=f"Rows: {done}/{total}")
-
-    model = session.chat_model(s)
-    teacher = ProgressTeacher(model, out, on_batch, grammar=True, name=str(s.model or "tiny"))
-    extra = f"{docs.resolve()}\x00{chunk_tokens}\x00{overlap}\x00{s.embedder}"
-    rows, summary = generate(chunks, retriever, teacher, out, cfg, overwrite=True, fingerprint_extra=extra)
-    hf = importlib.util.find_spec("datasets") is not None
-    counts = export_all(out, rows, eval_fraction=opts["eval_fraction"], seed=cfg.seed, hf=hf)
-    report = summary.to_json() | {
-        "splits": counts,
-        "out": str(out),
-        "collection": retriever.collection.name,
-        "embedder": s.embedder,
-    }
-    (out / "summary.json").write_text(json.dumps(report, indent=1))
     bar.progress(1.0, text=f"Done: {summary.rows} rows")
     return report
 

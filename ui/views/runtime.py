@@ -5,30 +5,25 @@ from __future__ import annotations
 
 import streamlit as st
 
-from jamba_stack.app.client import LocalChatModel
+from jamba_stack.chat import ModelInfo, RemoteAPIError, chat_model, is_random_test_model
 from jamba_stack.ui import session
-from jamba_stack.ui.backend import (
-    RANDOM_WEIGHTS_NOTICE,
-    RuntimeInfo,
-    local_runtime_info,
-    resolve_backend,
-    server_runtime_info,
-)
+from jamba_stack.ui.backend import RANDOM_WEIGHTS_NOTICE, resolve_backend
+from jamba_stack.ui.errors import ServerUnavailableError
 
 
 def fmt(value: float | None, pattern: str = "{:,.0f}") -> str:
     return "\u2014" if value is None else pattern.format(value)
 
 
-def show(info: RuntimeInfo) -> None:
-    if info.random_weights:
+def show(info: ModelInfo) -> None:
+    if is_random_test_model(info.name) or is_random_test_model(info.root):
         st.warning(RANDOM_WEIGHTS_NOTICE, icon="\u26a0\ufe0f")
     st.caption(f"Status: {info.status}")
     row = st.columns(4)
-    row[0].metric("Model", info.model)
+    row[0].metric("Model", info.name)
     row[1].metric("Device", info.device or "\u2014")
     row[2].metric("dtype", info.dtype or "\u2014")
-    row[3].metric("Context length", fmt(info.max_model_len))
+    row[3].metric("Context length", fmt(info.context_length))
     if info.mode == "server" and info.device is None:
         st.caption("The server's /metrics does not report device and dtype; see its --device / --dtype.")
     m = info.metric
@@ -61,10 +56,18 @@ st.caption(
 st.button("Refresh", key="rt_refresh")
 
 with session.shows_errors("read the runtime's state"):
-    if backend.mode == "server":
-        info = server_runtime_info(backend.target, backend.api_key)
+    if backend.mode == "server":  # a fresh client: the Runtime page never waits on the chat's retries
+        try:
+            info = chat_model(
+                backend.target, api_key=backend.api_key or None, timeout=5.0, max_retries=0
+            ).info()
+        except RemoteAPIError as exc:
+            if exc.code != "connection_error":
+                raise
+            raise ServerUnavailableError(
+                f"cannot reach the API server at {backend.target}: start it with `jamba-stack serve` "
+                "(or `jamba-stack up`), or fix JAMBA_STACK_SERVER_URL"
+            ) from None
     else:
-        model = session.chat_model(settings)
-        assert isinstance(model, LocalChatModel), "in-process mode builds a LocalChatModel"
-        info = local_runtime_info(model, backend.target)
+        info = session.chat_model(settings).info()
     show(info)

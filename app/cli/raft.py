@@ -1,5 +1,4 @@
-"""`raft generate`, `raft eval` and `raft train`. Mounted into the main CLI with
-`app.add_typer(raft_app, name="raft")`, so they run as `jamba-stack raft ...`."""
+"""RAFT commands: `raft generate`, `raft eval` and `raft train`."""
 
 from __future__ import annotations
 
@@ -10,66 +9,34 @@ from typing import Annotated, Any
 import typer
 
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.cli.options import (
+    ApiKey,
+    ChatModelOpt,
+    ChromaUrl,
+    DataDir,
+    DeviceOpt,
+    DtypeOpt,
+    Quiet,
+    ServedModel,
+    fail,
+    open_chat_model,
+    settings,
+)
+from jamba_stack.app.settings import Settings
+from jamba_stack.chat import ChatModel
 
 raft_app = typer.Typer(
     help="RAFT: fine-tuning data with oracle + distractor documents, LoRA training, evaluation.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Where the stack keeps its files [env: JAMBA_STACK_DATA_DIR]."),
-]
-ChromaUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--chroma-url", help="Chroma server URL; empty: the embedded store [env: JAMBA_STACK_CHROMA_URL]."
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        help="Checkpoint directory (in-process) or an OpenAI-compatible server URL (http://...) "
-        "[env: JAMBA_STACK_MODEL]; default: the tiny model.",
-    ),
-]
-ApiKey = Annotated[
-    str | None, typer.Option("--api-key", help="Bearer key of a remote --model server (AI21, vLLM, ours).")
-]
-RemoteName = Annotated[
-    str | None,
-    typer.Option("--served-model", help="Model name to ask a remote server for (default: its first)."),
-]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-
-
-def _fail(e: Exception) -> typer.Exit:
-    typer.echo(f"error: {e}", err=True)
-    return typer.Exit(2)
-
-
-def _chat_model(settings: Any, model: str | None, api_key: str | None, served: str | None) -> tuple[Any, str]:
-    """(ChatModel, its name) for --model: a URL (remote), a directory, or the tiny model."""
-    from jamba_stack.app.client import chat_model
-
-    target = model or settings.model
-    if not target:
-        from jamba_runtime.tiny import make_tiny_model
-
-        tiny = settings.tiny_model_dir
-        if not (tiny / "model.safetensors").is_file():
-            make_tiny_model(tiny)
-        typer.echo("note: the teacher is the tiny random model (gibberish); pass --model", err=True)
-        target = str(tiny)
-    return chat_model(target, api_key=api_key or settings.api_key or None, model=served), str(target)
 
 
 @raft_app.command("generate")
 def generate_cmd(
     docs: Annotated[Path, typer.Option("--docs", help="Corpus: a file, a folder or a BEIR corpus.jsonl.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (rows, checkpoint, exports).")],
-    model: ModelOpt = None,
+    model: ChatModelOpt = None,
     questions: Annotated[
         Path | None,
         typer.Option(
@@ -126,15 +93,22 @@ def generate_cmd(
     ] = 2,
     grammar: Annotated[
         bool,
-        typer.Option("--grammar/--no-grammar", help="Constrain a local teacher's quotes to shown sentences."),
+        typer.Option(
+            "--grammar/--no-grammar",
+            help="Constrain the teacher's quotes to shown sentences (in-process, or a server that takes regex).",
+        ),
     ] = True,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Rows per checkpoint.")] = 16,
     eval_fraction: Annotated[
         float, typer.Option("--eval-fraction", help="Share of rows in the eval split.")
     ] = 0.1,
     hf: Annotated[
-        bool, typer.Option("--hf/--no-hf", help="Also save a Hugging Face datasets folder.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--hf/--no-hf",
+            help="The Hugging Face datasets export: --hf requires `datasets`; default: written when it is installed.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Discard a run with other settings in --out.")
     ] = False,
@@ -143,21 +117,20 @@ def generate_cmd(
         str | None, typer.Option("--collection", help="Collection for the corpus (default: one per corpus).")
     ] = None,
     api_key: ApiKey = None,
-    served_model: RemoteName = None,
+    served_model: ServedModel = None,
     data_dir: DataDir = None,
     chroma_url: ChromaUrl = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Generate RAFT rows from a corpus and write every export into --out (resumable)."""
-    from jamba_stack.app.settings import load_settings
-    from jamba_stack.retrieval.embeddings import make_embedder
-    from jamba_stack.retrieval.raft.corpus import build_corpus
-    from jamba_stack.retrieval.raft.export import export_all
-    from jamba_stack.retrieval.raft.generate import RaftConfig, generate
+    from jamba_stack.retrieval.raft.generate import RaftConfig
+    from jamba_stack.retrieval.raft.pipeline import CorpusSpec, run_generation
     from jamba_stack.retrieval.raft.teacher import Teacher
 
-    s = load_settings(data_dir=data_dir, chroma_url=chroma_url)
+    s = settings(data_dir=data_dir, chroma_url=chroma_url, model=model, device=device, dtype=dtype)
     try:
         cfg = RaftConfig(
             questions_per_chunk=questions_per_chunk, distractors=distractors, p=p, hard_ratio=hard_ratio,
@@ -166,45 +139,31 @@ def generate_cmd(
             temperature=temperature, grammar=grammar,
             max_chunks=max_chunks, checkpoint_every=checkpoint_every, progress=not quiet,
         )  # fmt: skip
-        emb = make_embedder(embedder, cache_dir=Path(s.data_dir) / "models" / "embeddings")
-        chunks, retriever = build_corpus(
-            docs, data_dir=s.data_dir, embedder=emb, chroma_url=s.chroma_url, collection=collection,
-            chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens, chunking=chunking,
-            semantic_percentile=semantic_percentile, progress=not quiet,
+        corpus = CorpusSpec(
+            docs, embedder=embedder, collection=collection, chunk_tokens=chunk_tokens,
+            overlap_tokens=overlap_tokens, chunking=chunking, semantic_percentile=semantic_percentile,
         )  # fmt: skip
-        chat, name = _chat_model(s, model, api_key, served_model)
-        teacher = Teacher(chat, grammar=grammar, temperature=temperature, name=name)
-        extra = f"{docs.resolve()}\x00{chunk_tokens}\x00{overlap_tokens}\x00{embedder}"
-        if chunking != "tokens":  # runs made before --chunking keep their fingerprint
-            extra += f"\x00{chunking}\x00{semantic_percentile}"
-        rows, summary = generate(
-            chunks,
-            retriever,
-            teacher,
-            out,
-            cfg,
-            questions_file=questions,
-            overwrite=overwrite,
-            fingerprint_extra=extra,
-        )
-        counts = export_all(out, rows, eval_fraction=eval_fraction, seed=seed, hf=hf)
+        teacher = Teacher(open_chat_model(s, api_key, served_model), grammar=grammar, temperature=temperature)
+        summary, report = run_generation(
+            corpus, out, teacher, cfg, data_dir=s.data_dir, chroma_url=s.chroma_url,
+            questions_file=questions, overwrite=overwrite, eval_fraction=eval_fraction, hf=hf,
+        )  # fmt: skip
     except (JambaStackError, ValueError) as e:
-        raise _fail(e) from None
-    report = summary.to_json() | {
-        "splits": counts,
-        "out": str(out),
-        "collection": retriever.collection.name,
-        "embedder": embedder,
-        "chunking": chunking,
-    }
-    (out / "summary.json").write_text(json.dumps(report, indent=1))
-    typer.echo(json.dumps(report) if as_json else f"{summary.text()}\nsplits: {counts}; exports in {out}")
+        fail(e)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"{summary.text()}\nsplits: {report['splits']}; exports in {out}")
+    for export, why in report["skipped_exports"].items():
+        typer.echo(
+            f"note: the {export} export was skipped: {why} (pip install 'jamba-stack[train]')", err=True
+        )
 
 
 @raft_app.command("eval")
 def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="The --out folder of `raft generate`.")],
-    model: ModelOpt = None,
+    model: ChatModelOpt = None,
     split: Annotated[str, typer.Option("--split", help="Which split to answer.")] = "eval",
     limit: Annotated[int | None, typer.Option("--limit", help="Answer only the first N rows.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Budget of each answer.")] = 384,
@@ -228,16 +187,17 @@ def eval_cmd(
         ),
     ] = False,
     api_key: ApiKey = None,
-    served_model: RemoteName = None,
+    served_model: ServedModel = None,
     data_dir: DataDir = None,
     chroma_url: ChromaUrl = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Answer the eval split with its documents; report exact match, F1, citation precision,
     abstention rate, with and without the oracle (and with retrieved top-k documents: --rag-k).
     With --compare: only the RAG runs, once for the base model and once with --adapter merged."""
-    from jamba_stack.app.settings import load_settings
     from jamba_stack.retrieval.raft.evaluate import (
         answer_rows,
         compare_table,
@@ -246,7 +206,7 @@ def eval_cmd(
         score,
     )
 
-    s = load_settings(data_dir=data_dir, chroma_url=chroma_url)
+    s = settings(data_dir=data_dir, chroma_url=chroma_url, model=model, device=device, dtype=dtype)
     progress = not quiet and not as_json
     try:
         rows = load_eval_rows(data, split)[:limit]  # a bad --data fails before a model loads
@@ -255,17 +215,13 @@ def eval_cmd(
             raise typer.BadParameter("--compare needs --adapter (the fine-tuned model to compare)")
         if compare:
             retriever = _eval_retriever(data, s)
-            base = _rag_scores(
-                s, model, None, api_key, served_model, rows, retriever, ks, max_tokens, progress
-            )
-            tuned = _rag_scores(
-                s, model, adapter, api_key, served_model, rows, retriever, ks, max_tokens, progress
-            )
+            base = _rag_scores(s, None, api_key, served_model, rows, retriever, ks, max_tokens, progress)
+            tuned = _rag_scores(s, adapter, api_key, served_model, rows, retriever, ks, max_tokens, progress)
             table = compare_table(base, tuned, ks)
             result = {"rows": len(rows), "ks": ks, "table": table, "base": base, "finetuned": tuned}
             typer.echo(json.dumps(result) if as_json else format_compare(table))
             return
-        chat = _eval_chat(s, model, adapter, api_key, served_model)
+        chat = _eval_chat(s, adapter, api_key, served_model)
         result = score(rows, answer_rows(chat, rows, max_tokens=max_tokens, progress=progress))
         if ks:
             from jamba_stack.retrieval.raft.evaluate import rag_scores
@@ -273,26 +229,24 @@ def eval_cmd(
             retriever = _eval_retriever(data, s)
             result["rag"] = rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
     except (JambaStackError, ValueError, OSError, KeyError) as e:
-        raise _fail(e) from None
+        fail(e)
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=1))
 
 
-def _eval_chat(
-    s: Any, model: str | None, adapter: Path | None, api_key: str | None, served: str | None
-) -> Any:
-    """The answering model for `raft eval`: --model, with --adapter merged when given."""
-    chat, target = _chat_model(s, model, api_key, served)
-    if adapter is not None:
-        from jamba_stack.app.client import LocalChatModel
-        from jamba_stack.retrieval.raft.train import merge_adapter
+def _eval_chat(s: Settings, adapter: Path | None, api_key: str | None, served: str | None) -> ChatModel:
+    """The answering model for `raft eval`: the configured model, with --adapter merged when given
+    (which needs a local checkpoint)."""
+    if adapter is None:
+        return open_chat_model(s, api_key, served)
+    if not s.model or s.model.startswith(("http://", "https://")):
+        raise typer.BadParameter("--adapter needs a local --model checkpoint to merge into")
+    from jamba_stack.chat import chat_model
+    from jamba_stack.retrieval.raft.train import load_merged_llm
 
-        if not isinstance(chat, LocalChatModel):
-            raise typer.BadParameter(f"--adapter needs a local --model, not {target}")
-        merge_adapter(chat.llm.model, adapter)
-    return chat
+    return chat_model(load_merged_llm(s.model, adapter, device=s.device, dtype=s.dtype))
 
 
-def _eval_retriever(data: Path, s: Any) -> Any:
+def _eval_retriever(data: Path, s: Settings) -> Any:
     """The retriever over the corpus collection `raft generate` recorded in summary.json."""
     from jamba_stack.retrieval.search import open_retriever
 
@@ -303,8 +257,7 @@ def _eval_retriever(data: Path, s: Any) -> Any:
 
 
 def _rag_scores(
-    s: Any,
-    model: str | None,
+    s: Settings,
     adapter: Path | None,
     api_key: str | None,
     served: str | None,
@@ -318,7 +271,7 @@ def _rag_scores(
     prefix cache, filled under the base weights) with the base run."""
     from jamba_stack.retrieval.raft.evaluate import rag_scores
 
-    chat = _eval_chat(s, model, adapter, api_key, served)
+    chat = _eval_chat(s, adapter, api_key, served)
     return rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
 
 
@@ -349,10 +302,9 @@ def train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """LoRA fine-tuning on the chat export (loss on the assistant turn only); saves the adapter."""
-    from jamba_stack.app.settings import load_settings
     from jamba_stack.retrieval.raft.train import TrainConfig, train_lora, write_merged_checkpoint
 
-    s = load_settings(data_dir=data_dir)
+    s = settings(data_dir=data_dir)
     try:
         base = model or s.model
         if not base or base.startswith(("http://", "https://")):
@@ -362,7 +314,7 @@ def train_cmd(
         if merge_to is not None:
             write_merged_checkpoint(Path(base), out, merge_to)
     except (JambaStackError, ValueError) as e:
-        raise _fail(e) from None
+        fail(e)
     report = result.__dict__ | {"merged": str(merge_to) if merge_to else None}
     if as_json:
         typer.echo(json.dumps(report))

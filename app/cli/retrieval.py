@@ -1,5 +1,4 @@
-"""`ingest` and `search` commands. Mounted into the main CLI with `app.add_typer(retrieval_app)`
-(no name: the commands land at the top level, `jamba-stack ingest ...`)."""
+"""Retrieval commands: `ingest`, `search` and `ask` (RAG with citations)."""
 
 from __future__ import annotations
 
@@ -11,45 +10,23 @@ from typing import Annotated, Any
 import typer
 
 from jamba_runtime.errors import JambaStackError
-
-app = typer.Typer(
-    help="Ingest files into a collection and search it (dense + BM25 hybrid).", no_args_is_help=True
+from jamba_stack.app.cli.options import (
+    ApiKey,
+    AsJson,
+    ChatModelOpt,
+    ChromaUrl,
+    Collection,
+    DataDir,
+    DeviceOpt,
+    DtypeOpt,
+    EmbedderOpt,
+    Quiet,
+    fail,
+    open_chat_model,
+    settings,
 )
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Where the stack keeps its files [env: JAMBA_STACK_DATA_DIR]."),
-]
-ChromaUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--chroma-url", help="Chroma server URL; empty: the embedded store [env: JAMBA_STACK_CHROMA_URL]."
-    ),
-]
-Collection = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
-EmbedderOpt = Annotated[
-    str,
-    typer.Option(
-        "--embedder",
-        help="minilm (int8 ONNX all-MiniLM-L6-v2, default), minilm-fp32, minilm-onnx, minilm-cuda (float16 "
-        "on the GPU), st:/path, st-cuda:/path, onnx:/path, onnx-int8:/path or openai:MODEL@URL. Must "
-        "match the collection's model.",
-    ),
-]
 
-
-def _settings(data_dir: Path | None, chroma_url: str | None):  # noqa: ANN202 - jamba_stack.app.settings.Settings
-    from jamba_stack.app.settings import load_settings
-
-    return load_settings(data_dir=data_dir, chroma_url=chroma_url)
-
-
-def _fail(e: Exception) -> typer.Exit:
-    typer.echo(f"error: {e}", err=True)
-    return typer.Exit(2)
-
-
-@app.command("ingest")
 def ingest_cmd(
     path: Annotated[Path, typer.Argument(help="A file, a folder, or a BEIR-style corpus.jsonl.")],
     collection: Collection,
@@ -71,14 +48,14 @@ def ingest_cmd(
     prune: Annotated[
         bool, typer.Option("--prune/--no-prune", help="Delete chunks of files gone from the folder.")
     ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ) -> None:
     """Ingest PATH into a collection: load, chunk, embed, store in Chroma and BM25. Unchanged files
     are skipped; changed files have only their changed chunks re-embedded."""
     from jamba_stack.retrieval.ingest import ingest
 
-    s = _settings(data_dir, chroma_url)
+    s = settings(data_dir=data_dir, chroma_url=chroma_url)
     try:
         report = ingest(
             path,
@@ -95,7 +72,7 @@ def ingest_cmd(
             progress=not quiet and not as_json,
         )
     except (JambaStackError, ValueError) as e:
-        raise _fail(e) from None
+        fail(e)
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
 
 
@@ -118,7 +95,6 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@app.command("search")
 def search_cmd(
     query: Annotated[str | None, typer.Argument(help="What to search for (omit with --queries).")] = None,
     collection: Collection = ...,  # type: ignore[assignment]
@@ -135,9 +111,14 @@ def search_cmd(
         str | None,
         typer.Option("--filter", help='Chroma where filter as JSON, e.g. \'{"source": "/abs/a.pdf"}\'.'),
     ] = None,
-    reranker: Annotated[
-        Path | None,
-        typer.Option("--reranker", help="Local cross-encoder folder: rerank the fused candidates."),
+    rerank: Annotated[
+        str | None,
+        typer.Option(
+            "--rerank",
+            "--reranker",
+            help="Rerank the fused top 30 as `ask` does: maxsim (offline, the embedder's token vectors), "
+            "maxsim:WEIGHT[:idf|none], or a local cross-encoder folder; default: none.",
+        ),
     ] = None,
     fusion: Annotated[
         str, typer.Option("--fusion", help="convex (min-max weighted sum, default) or rrf (reciprocal rank).")
@@ -156,7 +137,7 @@ def search_cmd(
     from jamba_stack.retrieval.errors import InvalidQueryError, QueryTooLongError
     from jamba_stack.retrieval.search import open_retriever
 
-    s = _settings(data_dir, chroma_url)
+    s = settings(data_dir=data_dir, chroma_url=chroma_url)
     try:
         if (query is None) == (queries is None):
             raise InvalidQueryError("pass a query, or --queries FILE.jsonl, not both (and not neither)")
@@ -172,7 +153,7 @@ def search_cmd(
             data_dir=s.data_dir,
             chroma_url=s.chroma_url,
             embedder=embedder,
-            reranker=reranker,
+            reranker=rerank,
             fusion=fusion,
         )
         opts: dict[str, Any] = {"mode": mode, "filters": where, "mmr": mmr, "unique_docs": unique_docs}
@@ -195,49 +176,13 @@ def search_cmd(
                 out = {"query_id": qid, "results": [], "error": str(e)}
             typer.echo(json.dumps(out, ensure_ascii=False))
     except (JambaStackError, ValueError) as e:
-        raise _fail(e) from None
+        fail(e)
 
 
-RANDOM_WEIGHTS_NOTE = (
-    "note: answering with the embedded tiny Jamba, whose weights are random: its text is gibberish. "
-    "Pass --model DIR or URL (or set JAMBA_STACK_MODEL) for a real model."
-)
-
-
-def _chat_model(settings, api_key: str | None):  # noqa: ANN001, ANN202 - Settings -> jamba_stack.app.client.ChatModel
-    """The configured model (a server URL or a checkpoint, in-process), else the tiny model in the
-    data dir (made on first use), as `jamba-stack chat` does."""
-    from jamba_stack.app.client import LocalChatModel, chat_model
-
-    target = settings.model
-    if target.startswith(("http://", "https://")):
-        return chat_model(target, api_key=api_key or settings.api_key or None)
-    if not target:
-        from jamba_runtime.tiny import make_tiny_model
-
-        tiny = settings.tiny_model_dir
-        if not (tiny / "model.safetensors").is_file():
-            typer.echo(f"making the tiny random model in {tiny} (first use)...", err=True)
-            make_tiny_model(tiny)
-        typer.echo(RANDOM_WEIGHTS_NOTE, err=True)
-        target = str(tiny)
-    from jamba_runtime.llm import LLM
-
-    return LocalChatModel(LLM(target, device=settings.device, dtype=settings.dtype))
-
-
-@app.command("ask")
 def ask_cmd(
     question: Annotated[str, typer.Argument(help="The question to answer from the collection.")],
     collection: Collection,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="Checkpoint directory, hub id or server URL (http://HOST:PORT) [env: JAMBA_STACK_MODEL]; "
-            "default: the embedded tiny model.",
-        ),
-    ] = None,
+    model: ChatModelOpt = None,
     k: Annotated[int, typer.Option("--k", "-k", help="How many chunks to give the model.")] = 5,
     rerank: Annotated[
         str | None,
@@ -257,21 +202,19 @@ def ask_cmd(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (answer, citations, usage); no streaming.")
     ] = False,
-    api_key: Annotated[
-        str | None,
-        typer.Option("--api-key", help="Bearer key of a server --model [env: JAMBA_STACK_API_KEY]."),
-    ] = None,
+    api_key: ApiKey = None,
     embedder: EmbedderOpt = "minilm",
     data_dir: DataDir = None,
     chroma_url: ChromaUrl = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Answer QUESTION from a collection with citations: hybrid search, then the model with the
     chunks as documents; streams the answer, then lists the sources its [n] markers point to."""
-    from jamba_stack.app.settings import load_settings
     from jamba_stack.retrieval.errors import InvalidQueryError
     from jamba_stack.retrieval.rag import Answer, ask, ask_stream
 
-    s = load_settings(data_dir=data_dir, chroma_url=chroma_url, model=model)
+    s = settings(data_dir=data_dir, chroma_url=chroma_url, model=model, device=device, dtype=dtype)
     try:
         where: dict[str, Any] | None = None
         if filters:
@@ -290,7 +233,7 @@ def ask_cmd(
         retriever = open_retriever(
             collection, data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=embedder
         )
-        chat = _chat_model(s, api_key)
+        chat = open_chat_model(s, api_key)
         opts: dict[str, Any] = {
             "k": k,
             "rerank": rerank,
@@ -315,7 +258,7 @@ def ask_cmd(
         assert answer is not None, "ask_stream ends with the Answer"
         _print_sources(answer)
     except (JambaStackError, ValueError) as e:
-        raise _fail(e) from None
+        fail(e)
 
 
 def _print_sources(answer) -> None:  # noqa: ANN001 - jamba_stack.retrieval.rag.Answer

@@ -1,7 +1,7 @@
 """`jamba-stack up`: the API server and the web app on loopback, stopped together.
 
 Starts `jamba-stack serve` (as `python -m jamba_stack.app.cli serve`, so no PATH lookup) and
-`streamlit run ui/app.py` (headless) as child processes, points the app at the server through
+`streamlit run` on the web app's `app.py` (headless) as child processes, points the app at the server through
 `JAMBA_STACK_SERVER_URL`, waits for both to answer their health checks, prints the URLs, and
 waits. Ctrl-C or SIGTERM stops both (SIGINT to the server so it drains and frees the engine,
 SIGTERM to Streamlit; SIGKILL after a grace period). When the API server exits on its own (its
@@ -14,6 +14,7 @@ Chroma is the embedded store in the data dir unless `JAMBA_STACK_CHROMA_URL` nam
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -23,17 +24,23 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import httpx
 import typer
 
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.cli.options import DataDir, DeviceOpt, DtypeOpt, ModelOpt
+from jamba_stack.app.settings import Settings, load_settings
 
-if TYPE_CHECKING:  # jamba_stack.ui.backend imports the runtime (torch): loaded only when `up` runs
-    from jamba_stack.ui.backend import UISettings
 
-APP_FILE = Path(__file__).resolve().parent / "app.py"
+def web_app_file() -> Path:
+    """The web app's script, found without importing it (the CLI does not import the web app)."""
+    spec = importlib.util.find_spec("jamba_stack.ui")
+    assert spec is not None and spec.submodule_search_locations, "jamba_stack.ui is installed with the CLI"
+    return Path(next(iter(spec.submodule_search_locations))) / "app.py"
+
+
 STREAMLIT_HEALTH_PATH = "/_stcore/health"
 API_HEALTH_PATH = "/health"
 MAX_RESTARTS = 3  # restarts of the API server allowed within RESTART_WINDOW_S
@@ -130,7 +137,7 @@ def wait_healthy(service: Service, timeout_s: float) -> None:
 
 
 def stack_services(
-    settings: UISettings, api_port: int, ui_port: int, log_dir: Path, serve_args: list[str] | None = None
+    settings: Settings, api_port: int, ui_port: int, log_dir: Path, serve_args: list[str] | None = None
 ) -> tuple[Service, Service]:
     """The server and the web app as `up` starts them, on 127.0.0.1."""
     data_dir = str(settings.data_dir.resolve())
@@ -154,7 +161,7 @@ def stack_services(
     env = {**os.environ, "JAMBA_STACK_DATA_DIR": data_dir}
     server = Service("API server", serve, api_url + API_HEALTH_PATH, log_dir / "server.log", env)
     server.stop_signal = signal.SIGINT  # uvicorn drains on SIGINT, then the engine shuts down
-    ui = [sys.executable, "-m", "streamlit", "run", str(APP_FILE)]
+    ui = [sys.executable, "-m", "streamlit", "run", str(web_app_file())]
     ui += ["--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(ui_port)]
     ui += ["--server.maxUploadSize", str(max(1, math.ceil(settings.max_upload_mb)))]
     ui += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
@@ -223,21 +230,10 @@ def run_stack(server: Service, app: Service, start_timeout_s: float, echo=print)
 
 
 def up_cmd(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="Checkpoint directory or hub id [env: JAMBA_STACK_MODEL]; default: the tiny model.",
-        ),
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option("--data-dir", help="Where the stack keeps its files [env: JAMBA_STACK_DATA_DIR]."),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu or cuda [env: JAMBA_STACK_DEVICE].")
-    ] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = None,
+    model: ModelOpt = None,
+    data_dir: DataDir = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     port: Annotated[int, typer.Option("--port", help="The API server's port on 127.0.0.1.")] = 8000,
     ui_port: Annotated[int, typer.Option("--ui-port", help="The web app's port on 127.0.0.1.")] = 8501,
     start_timeout: Annotated[
@@ -246,9 +242,9 @@ def up_cmd(
 ) -> None:
     """Start the API server and the web app on loopback (embedded Chroma unless
     JAMBA_STACK_CHROMA_URL is set); Ctrl-C stops both."""
-    from jamba_stack.ui.backend import is_random_test_model, load_ui_settings
+    from jamba_stack.chat import is_random_test_model
 
-    settings = load_ui_settings(data_dir=data_dir, model=model, device=device, dtype=dtype)
+    settings = load_settings(data_dir=data_dir, model=model, device=device, dtype=dtype)
     if not settings.model or is_random_test_model(settings.model):
         typer.echo(
             "note: no model configured, so the tiny random-weight test model answers (gibberish); "

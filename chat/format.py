@@ -1,16 +1,18 @@
 """Chat requests in OpenAI's shape, turned into what the runtime takes, and model output turned back.
 
-Shared by `jamba_stack.app.client` (in-process chat) and `jamba_stack.app.server` (the HTTP API), so both render the same
-prompt, constrain the same way and parse tool calls the same way:
+Shared by the chat seam (`jamba_stack.chat.local`, in-process chat) and the HTTP API
+(`jamba_stack.app.server`), so both render the same prompt, constrain the same way and parse tool
+calls the same way:
 
 - `ChatInputs.render(tokenizer)`: messages (text parts joined, `developer` as `system`), tools
   (left out under `tool_choice="none"`), AI21-style documents and JSON mode through the chat
-  template.
-- `ChatInputs.structured()`: the grammar constraint (`jamba_runtime.structured.StructuredOutput`)
-  for JSON mode, a JSON schema or tools; schemas and tool definitions are checked first, so a bad
-  one is a 400 that names it.
+  template; `continue_final_message` leaves the last assistant turn open.
+- `ChatInputs.structured()`: the grammar constraint (`jamba_runtime.StructuredOutput`) for JSON
+  mode, a JSON schema, a regex, a choice or tools; schemas and tool definitions are checked first,
+  so a bad one is a 400 that names it.
 - `ToolCallSplitter`: one choice's stream split into content (streamed as it comes) and tool
-  calls (parsed at the end from the `<tool_calls>[...]</tool_calls>` block).
+  calls (parsed at the end from the `<tool_calls>[...]</tool_calls>` block by the runtime's
+  `parse_tool_calls`).
 """
 
 from __future__ import annotations
@@ -23,22 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from jamba_runtime.errors import InvalidRequestError
+from jamba_runtime.structured import TOOL_CALLS_START, StructuredOutput, parse_tool_calls
 from jamba_runtime.tokenizer import Tokenizer
 
-try:  # constrained decoding lands in its own change; until then JSON mode and forced tools are refused
-    from jamba_runtime import structured as _structured
-except ImportError:  # pragma: no cover - depends on the runtime version
-    _structured = None
-
-TOOL_CALLS_START = "<tool_calls>"
-TOOL_CALLS_END = "</tool_calls>"
 JSON_MODE_KNOBS = {"is_set": True, "response_format": "json_object"}
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def structured_available() -> bool:
-    """True when the runtime has constrained decoding (`jamba_runtime.structured`)."""
-    return _structured is not None
+STRUCTURED_OUTPUT_KEYS = ("json", "regex", "choice", "grammar")
 
 
 class InvalidParameterError(InvalidRequestError):
@@ -83,6 +75,10 @@ class ChatInputs:
         documents: AI21's {"content", "id", "metadata"} or the template's {"text", "title", ...}.
         response_format: {"type": "text" | "json_object"} or {"type": "json_schema",
             "json_schema": {"name", "schema", "strict"}}.
+        structured_outputs: vLLM's constraint, one of {"json": schema}, {"regex": str},
+            {"choice": [str, ...]} ({"grammar": ...} is refused: no Lark/EBNF grammars here).
+        continue_final_message: the last message is an assistant turn left open for the model
+            to continue (vLLM's option of that name).
     """
 
     messages: Sequence[Mapping[str, Any]]
@@ -90,6 +86,8 @@ class ChatInputs:
     tool_choice: str | Mapping[str, Any] | None = None
     documents: Sequence[Mapping[str, Any]] | None = None
     response_format: Mapping[str, Any] | None = None
+    structured_outputs: Mapping[str, Any] | None = None
+    continue_final_message: bool = False
 
     @property
     def uses_tools(self) -> bool:
@@ -101,7 +99,7 @@ class ChatInputs:
         return (self.response_format or {}).get("type") or "text"
 
     def check(self) -> None:
-        """Validate tools, tool_choice, response_format and documents.
+        """Validate tools, tool_choice, the output constraint, documents and the last message.
 
         Raises `InvalidParameterError` naming the bad parameter."""
         _check_tools(self.tools, self.tool_choice)
@@ -119,12 +117,25 @@ class ChatInputs:
                     "response_format.json_schema.schema",
                 )
             check_json_schema(schema, "response_format.json_schema.schema")
-        if self.uses_tools and fmt != "text":
+        check_structured_outputs(self.structured_outputs, fmt != "text")
+        constrained = fmt != "text" or self.structured_outputs
+        if self.uses_tools and constrained:
             raise InvalidParameterError(
-                "tools and response_format json_object/json_schema cannot be combined: pick one, or "
-                "pass tool_choice='none'",
-                "response_format",
+                "tools and an output constraint (response_format json_object/json_schema, or a regex, "
+                "choice or schema) cannot be combined: pick one, or pass tool_choice='none'",
+                "response_format" if fmt != "text" else "structured_outputs",
             )
+        if self.continue_final_message:
+            last = self.messages[-1] if self.messages else {}
+            if (
+                last.get("role") != "assistant"
+                or not isinstance(last.get("content"), str)
+                or not last["content"]
+            ):
+                raise InvalidParameterError(
+                    "continue_final_message needs a last message with role 'assistant' and text content to continue",
+                    "messages",
+                )
         template_documents(self.documents)
 
     def render(self, tokenizer: Tokenizer) -> list[int]:
@@ -136,43 +147,128 @@ class ChatInputs:
         kwargs: dict[str, Any] = {}
         if self.format_type != "text":
             kwargs["knobs"] = JSON_MODE_KNOBS
-        return tokenizer.encode_chat(
-            chat_messages(self.messages),
+        messages = chat_messages(self.messages)
+        text = tokenizer.apply_chat_template(
+            messages,
             tools=[dict(t) for t in self.tools] if self.uses_tools else None,
             documents=template_documents(self.documents) or None,
-            add_generation_prompt=True,
+            add_generation_prompt=not self.continue_final_message,
             **kwargs,
         )
+        if self.continue_final_message:
+            # The template closes the assistant turn after its text: cut there, so the model
+            # continues the text (as transformers and vLLM do).
+            content = messages[-1]["content"]
+            at = text.rfind(content)
+            if at < 0:
+                raise InvalidParameterError(
+                    "the chat template does not show the last assistant message as given, so it cannot "
+                    "be continued: drop continue_final_message",
+                    "messages",
+                )
+            text = text[: at + len(content)]
+        return tokenizer.encode(text, add_special_tokens=False)
 
-    def structured(self) -> Any:
-        """The `StructuredOutput` that constrains decoding, or None for free text (and for
-        `tool_choice="auto"` without constrained decoding, where tool calls are parsed as written).
+    def structured(self) -> StructuredOutput | None:
+        """The `StructuredOutput` that constrains decoding, or None for free text.
 
-        Raises `InvalidParameterError` when the request needs constrained decoding and the runtime
-        lacks it."""
+        Raises `InvalidParameterError` for bad inputs (see `check`)."""
         self.check()
         fmt = self.format_type
-        if not self.uses_tools and fmt == "text":
-            return None
-        if _structured is None:
-            if self.uses_tools and self.tool_choice in (None, "auto"):
-                return None
-            param = "response_format" if fmt != "text" else "tool_choice"
-            raise InvalidParameterError(
-                "this jamba_runtime has no constrained decoding (jamba_runtime.structured), so "
-                f"{param} cannot be guaranteed: upgrade jamba-stack, or use tool_choice='auto' / plain text",
-                param,
-            )
         if self.uses_tools:
             choice = self.tool_choice if self.tool_choice is not None else "auto"
-            return _structured.StructuredOutput(
+            return StructuredOutput(
                 tools=tuple(dict(t) for t in self.tools or ()),
                 tool_choice=dict(choice) if isinstance(choice, Mapping) else choice,
             )
         if fmt == "json_object":
-            return _structured.StructuredOutput(json_object=True)
-        schema = dict(self.response_format["json_schema"]["schema"])  # type: ignore[index]
-        return _structured.StructuredOutput(json_schema=schema)
+            return StructuredOutput(json_object=True)
+        if fmt == "json_schema":
+            return StructuredOutput(json_schema=dict(self.response_format["json_schema"]["schema"]))  # type: ignore[index]
+        so = self.structured_outputs
+        if not so:
+            return None
+        if so.get("json") is not None:
+            schema = so["json"]
+            return StructuredOutput(
+                json_schema=dict(json.loads(schema) if isinstance(schema, str) else schema)
+            )
+        if so.get("regex") is not None:
+            return StructuredOutput(regex=so["regex"])
+        return StructuredOutput(choice=tuple(so["choice"]))
+
+    @property
+    def constraint_param(self) -> str:
+        """The request parameter that carries the output constraint, for error messages."""
+        if self.uses_tools:
+            return "tools"
+        return "structured_outputs" if self.structured_outputs else "response_format"
+
+
+def check_structured_outputs(so: Mapping[str, Any] | None, other_constraint: bool = False) -> None:
+    """Validate vLLM's `structured_outputs` (exactly one of json, regex, choice; not beside
+    another output constraint). Raises `InvalidParameterError` naming the bad key."""
+    if not so:
+        return
+    given = [k for k in STRUCTURED_OUTPUT_KEYS if so.get(k) is not None]
+    unknown = sorted(set(so) - set(STRUCTURED_OUTPUT_KEYS) - {"disable_any_whitespace", "whitespace_pattern"})
+    if unknown:
+        raise InvalidParameterError(
+            f"structured_outputs has unknown keys {unknown}: use one of json, regex or choice",
+            "structured_outputs",
+        )
+    if len(given) != 1 or other_constraint:
+        raise InvalidParameterError(
+            "give exactly one output constraint: one of structured_outputs json / regex / choice "
+            "(or guided_json / guided_regex / guided_choice), or response_format, not several",
+            "structured_outputs",
+        )
+    key = given[0]
+    value = so[key]
+    if key == "grammar":
+        raise InvalidParameterError(
+            "structured_outputs.grammar (guided_grammar) is not supported by this server: use json, "
+            "regex or choice",
+            "structured_outputs.grammar",
+        )
+    if key == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise InvalidParameterError(
+                    f"structured_outputs.json is not JSON ({exc}): give a JSON Schema object",
+                    "structured_outputs.json",
+                ) from None
+        if not isinstance(value, Mapping):
+            raise InvalidParameterError(
+                "structured_outputs.json must be a JSON Schema object", "structured_outputs.json"
+            )
+        check_json_schema(value, "structured_outputs.json")
+    elif key == "regex" and (not isinstance(value, str) or not value):
+        raise InvalidParameterError(
+            "structured_outputs.regex must be a non-empty string", "structured_outputs.regex"
+        )
+    elif key == "choice" and (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not value
+        or not all(isinstance(c, str) and c for c in value)
+    ):
+        raise InvalidParameterError(
+            "structured_outputs.choice must be a non-empty list of non-empty strings",
+            "structured_outputs.choice",
+        )
+
+
+def structured_output_of(so: Mapping[str, Any]) -> StructuredOutput:
+    """The `StructuredOutput` of a checked `structured_outputs` dict (`check_structured_outputs`)."""
+    if so.get("json") is not None:
+        schema = so["json"]
+        return StructuredOutput(json_schema=dict(json.loads(schema) if isinstance(schema, str) else schema))
+    if so.get("regex") is not None:
+        return StructuredOutput(regex=so["regex"])
+    return StructuredOutput(choice=tuple(so["choice"]))
 
 
 def chat_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -301,31 +397,16 @@ def _check_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) ->
         )
 
 
-def parse_tool_calls(text: str, tool_names: set[str]) -> list[ToolCall]:
-    """The calls in a `<tool_calls>[{"name", "arguments"}, ...]</tool_calls>` block, with fresh ids.
-
-    Raises `ValueError` when the block is not a list of calls to known tools with object arguments
+def tool_calls_of(text: str, tool_names: set[str]) -> list[ToolCall]:
+    """The calls in the `<tool_calls>` block of `text` (the runtime's `parse_tool_calls`), with
+    fresh ids. Raises `ValueError` when a call names an unknown tool or the block is not whole
     (possible only without constrained decoding, or when `max_tokens` cut the block)."""
-    if _structured is not None:
-        _, raw = _structured.parse_tool_calls(text)
-    else:
-        start = text.find(TOOL_CALLS_START)
-        if start < 0:
-            return []
-        body = text[start + len(TOOL_CALLS_START) :]
-        end = body.find(TOOL_CALLS_END)
-        raw = json.loads(body[:end] if end >= 0 else body)
-    if not isinstance(raw, list):
-        raise ValueError("the tool-call block is not a JSON list")
+    _, raw = parse_tool_calls(text)
     calls = []
     for item in raw:
-        name = item.get("name") if isinstance(item, dict) else None
-        arguments = item.get("arguments", {}) if isinstance(item, dict) else None
-        if isinstance(arguments, str):
-            arguments = json.loads(arguments)
-        if name not in tool_names or not isinstance(arguments, dict):
-            raise ValueError(f"not a call to a known tool: {item!r}")
-        calls.append(ToolCall(new_tool_call_id(), name, arguments))
+        if item["name"] not in tool_names or not isinstance(item["arguments"], dict):
+            raise ValueError(f"not a call to a known tool with object arguments: {item!r}")
+        calls.append(ToolCall(new_tool_call_id(), item["name"], item["arguments"]))
     return calls
 
 
@@ -386,7 +467,7 @@ class ToolCallSplitter:
             ids.pop()
         raw = self._tokenizer.decode(ids, skip_special_tokens=False)
         try:
-            calls = parse_tool_calls(raw, self._names)
+            calls = tool_calls_of(raw, self._names)
         except (ValueError, TypeError, KeyError, AttributeError):
             calls = []
         return ("" if calls else "".join(self._held)), calls

@@ -1,4 +1,4 @@
-"""The `ingest` and `search` commands (retrieval/cli.py, mounted at the top of `jamba-stack`)."""
+"""The `ingest` and `search` commands (`jamba_stack.app.cli.retrieval`, mounted at the top of `jamba-stack`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from jamba_stack.retrieval.cli import app
+from jamba_stack.app.cli import app
 
 runner = CliRunner()
 FP32 = ["--embedder", "minilm-fp32"]

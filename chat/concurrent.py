@@ -1,9 +1,9 @@
 """`AsyncLocalChatModel`: a `ChatModel` over `jamba_runtime.AsyncLLM`, whose `achat` is native
 asyncio, so concurrent agents' turns run as one continuous batch in the engine.
 
-`jamba_stack.app.client.LocalChatModel` serves one request at a time (a lock, `achat` in a worker thread); this
-adapter lives in `agents/` so the scheduler can batch without changing `jamba_stack.app.client`. It renders,
-constrains and parses exactly as `LocalChatModel` does (`jamba_stack.app.chat_format`).
+`LocalChatModel` serves one request at a time (a lock, `achat` in a worker thread); its
+`concurrent()` lends the engine to this adapter for the length of a block (the agents' scheduler
+uses it). It renders, constrains and parses exactly as `LocalChatModel` does (`local_prompt`).
 
 Prefix reuse (`reuse_prefix=True`): an agent's next turn re-sends its whole conversation, whose
 prompt begins with the previous turn's prompt. Each request saves a runtime snapshot at the end of
@@ -29,18 +29,15 @@ from typing_extensions import Unpack
 from jamba_runtime.async_llm import AsyncLLM
 from jamba_runtime.errors import InvalidRequestError
 from jamba_runtime.llm import LLM
-from jamba_runtime.sampling_params import SamplingParams
-from jamba_stack.agents.errors import AgentError
-from jamba_stack.app.chat_format import ToolCallSplitter
-from jamba_stack.app.client import (
+from jamba_stack.chat.local import LocalChatModel, local_prompt, splitter_for
+from jamba_stack.chat.model import (
     ChatChunk,
     ChatModel,
     ChatOptions,
     ChatRequest,
     ChatResponse,
-    LocalChatModel,
+    ModelInfo,
     Usage,
-    local_prompt,
 )
 
 
@@ -48,9 +45,9 @@ class AsyncLocalChatModel(ChatModel):
     """Chat with an in-process model through `AsyncLLM`: many concurrent `achat` calls (from one
     or several event loops) batch in the engine.
 
-    Make it with `AsyncLocalChatModel.from_llm(llm)` (or `from_local(LocalChatModel)`); while it is
-    open the `LLM`'s engine belongs to it: do not use the `LLM` or a `LocalChatModel` of it until
-    `close()`. `chat` / `stream` (sync) work from threads without a running event loop.
+    Make it with `LocalChatModel.concurrent()` (or `AsyncLocalChatModel.from_llm(llm)`); while it
+    is open the `LLM`'s engine belongs to it: do not use the `LLM` otherwise until `close()`.
+    `chat` / `stream` (sync) work from threads without a running event loop.
     """
 
     def __init__(self, engine: AsyncLLM, reuse_prefix: bool = True) -> None:
@@ -67,9 +64,22 @@ class AsyncLocalChatModel(ChatModel):
     def from_llm(cls, llm: LLM, reuse_prefix: bool = True) -> AsyncLocalChatModel:
         return cls(AsyncLLM.from_llm(llm), reuse_prefix)
 
-    @classmethod
-    def from_local(cls, model: LocalChatModel, reuse_prefix: bool = True) -> AsyncLocalChatModel:
-        return cls.from_llm(model.llm, reuse_prefix)
+    def count_tokens(self, text: str) -> int:
+        return LocalChatModel(self.llm).count_tokens(text)
+
+    def _count_prompt(self, request: ChatRequest) -> int:
+        return len(request.inputs.render(self.llm.tokenizer))
+
+    @property
+    def context_length(self) -> int:
+        return self.llm.max_model_len
+
+    @property
+    def max_concurrency(self) -> int:
+        return max(1, self.llm.engine.config.max_num_seqs)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(mode="in-process", name="local", context_length=self.llm.max_model_len)
 
     def close(self) -> None:
         """Stop the engine loop (requests still running end as aborted) and drop the snapshots
@@ -91,9 +101,8 @@ class AsyncLocalChatModel(ChatModel):
         return await self._achat(ChatRequest.make(messages, options))
 
     async def _achat(self, request: ChatRequest) -> ChatResponse:
-        ids, params = self._prepare(request)
-        inputs = request.inputs
-        splitter = ToolCallSplitter(self.llm.tokenizer, inputs.tools if inputs.uses_tools else None)
+        ids, params = local_prompt(self.llm, request)
+        splitter = splitter_for(self.llm, request)
         text: list[str] = []
         finish_reason: str | None = None
         prefix, save = self._snapshot_keys(ids)
@@ -148,15 +157,12 @@ class AsyncLocalChatModel(ChatModel):
     def _new_key(self) -> str:
         return f"{self.snapshot_prefix}{uuid.uuid4().hex[:16]}"
 
-    def _prepare(self, request: ChatRequest) -> tuple[list[int], SamplingParams]:
-        return local_prompt(self.llm, request)
-
     def _chat(self, request: ChatRequest) -> ChatResponse:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self._achat(request))
-        raise AgentError(
+        raise InvalidRequestError(
             "AsyncLocalChatModel.chat() was called inside an event loop: use `await model.achat(...)`"
         )
 

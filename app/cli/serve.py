@@ -1,0 +1,110 @@
+"""`jamba-stack serve`: the OpenAI-compatible API server on an in-process engine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jamba_stack.app.cli.options import DataDir, DeviceOpt, DtypeOpt, ModelOpt, model_path, settings
+
+
+def serve(
+    model: ModelOpt = None,
+    data_dir: DataDir = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind [env: JAMBA_STACK_HOST]; default 127.0.0.1.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port [env: JAMBA_STACK_PORT]; default 8000.")
+    ] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option("--served-model-name", help="Name(s) clients pass as `model`, comma-separated."),
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option("--max-model-len", help="Context limit in tokens.")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option("--max-num-seqs", help="Most sequences running at once.")
+    ] = None,
+    cache_memory_gb: Annotated[
+        float | None, typer.Option("--cache-memory-gb", help="Memory for KV blocks + Mamba state slots.")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option("--max-body-bytes", help="Largest request body; larger gets 413.")
+    ] = None,
+    quantization: Annotated[
+        str | None,
+        typer.Option(
+            "--quantization", help="experts_int8: MoE experts in int8 [env: JAMBA_STACK_QUANTIZATION]."
+        ),
+    ] = None,
+    kv_cache_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--kv-cache-dtype",
+            help="auto (model dtype) or fp8: float8 KV cache [env: JAMBA_STACK_KV_CACHE_DTYPE].",
+        ),
+    ] = None,
+    mamba_ssm_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--mamba-ssm-dtype",
+            help="float32 (default) or bfloat16: Mamba state precision [env: JAMBA_STACK_MAMBA_SSM_DTYPE].",
+        ),
+    ] = None,
+    tensor_parallel_size: Annotated[
+        int,
+        typer.Option(
+            "--tensor-parallel-size",
+            help="Spread the model over this many GPUs of this host (CPU: processes).",
+        ),
+    ] = 1,
+    load_format: Annotated[
+        str,
+        typer.Option(
+            "--load-format",
+            help="auto (the checkpoint's weights) or dummy: random weights from config.json, to measure a shape.",
+        ),
+    ] = "auto",
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
+    path. Set JAMBA_STACK_API_KEY to require a bearer key."""
+    from jamba_runtime.async_llm import AsyncLLM
+    from jamba_runtime.engine import EngineConfig
+    from jamba_stack.app.server.app import serve as run_server
+
+    s = settings(
+        data_dir=data_dir,
+        model=model,
+        device=device,
+        dtype=dtype,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        max_body_bytes=max_body_bytes,
+        quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
+        mamba_ssm_dtype=mamba_ssm_dtype,
+    )
+    sizes = {"max_num_seqs": max_num_seqs, "cache_memory_gb": cache_memory_gb}
+    engine = EngineConfig(
+        **{k: v for k, v in sizes.items() if v is not None},
+        kv_cache_dtype=s.kv_cache_dtype,
+        mamba_ssm_dtype=s.mamba_ssm_dtype,
+    )
+    llm = AsyncLLM(
+        model=model_path(s),
+        device=s.device,
+        dtype=s.dtype,
+        max_model_len=max_model_len,
+        engine=engine,
+        quantization=s.quantization or None,
+        tensor_parallel_size=tensor_parallel_size,
+        load_format=load_format,
+    )
+    run_server(llm, s, log_level=log_level)  # shuts `llm` down (and its other ranks) when it ends
