@@ -20,40 +20,21 @@ import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-
-from jamba_runtime.engine import EngineConfig, EngineMetrics, LLMEngine, StepOutput
-from jamba_runtime.errors import (
-    EngineStoppedError,
-    InvalidRequestError,
-    RequestFailedError,
-    RequestNotFoundError,
-)
+from jamba_runtime.engine.config import EngineArgs
+from jamba_runtime.engine.engine import LLMEngine
+from jamba_runtime.engine.metrics import EngineMetrics
+from jamba_runtime.engine.outputs import GenerateOutput, RequestOutputDelta, StepOutput
+from jamba_runtime.engine.sampling_params import SamplingParams
+from jamba_runtime.engine.streams import Outbox, RequestStream
+from jamba_runtime.errors import EngineStoppedError, InvalidRequestError, RequestNotFoundError
 from jamba_runtime.llm import LLM, Prompt
-from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.stream_outputs import GenerateOutput, RequestOutputDelta, Usage
-from jamba_runtime.tokenizer import Tokenizer
+from jamba_runtime.tokenizer.tokenizer import Tokenizer
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _Stream:
-    """One request as both threads see it. `completion_tokens` is the loop thread's alone;
-    `finished` is set by the loop thread once the request's last item (or error) is queued."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutputDelta | BaseException]
-    completion_tokens: int = 0
-    finished: bool = False
-    finalizer: weakref.finalize | None = None
 
 
 _Command = tuple[Callable[[], Any], "Future[Any] | None"]
@@ -62,8 +43,8 @@ _Command = tuple[Callable[[], Any], "Future[Any] | None"]
 class AsyncLLM:
     """A Jamba model served to many concurrent asyncio consumers, each with its own stream.
 
-    Args: as `LLM` (model, device, dtype, max_model_len, tokenizer, local_files_only, engine),
-    which loads the model; or wrap a loaded one with `AsyncLLM.from_llm(llm)`.
+    Args: as `LLM`, which loads the model: `model` and the fields of `EngineArgs` as keywords;
+    or `AsyncLLM.from_args(args)`; or wrap a loaded `LLM` with `AsyncLLM.from_llm(llm)`.
 
     Requests run as one continuous batch in a background thread. A stream that its consumer stops
     reading (breaks out, or its task is cancelled: a client that went away) is aborted, freeing its
@@ -82,33 +63,16 @@ class AsyncLLM:
         >>> asyncio.run(main())
     """
 
-    def __init__(
-        self,
-        model: str | Path,
-        device: str | torch.device = "cpu",
-        dtype: str | torch.dtype = "float32",
-        max_model_len: int | None = None,
-        tokenizer: str | Path | None = None,
-        local_files_only: bool = False,
-        engine: EngineConfig | None = None,
-        quantization: str | None = None,
-        tensor_parallel_size: int = 1,
-        load_format: str = "auto",
-    ) -> None:
-        llm = LLM(
-            model,
-            device=device,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            tokenizer=tokenizer,
-            local_files_only=local_files_only,
-            engine=engine,
-            quantization=quantization,
-            tensor_parallel_size=tensor_parallel_size,
-            load_format=load_format,
-        )
-        self._setup(llm)
+    def __init__(self, model: str | Path, **kwargs: Any) -> None:
+        self._setup(LLM(model, **kwargs))
         self._owns_llm = True  # shutdown also stops a tensor-parallel LLM's other ranks
+
+    @classmethod
+    def from_args(cls, args: EngineArgs) -> AsyncLLM:
+        """Load what `args` says (see `EngineArgs`) and serve it."""
+        obj = cls.from_llm(LLM.from_args(args))
+        obj._owns_llm = True
+        return obj
 
     @classmethod
     def from_llm(cls, llm: LLM) -> AsyncLLM:
@@ -129,13 +93,12 @@ class AsyncLLM:
         self._commands: deque[_Command] = deque()
         self._batch: deque[_Command] = deque()  # the commands the loop is running now
         self._results: list[tuple[Future, Any, BaseException | None]] = []  # theirs, not yet given
-        self._streams: dict[str, _Stream] = {}  # added and not finished
+        self._streams: dict[str, RequestStream] = {}  # added and not finished
         self._thread: threading.Thread | None = None
         self._closing = False
         self._dead: BaseException | None = None
         self._stopped = threading.Event()  # set once the engine loop has ended (closed or failed)
-        # Loop thread only: items to hand to each event loop at the end of a round.
-        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        self._outbox = Outbox()  # loop thread only: handed out at the end of each round
         self._metrics = self.engine.metrics()
 
     @property
@@ -282,7 +245,7 @@ class AsyncLLM:
         priority: int,
         prefix_snapshot: str | None,
         save_snapshot: str | None,
-    ) -> _Stream:
+    ) -> RequestStream:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -302,7 +265,7 @@ class AsyncLLM:
                 f"no prefix snapshot named {prefix_snapshot!r}: save one first (save_snapshot=...)"
             )
         rid = request_id if request_id is not None else f"req-{uuid.uuid4().hex}"
-        stream = _Stream(rid, ids, loop, asyncio.Queue())
+        stream = RequestStream(rid, ids, loop, asyncio.Queue())
 
         def add() -> None:
             try:
@@ -316,7 +279,7 @@ class AsyncLLM:
                 )
             except Exception as e:  # refused after all: the stream raises it
                 self._forget(stream)
-                self._emit(stream, e)
+                self._outbox.put(stream, e)
 
         with self._cond:
             self._raise_if_stopped()
@@ -326,7 +289,7 @@ class AsyncLLM:
             self._enqueue((add, None))
         return stream
 
-    async def _iterate(self, stream: _Stream) -> AsyncGenerator[RequestOutputDelta, None]:
+    async def _iterate(self, stream: RequestStream) -> AsyncGenerator[RequestOutputDelta, None]:
         try:
             while True:
                 item = await stream.queue.get()
@@ -341,7 +304,7 @@ class AsyncLLM:
                 stream.finalizer.detach()
             self._abort_soon(stream)
 
-    def _abort_soon(self, stream: _Stream) -> None:
+    def _abort_soon(self, stream: RequestStream) -> None:
         """Abort `stream`'s request on the engine thread without waiting; nothing if it ended."""
         if stream.finished:
             return
@@ -452,49 +415,34 @@ class AsyncLLM:
         stream = self._streams.get(out.request_id)
         if stream is None:
             return  # added to the engine directly, not through this AsyncLLM
-        if out.finish_reason == "error":
+        item = stream.item(out)
+        if isinstance(item, BaseException) or item.finished:
             self._forget(stream)
-            self._emit(
-                stream, RequestFailedError(f"request {out.request_id!r} failed in the engine: {out.error}")
-            )
-            return
-        stream.completion_tokens += len(out.token_ids)
-        usage = _usage(stream) if out.finished else None
-        delta = RequestOutputDelta(
-            out.request_id, out.text, out.token_ids, out.finished, out.finish_reason, usage, out.logprobs
-        )
-        if out.finished:
-            self._forget(stream)
-        self._emit(stream, delta)
+        self._outbox.put(stream, item)
 
-    def _end_aborted(self, stream: _Stream) -> None:
+    def _end_aborted(self, stream: RequestStream) -> None:
         self._forget(stream)
-        self._emit(stream, RequestOutputDelta(stream.request_id, "", [], True, "abort", _usage(stream)))
+        self._outbox.put(stream, stream.aborted())
 
-    def _forget(self, stream: _Stream) -> None:
+    def _forget(self, stream: RequestStream) -> None:
         with self._cond:
             if self._streams.get(stream.request_id) is stream:
                 del self._streams[stream.request_id]
         stream.finished = True
 
-    def _emit(self, stream: _Stream, item: RequestOutputDelta | BaseException) -> None:
-        self._outbox.setdefault(stream.loop, []).append((stream.queue, item))
-
     def _hand_out(self) -> None:
         """Publish metrics, then give each event loop its items in one call."""
         self._metrics = self.engine.metrics()
-        outbox, self._outbox = self._outbox, {}
-        orphaned = False
-        for loop, items in outbox.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # that event loop is closed: nobody can read its streams
-                for stream in [s for s in self._streams.values() if s.loop is loop]:
-                    self.engine.abort(stream.request_id)
-                    self._forget(stream)
-                    orphaned = True
-        if orphaned:
-            self._metrics = self.engine.metrics()
+        closed = self._outbox.hand_out()
+        if not closed:
+            return
+        # A closed event loop: nobody can read its streams, so their requests end now.
+        with self._cond:
+            orphans = [s for s in self._streams.values() if s.loop in closed]
+        for stream in orphans:
+            self.engine.abort(stream.request_id)
+            self._forget(stream)
+        self._metrics = self.engine.metrics()
 
     def _fail(self, exc: BaseException) -> None:
         """The loop is dying: fail every stream and every waiting command, so nothing hangs."""
@@ -508,23 +456,11 @@ class AsyncLLM:
             self._streams.clear()
         for stream in streams:
             stream.finished = True
-            self._emit(stream, self._stopped_error())
-        outbox, self._outbox = self._outbox, {}
-        for loop, items in outbox.items():
-            with contextlib.suppress(RuntimeError):  # a closed event loop has no one to tell
-                loop.call_soon_threadsafe(_put_all, items)
+            self._outbox.put(stream, self._stopped_error())
+        self._outbox.hand_out()  # a closed event loop has no one to tell
         for future in pending:
             future.set_exception(self._stopped_error())
         self._stopped.set()
-
-
-def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
-    for queue, item in items:
-        queue.put_nowait(item)
-
-
-def _usage(stream: _Stream) -> Usage:
-    return Usage(len(stream.prompt_token_ids), stream.completion_tokens)
 
 
 def _not_found(request_id: str) -> RequestNotFoundError:

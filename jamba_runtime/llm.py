@@ -11,16 +11,17 @@ from typing import Any
 import torch
 
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.engine import EngineConfig, LLMEngine
+from jamba_runtime.engine.config import EngineArgs
+from jamba_runtime.engine.engine import LLMEngine
+from jamba_runtime.engine.memory_plan import check_fits
+from jamba_runtime.engine.outputs import RequestOutput
+from jamba_runtime.engine.sampling_params import SamplingParams
+from jamba_runtime.engine.tensor_parallel import Workers, start_workers
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError
-from jamba_runtime.loader import load_model, resolve_device, resolve_model_path
-from jamba_runtime.memory_plan import check_fits
-from jamba_runtime.model import JambaForCausalLM
-from jamba_runtime.parallel.engine import Workers, start_workers
-from jamba_runtime.parallel.sharding import check_tensor_parallel
-from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.sequence import RequestOutput
-from jamba_runtime.tokenizer import Tokenizer
+from jamba_runtime.model.loader import load_model, resolve_device, resolve_model_path
+from jamba_runtime.model.modeling import JambaForCausalLM
+from jamba_runtime.model.sharding import check_tensor_parallel
+from jamba_runtime.tokenizer.tokenizer import Tokenizer
 
 Prompt = str | list[int]
 
@@ -28,19 +29,11 @@ Prompt = str | list[int]
 class LLM:
     """A Jamba model with its tokenizer and engine, ready to generate.
 
-    Args:
-        model: checkpoint directory or hub id. device: "cpu" or "cuda". dtype: "float32",
-            "bfloat16" or "float16". max_model_len: context limit in tokens (default: the
-            model's `max_position_embeddings`, capped by the cache). tokenizer: a directory, when
-            not the model's. engine: cache and batching sizes (`EngineConfig`).
-        quantization: None, or "experts_int8" (MoE expert weights in int8 with per-output-channel
-            scales, quantized at load; everything else stays in `dtype`).
-        tensor_parallel_size: spread the model over this many processes of this host, one per
-            GPU on CUDA (gloo processes on CPU): attention heads, Mamba channels and experts split
-            (docs/scaling.md). This process is rank 0 and runs the engine; call `close()` (or use
-            `with`) to stop the others. One tensor-parallel `LLM` per process.
-        load_format: "auto" (the checkpoint's safetensors), or "dummy": random weights from
-            `config.json` alone, to measure a shape's speed and memory without its weights.
+    `LLM(model, **kwargs)` takes the fields of `EngineArgs` as keywords (device, dtype,
+    max_model_len, tokenizer, local_files_only, quantization, tensor_parallel_size, load_format,
+    engine), which documents them; `LLM.from_args(args)` takes an `EngineArgs`. With
+    `tensor_parallel_size` > 1 this process is rank 0 and runs the engine; call `close()` (or use
+    `with`) to stop the other ranks. One tensor-parallel `LLM` per process.
 
     Raises `InsufficientMemoryError` (on CUDA, before loading) when the model, dtype, quantization
     and context cannot fit the GPU; its message names the options that would.
@@ -58,43 +51,45 @@ class LLM:
         >>> llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=32)).text
     """
 
-    def __init__(
-        self,
-        model: str | Path,
-        device: str | torch.device = "cpu",
-        dtype: str | torch.dtype = "float32",
-        max_model_len: int | None = None,
-        tokenizer: str | Path | None = None,
-        local_files_only: bool = False,
-        engine: EngineConfig | None = None,
-        quantization: str | None = None,
-        tensor_parallel_size: int = 1,
-        load_format: str = "auto",
-    ) -> None:
-        path = resolve_model_path(model, local_files_only=local_files_only)
+    def __init__(self, model: str | Path, **kwargs: Any) -> None:
+        self._start(EngineArgs(model, **kwargs))
+
+    @classmethod
+    def from_args(cls, args: EngineArgs) -> LLM:
+        """Load what `args` says (see `EngineArgs`)."""
+        llm = cls.__new__(cls)
+        llm._start(args)
+        return llm
+
+    def _start(self, args: EngineArgs) -> None:
+        self.args = args
+        path = resolve_model_path(args.model, local_files_only=args.local_files_only)
         config = JambaConfig.from_file(path)
-        if tensor_parallel_size < 1:
+        check_tensor_parallel(config, args.tensor_parallel_size)
+        limit = config.max_position_embeddings
+        if args.max_model_len is not None and not 0 < args.max_model_len <= limit:
             raise InvalidRequestError(
-                f"tensor_parallel_size={tensor_parallel_size} is invalid: it must be >= 1"
+                f"max_model_len={args.max_model_len} is invalid: it must be in 1..{limit}"
             )
-        check_tensor_parallel(config, tensor_parallel_size)
+        engine_config = args.engine_config()
+        device = args.device
         if resolve_device(device).type == "cuda":
             # Refuse a setting that cannot fit before reading any weight, naming what would fit.
             check_fits(
                 config,
-                dtype,
-                quantization,
-                max_model_len,
-                engine or EngineConfig(),
+                args.dtype,
+                args.quantization,
+                engine_config.max_model_len,
+                engine_config,
                 device,
-                tensor_parallel_size,
+                args.tensor_parallel_size,
             )
         self._workers: Workers | None = None
         tp = None
-        if tensor_parallel_size > 1:
+        if args.tensor_parallel_size > 1:
             self._workers = start_workers(
-                path, tensor_parallel_size, resolve_device(device), str(dtype).removeprefix("torch."),
-                quantization, num_threads=torch.get_num_threads(), load_format=load_format,
+                path, args.tensor_parallel_size, resolve_device(device), str(args.dtype).removeprefix("torch."),
+                args.quantization, num_threads=torch.get_num_threads(), load_format=args.load_format,
             )  # fmt: skip
             tp = self._workers.tp
             device = self._workers.device
@@ -103,10 +98,10 @@ class LLM:
                 self.model: JambaForCausalLM = load_model(
                     path,
                     device=device,
-                    dtype=dtype,
-                    quantization=quantization,
+                    dtype=args.dtype,
+                    quantization=args.quantization,
                     tp=tp,
-                    load_format=load_format,
+                    load_format=args.load_format,
                 )
             except Exception as e:
                 if self._workers is not None:  # the other ranks wait for every rank's status
@@ -119,13 +114,7 @@ class LLM:
             self.close()
             raise
         self.config = self.model.config
-        self.tokenizer = Tokenizer.from_dir(tokenizer if tokenizer is not None else path)
-        limit = self.config.max_position_embeddings
-        if max_model_len is not None and not 0 < max_model_len <= limit:
-            raise InvalidRequestError(f"max_model_len={max_model_len} is invalid: it must be in 1..{limit}")
-        engine_config = engine or EngineConfig()
-        if max_model_len is not None:
-            engine_config = EngineConfig(**{**engine_config.__dict__, "max_model_len": max_model_len})
+        self.tokenizer = Tokenizer.from_dir(args.tokenizer if args.tokenizer is not None else path)
         try:
             self.engine = LLMEngine(self.model, self.tokenizer, engine_config, tp)
         except BaseException:

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.dummy_weights import init_tensor
-from jamba_runtime.loader import empty_model
-from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer
+from jamba_runtime.model.dummy_weights import init_tensor
+from jamba_runtime.model.modeling import empty_model
+from jamba_runtime.tokenizer.tiny import tiny_model_token_ids, write_tiny_tokenizer
 
 TINY_VOCAB_SIZE = 1024
 

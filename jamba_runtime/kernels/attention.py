@@ -2,7 +2,7 @@
 
 Entry points:
 
-- `attention` has `attention_ref`'s padded contract (what `model.py` calls today, on keys the cache
+- `attention` has `attention_ref`'s padded contract (the model's reference path calls it, on keys the cache
   has gathered into a rectangle);
 - `paged_attention_prefill`: packed queries (`cu_seqlens`) over keys read in place from the paged
   KV cache through block tables, a cached prefix before each sequence's new tokens;

@@ -2,7 +2,7 @@
 
 Three entry points share two Triton kernels:
 
-- `causal_conv1d` has `causal_conv1d_ref`'s padded contract (what `model.py` calls today);
+- `causal_conv1d` has `causal_conv1d_ref`'s padded contract (the model's reference path calls it);
 - `causal_conv1d_varlen` is the packed prefill form: tokens of all sequences in one tensor split by
   `cu_seqlens`, each sequence's window read from and written back to its state slot in place;
 - `causal_conv1d_update` is the decode step: one token per sequence, slots updated in place.

@@ -1,7 +1,7 @@
 """Top-k mixture of SwiGLU experts over a flat batch of tokens.
 
-`moe_ref` loops over experts with one weight tensor per expert (the checkpoints' layout, what
-`model.py` calls today). `fused_moe` takes the experts stacked, `w13 (experts, 2 * inter, hidden)`
+`moe_ref` loops over experts with one weight tensor per expert (the checkpoints' layout: the model's
+reference path). `fused_moe` takes the experts stacked, `w13 (experts, 2 * inter, hidden)`
 (gate rows then up rows) and `w2 (experts, hidden, inter)`, and runs every token of a step through
 two grouped matmuls (`torch._grouped_mm`) over the (token, expert) pairs sorted by expert: no
 Python loop over experts and no host sync, so it can sit inside a CUDA graph.

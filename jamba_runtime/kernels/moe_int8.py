@@ -1,6 +1,6 @@
 """Top-k mixture of SwiGLU experts with int8 expert weights (ExpertsInt8), dequantized in the GEMMs.
 
-`fused_moe_int8` has `fused_moe`'s contract over the int8 layout of `quantization.py`: stacked
+`fused_moe_int8` has `fused_moe`'s contract over the int8 layout of `model/quantization.py`: stacked
 `w13_q (experts, 2 * inter, hidden)` int8 (gate rows then up rows) with `w13_scale (experts,
 2 * inter)` float32, and `w2_q (experts, hidden, inter)` int8 with `w2_scale (experts, hidden)`.
 No full-precision copy of any expert weight is ever made: int8 tiles are loaded and converted to
@@ -37,7 +37,6 @@ import torch.nn.functional as F
 
 from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 from jamba_runtime.kernels.moe import route_ref
-from jamba_runtime.quantization import dequantize_int8
 
 _INTERPRET = False
 if HAS_TRITON:
@@ -94,6 +93,11 @@ def pick_config(pairs: int, experts: int) -> MoeInt8Config:
     if rows <= 128:
         return MoeInt8Config(64, GemmTile(64, 64, 4, 4), GemmTile(64, 64, 4, 4))
     return MoeInt8Config(128, GemmTile(64, 64, 4, 4), GemmTile(128, 128, 8, 3))
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(out, in)` int8 and `(out,)` scales -> the weight in `dtype` (scaled in float32, then cast)."""
+    return (q.float() * scale.float()[:, None]).to(dtype)
 
 
 def _check_shapes(

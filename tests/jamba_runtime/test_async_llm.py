@@ -12,9 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from jamba_runtime import LLM, SamplingParams
+from jamba_runtime import LLM, EngineConfig, SamplingParams
 from jamba_runtime.async_llm import AsyncLLM, EngineStoppedError, RequestOutputDelta
-from jamba_runtime.engine import EngineConfig
 from jamba_runtime.errors import (
     ContextLengthError,
     InvalidRequestError,

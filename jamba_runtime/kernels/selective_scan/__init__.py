@@ -2,7 +2,7 @@
 
 Three entry points share the Triton kernels in `triton_kernels.py`:
 
-- `selective_scan` has `selective_scan_ref`'s padded contract (what `model.py` calls today);
+- `selective_scan` has `selective_scan_ref`'s padded contract (the model's reference path calls it);
 - `selective_scan_varlen` is the packed prefill form: tokens of all sequences in one tensor split by
   `cu_seqlens`, each sequence starting from its state slot and writing the final state back there;
 - `selective_state_update` is the decode step: one token per sequence, batched over slots.
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 
 # Which prefill kernel runs: "chunked" (associative scan over chunks of time) or "sequential"
-# (one time step after another, the state in registers). Both are kept until the GPU bench says
-# which is faster; bench/kernels_gpu.py times each.
+# (one time step after another, the state in registers). Both are kept so that bench/kernels_gpu.py
+# can time each on the GPU.
 SCAN_VARIANT = "chunked"
 SCAN_TILES: tuple[int, int, int] | None = None
 """Override of the chunked scan's (BLOCK_D, BLOCK_T, num_warps), for tile sweeps

@@ -1,0 +1,482 @@
+"""The step loop: admit requests, schedule a step, run it, sample, detokenise, stop, free.
+
+`LLMEngine` is synchronous and single-threaded; `LLM` drives it to completion and `AsyncLLM`
+drives it from a background thread for many concurrent streams.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import operator
+import threading
+import time
+from concurrent import futures
+
+import torch
+
+from jamba_runtime.cache.manager import CacheManager
+from jamba_runtime.cache.paged import (
+    PagedHybridCache,
+    block_bytes,
+    resolve_kv_cache_dtype,
+    resolve_ssm_dtype,
+    slot_bytes,
+)
+from jamba_runtime.engine.config import EngineConfig
+from jamba_runtime.engine.graphs import DecodeGraphs, capture_blocker
+from jamba_runtime.engine.memory_plan import engine_memory_plan
+from jamba_runtime.engine.metrics import EngineMetrics, RequestStats
+from jamba_runtime.engine.outputs import StepOutput
+from jamba_runtime.engine.runner import ModelRunner
+from jamba_runtime.engine.sampler import logprobs_of, sample
+from jamba_runtime.engine.sampling_params import SamplingParams
+from jamba_runtime.engine.scheduler import Scheduler, SchedulerConfig
+from jamba_runtime.engine.sequence import Sequence
+from jamba_runtime.engine.snapshots import Snapshot, SnapshotStore
+from jamba_runtime.engine.tensor_parallel import (
+    StepChannel,
+    TensorParallelRunner,
+    cache_spec,
+    mirror_cache_copies,
+)
+from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
+from jamba_runtime.model.modeling import JambaForCausalLM
+from jamba_runtime.model.tp_layers import TensorParallelGroup
+from jamba_runtime.structured.compiler import GrammarCompiler
+from jamba_runtime.structured.spec import StructuredOutput
+from jamba_runtime.structured.step_masks import MaskWorker
+from jamba_runtime.tokenizer.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_GIB = 1 << 30
+
+
+class LLMEngine:
+    """Continuous batching over a paged hybrid cache.
+
+    Example:
+        >>> engine = LLMEngine(model, tokenizer, EngineConfig(max_num_seqs=16))
+        >>> engine.add_request([1, 5, 9], SamplingParams(max_tokens=8), request_id="a")
+        >>> while engine.has_unfinished():
+        ...     for out in engine.step():
+        ...         print(out.request_id, out.text, out.finished)
+    """
+
+    def __init__(
+        self,
+        model: JambaForCausalLM,
+        tokenizer: Tokenizer,
+        config: EngineConfig | None = None,
+        tp: TensorParallelGroup | None = None,
+    ) -> None:
+        """`tp`: this process is rank 0 of a tensor-parallel group and `model` its shard; the
+        other ranks run `tensor_parallel.follow` (`LLM(..., tensor_parallel_size=N)` sets it up)."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = cfg = config or EngineConfig()
+        mcfg = model.config
+        kv_dtype = resolve_kv_cache_dtype(cfg.kv_cache_dtype, model.dtype)
+        ssm_dtype = resolve_ssm_dtype(cfg.mamba_ssm_dtype)
+        tp_size = tp.world_size if tp is not None else 1
+        budget = self._cache_budget(cfg)
+        num_slots = cfg.max_num_seqs + cfg.num_snapshot_slots
+        per_block = max(block_bytes(mcfg, cfg.block_size, kv_dtype, tp_size), 1)
+        num_blocks = (budget - num_slots * slot_bytes(mcfg, model.dtype, ssm_dtype, tp_size)) // per_block
+        if num_blocks < 1:
+            raise InvalidRequestError(
+                f"cache budget of {budget / _GIB:.2f} GiB holds no KV block after {num_slots} state slots: "
+                "raise cache_memory_gb or lower max_num_seqs"
+            )
+        if not mcfg.attention_layers:
+            num_blocks = 1  # no attention layer: blocks cost nothing, one stands in for bookkeeping
+        self.cache_manager = CacheManager(num_blocks, cfg.block_size, num_slots)
+        self.cache = PagedHybridCache(
+            mcfg,
+            num_blocks,
+            cfg.block_size,
+            num_slots,
+            model.dtype,
+            model.device,
+            ssm_dtype,
+            kv_dtype,
+            tp_size,
+        )
+        self.scheduler = Scheduler(
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens), self.cache_manager
+        )
+        capacity = num_blocks * cfg.block_size if mcfg.attention_layers else mcfg.max_position_embeddings
+        limit = min(mcfg.max_position_embeddings, capacity)
+        if cfg.max_model_len is not None:
+            if cfg.max_model_len > limit:
+                raise InvalidRequestError(
+                    f"max_model_len={cfg.max_model_len:,} is more than the model or cache holds ({limit:,} tokens): "
+                    "lower it or raise cache_memory_gb"
+                )
+            limit = cfg.max_model_len
+        self.max_model_len = limit
+        graphs = None
+        if cfg.cuda_graphs and model.device.type == "cuda":
+            blocker = capture_blocker(model)
+            if blocker is None:
+                graphs = DecodeGraphs(model, self.cache, cfg.max_num_seqs, limit)
+            else:
+                logger.info("decode steps run without CUDA graphs: %s", blocker)
+        self.channel: StepChannel | None = None
+        if tp_size > 1:
+            assert tp is not None
+            # The other ranks build the same blocks, slots and graphs, then follow every step.
+            self.channel = StepChannel(tp)
+            self.channel.send(("cache", cache_spec(self.cache, graphs)))
+            mirror_cache_copies(self.cache, self.channel)
+            self.runner: ModelRunner = TensorParallelRunner(model, self.cache, self.channel, graphs)
+        else:
+            self.runner = ModelRunner(model, self.cache, graphs=graphs)
+        logger.info("%s", engine_memory_plan(model, cfg, limit, tp_size).summary())
+        self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)
+        self.requests: dict[str, Sequence] = {}
+        self.snapshot_store = SnapshotStore(self.cache_manager, self.cache, cfg.num_snapshot_slots)
+        self.snapshots: dict[str, Snapshot] = self.snapshot_store.snapshots  # the same dict, read-only use
+        self._save_snapshot_as: dict[str, str] = {}
+        self._ids = itertools.count()
+        self._stats = RequestStats()
+        self._grammars: GrammarCompiler | None = None
+        self._masks = MaskWorker(lambda: self.grammars)
+        self._grammars_lock = threading.Lock()
+
+    def _cache_budget(self, cfg: EngineConfig) -> int:
+        if cfg.cache_memory_gb is not None:
+            return int(cfg.cache_memory_gb * _GIB)
+        if self.model.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.model.device)
+            return int(free * cfg.gpu_memory_utilization)
+        return _GIB
+
+    # ---- requests --------------------------------------------------------------------------------
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """The structured-output compiler for this engine's tokenizer and vocab (made on first use;
+        any thread)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(
+                    self.tokenizer, self.model.config.vocab_size, self.eos_token_ids
+                )
+            return self._grammars
+
+    def check_structured(self, spec: StructuredOutput) -> None:
+        """Compile `spec` now (cached for the request that uses it). Any thread may call it, so a
+        server can refuse a request before queuing it. Raises `InvalidRequestError` naming what
+        constrained decoding cannot enforce (e.g. an unsupported JSON Schema keyword)."""
+        self.grammars.check(spec)
+
+    def prompt_ids(self, prompt: str | list[int], params: SamplingParams | None = None) -> list[int]:
+        """Tokenize (text) or check (ids) a prompt as `add_request` will take it; with `params`,
+        also compile its structured-output spec (`check_structured`). Reads no engine state that
+        steps change, so another thread may call it.
+
+        Raises `InvalidRequestError` for empty text or ids, non-integer ids or ids outside the
+        vocab, or a structured-output spec that cannot be enforced; `ContextLengthError` when the
+        prompt leaves no room for a new token."""
+        if params is not None and params.structured is not None:
+            self.check_structured(params.structured)
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt is empty: give at least one token of text")
+            ids = self.tokenizer.encode(prompt)
+        else:
+            try:
+                ids = [operator.index(t) for t in prompt]
+            except TypeError:
+                raise InvalidRequestError(
+                    "prompt must be text or a list of integer token ids: encode it with the tokenizer"
+                ) from None
+        if not ids:
+            raise InvalidRequestError("prompt is empty: give at least one token of text")
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"prompt has token ids outside the vocab (0..{vocab - 1})")
+        if len(ids) >= self.max_model_len:
+            raise ContextLengthError(
+                f"prompt has {len(ids):,} tokens, limit {self.max_model_len:,} including at least one new "
+                "token: shorten it or raise max_model_len"
+            )
+        return ids
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        priority: int = 0,
+        prefix_snapshot: str | None = None,
+        save_snapshot: str | None = None,
+    ) -> Sequence:
+        """Queue a request (text or token ids). Raises what `prompt_ids` raises, and
+        `InvalidRequestError` for a duplicate id or a structured-output spec that cannot be
+        enforced (compiled here, once per spec).
+        A request whose prompt + max_tokens passes `max_model_len` stops there ("length").
+
+        `prefix_snapshot`: start from a saved snapshot whose tokens begin this prompt (ignored when
+        they do not, or when the prompt is no longer than them). `save_snapshot`: save this
+        request's state at the end of its prompt under that key.
+        """
+        ids = self.prompt_ids(prompt)
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if save_snapshot is not None and self.config.num_snapshot_slots == 0:
+            raise InvalidRequestError(
+                "this engine keeps no prefix snapshots (num_snapshot_slots=0): raise num_snapshot_slots "
+                "to save one"
+            )
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running: use a new id")
+        spec = params.structured
+        grammar = self.grammars.matcher(spec, stagger=sum(ids[-4:])) if spec is not None else None
+        gen = None
+        if not params.greedy:
+            gen = torch.Generator(device=self.model.device)
+            gen.manual_seed(
+                params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+            )
+        seq = Sequence(
+            prompt_token_ids=ids,
+            params=params,
+            # With tools, keep special tokens: the <tool_calls> tag stays in the text (parse_tool_calls).
+            decoder=self.tokenizer.incremental_decoder(
+                skip_special_tokens=spec is None or spec.tools is None
+            ),
+            eos_token_ids=self.eos_token_ids,
+            max_new_tokens=min(params.max_tokens, self.max_model_len - len(ids)),
+            request_id=request_id,
+            generator=gen,
+            priority=priority,
+            grammar=grammar,
+        )
+        if prefix_snapshot is not None:
+            self.snapshot_store.restore(seq, prefix_snapshot)
+        if save_snapshot is not None:
+            self._save_snapshot_as[request_id] = save_snapshot
+        self.requests[request_id] = seq
+        self._stats.arrived(request_id, len(ids), time.monotonic())
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks and slot now. Raises `RequestNotFoundError` for an
+        id that is not running (unknown, or already finished)."""
+        seq = self.requests.pop(request_id, None)
+        if seq is None:
+            raise RequestNotFoundError(f"no running request with id {request_id!r}")
+        seq.finish_reason = "abort"
+        self.scheduler.finish(seq)
+        self._save_snapshot_as.pop(request_id, None)
+        self._stats.left(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step --------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        """Schedule and run one step; return what each request got from it."""
+        plan = self.scheduler.schedule()
+        self._stats.preemptions += len(plan.preempted)
+        while not plan.scheduled and self.scheduler.waiting and not self.scheduler.running:
+            # Nothing runs, so the blocks or slots the first waiting request needs are held by
+            # snapshots or by requests restored from them that wait behind it. Give up snapshots,
+            # oldest first, then those requests' restored prefixes (they are recomputed).
+            if self.snapshots:
+                self.snapshot_store.drop_oldest()
+            elif not self._release_waiting_prefixes():
+                break
+            plan = self.scheduler.schedule()
+            self._stats.preemptions += len(plan.preempted)
+        if not plan.scheduled:
+            assert not self.scheduler.waiting or self.scheduler.running, (
+                "add_request keeps every request admissible"
+            )
+            return []
+        # The grammar masks depend only on the matchers, which are known now: fill them on a
+        # worker thread while the forward runs (llguidance releases the GIL), so structured
+        # requests do not serialize the step. The samplers are the runner's `to_sample`.
+        samplers = [
+            i.seq for i in plan.scheduled if i.seq.num_computed_tokens + i.num_tokens == i.seq.num_tokens
+        ]
+        masks = self._masks.start(samplers)
+        try:
+            to_sample, logits = self.runner.execute(plan)
+        finally:
+            if masks is not None:
+                futures.wait([masks])  # the worker never outlives the step (it owns the matchers meanwhile)
+        assert [id(s) for s in to_sample] == [id(s) for s in samplers], (
+            "the runner samples what the plan says"
+        )
+        for item in plan.scheduled:
+            item.seq.num_computed_tokens += item.num_tokens
+        outputs: list[StepOutput] = []
+        if not to_sample:
+            return outputs
+        for seq in to_sample:
+            if seq.request_id in self._save_snapshot_as and seq.num_computed_tokens == len(
+                seq.prompt_token_ids
+            ):
+                self.snapshot_store.save(self._save_snapshot_as.pop(seq.request_id), seq)
+        bitmask, mask_rows, broken = masks.result() if masks is not None else (None, [], set())
+        tokens = self._sample(to_sample, logits, bitmask, mask_rows)
+        now = time.monotonic()
+        for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
+            # One request's failure (its sampling, grammar or detokenizing) ends that request
+            # alone; the batch goes on.
+            try:
+                self._take_token(seq, row, token, logits, row in broken, now, outputs)
+            except Exception as exc:  # noqa: BLE001 - logged with its traceback, the request fails
+                logger.exception("request %s failed in its step", seq.request_id)
+                self._fail_request(seq, f"{type(exc).__name__}: {exc}", outputs)
+        self._stats.step_done(now, len(tokens))
+        return outputs
+
+    def _sample(
+        self,
+        to_sample: list[Sequence],
+        logits: torch.Tensor,
+        bitmask: torch.Tensor | None,
+        mask_rows: list[int],
+    ) -> list[int | BaseException]:
+        """The step's tokens, one per sampled row. If sampling the batch raises, each row is
+        sampled alone so that only the rows that raise fail (their item is the exception)."""
+        args = (
+            [s.params for s in to_sample],
+            [s.generator for s in to_sample],
+            [_seen(s, logits.device) for s in to_sample],
+        )
+        try:
+            return list(sample(logits, *args, bitmask=bitmask, mask_rows=mask_rows))
+        except Exception:  # noqa: BLE001 - narrowed to the rows that raise, below
+            logger.exception("sampling the batch failed: sampling its %d rows one at a time", len(to_sample))
+        tokens: list[int | BaseException] = []
+        for row in range(len(to_sample)):
+            one = [a[row : row + 1] for a in args]
+            masked = row in mask_rows
+            try:
+                tokens.extend(
+                    sample(
+                        logits[row : row + 1],
+                        *one,
+                        bitmask=bitmask[mask_rows.index(row)].unsqueeze(0)
+                        if masked and bitmask is not None
+                        else None,
+                        mask_rows=[0] if masked else None,
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - this row's request fails, not the engine
+                tokens.append(exc)
+        return tokens
+
+    def _take_token(
+        self,
+        seq: Sequence,
+        row: int,
+        token: int | BaseException,
+        logits: torch.Tensor,
+        grammar_broken: bool,
+        now: float,
+        outputs: list[StepOutput],
+    ) -> None:
+        """Give `seq` its sampled token: grammar, logprobs, text, stop checks, and its output."""
+        if isinstance(token, BaseException):
+            raise token
+        if token < 0:
+            self._fail_request(
+                seq,
+                "the model's next-token distribution for this request has no usable value (NaN logits, "
+                "or no token left after the structured-output mask and the sampling filters)",
+                outputs,
+            )
+            return
+        if seq.grammar is not None:
+            # The grammar may replace the token to finish within max_tokens (structured/closing.py).
+            token = (
+                -1
+                if grammar_broken
+                else seq.grammar.take(token, seq.max_new_tokens - len(seq.output_token_ids))
+            )
+            if token < 0:
+                self._end_broken_grammar(seq, outputs)
+                return
+        self._stats.generated_token(seq.request_id, not seq.output_token_ids, now)
+        lp = None
+        if seq.params.logprobs is not None:
+            lp = [logprobs_of(logits[row], token, seq.params.logprobs)]
+        text = seq.append_token(token)
+        outputs.append(StepOutput(seq.request_id, text, [token], seq.finished, seq.finish_reason, lp))
+        if seq.finished:
+            self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        """A finished request gives back its cache and leaves the engine's books."""
+        self.scheduler.finish(seq)
+        self.requests.pop(seq.request_id, None)
+        self._stats.left(seq.request_id)
+        self._save_snapshot_as.pop(seq.request_id, None)
+
+    def _fail_request(self, seq: Sequence, error: str, outputs: list[StepOutput]) -> None:
+        """End `seq` with finish_reason "error" (its cache freed); the other requests go on."""
+        seq.finish_reason = "error"
+        seq.error = error
+        outputs.append(StepOutput(seq.request_id, "", [], True, "error", error=error))
+        self._release(seq)
+
+    def _end_broken_grammar(self, seq: Sequence, outputs: list[StepOutput]) -> None:
+        """A matcher in error (an llguidance limit or bug): end that request ("abort") rather
+        than emit a token the grammar did not allow; the others go on."""
+        assert seq.grammar is not None
+        logger.error("request %s: structured output stopped: %s", seq.request_id, seq.grammar.error())
+        seq.finish_reason = "abort"
+        outputs.append(StepOutput(seq.request_id, "", [], True, "abort"))
+        self._release(seq)
+
+    # ---- snapshots -------------------------------------------------------------------------------
+    def _release_waiting_prefixes(self) -> bool:
+        """Free the cache of waiting requests restored from a snapshot; True if any held some."""
+        released = False
+        for seq in self.scheduler.waiting:
+            if seq.alloc.block_table or seq.alloc.slot is not None:
+                self.cache_manager.free(seq.alloc)
+                seq.num_computed_tokens = 0
+                released = True
+        return released
+
+    def drop_snapshot(self, key: str) -> None:
+        """Forget a prefix snapshot (its blocks and slot return to the pool); no-op if unknown."""
+        self.snapshot_store.drop(key)
+
+    # ---- metrics ---------------------------------------------------------------------------------
+    def metrics(self) -> EngineMetrics:
+        """Counts and rates now. Changes nothing (the rate window is trimmed by `step`)."""
+        cm, stats = self.cache_manager, self._stats
+        return EngineMetrics(
+            waiting=len(self.scheduler.waiting),
+            running=len(self.scheduler.running),
+            kv_blocks_used=cm.num_used_blocks,
+            kv_blocks_total=cm.num_blocks,
+            state_slots_used=cm.num_used_slots,
+            state_slots_total=cm.num_slots,
+            snapshots=len(self.snapshots),
+            prompt_tokens_total=stats.prompt_tokens,
+            generation_tokens_total=stats.generated,
+            generation_tokens_per_s=stats.tokens_per_s,
+            mean_time_to_first_token_s=stats.mean_time_to_first_token_s,
+            preemptions_total=stats.preemptions,
+        )
+
+    def check_cache(self) -> None:
+        """Assert exact cache counts against every holder (running sequences and snapshots)."""
+        holders = [s.alloc for s in self.scheduler.running + self.scheduler.waiting]
+        holders += [s.alloc for s in self.snapshots.values()]
+        self.cache_manager.check(holders)
+
+
+def _seen(seq: Sequence, device: torch.device) -> torch.Tensor:
+    if seq.params.repetition_penalty == 1.0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.tensor(seq.all_token_ids(), dtype=torch.long, device=device)

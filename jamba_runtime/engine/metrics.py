@@ -1,0 +1,72 @@
+"""Engine metrics: what `LLMEngine.metrics()` reports, and the counters the engine keeps for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_RATE_WINDOW_S = 10.0  # generation tokens/s is measured over this trailing window
+
+
+@dataclass
+class EngineMetrics:
+    """Counts and rates of one engine at one moment."""
+
+    waiting: int
+    running: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    state_slots_used: int
+    state_slots_total: int
+    snapshots: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    generation_tokens_per_s: float
+    mean_time_to_first_token_s: float
+    preemptions_total: int
+
+
+@dataclass
+class RequestStats:
+    """The engine's counters: tokens, preemptions, time to first token and the generation rate.
+    Times are `time.monotonic()` seconds, given by the caller."""
+
+    prompt_tokens: int = 0
+    generated: int = 0
+    preemptions: int = 0
+    _arrival: dict[str, float] = field(default_factory=dict)
+    _ttft_sum: float = 0.0
+    _ttft_count: int = 0
+    _recent: list[tuple[float, int]] = field(default_factory=list)  # (step end, tokens sampled)
+
+    def arrived(self, request_id: str, num_prompt_tokens: int, now: float) -> None:
+        self._arrival[request_id] = now
+        self.prompt_tokens += num_prompt_tokens
+
+    def generated_token(self, request_id: str, first: bool, now: float) -> None:
+        """A request got a token; `first`: its first, which ends its time to first token."""
+        if first:
+            self._ttft_sum += now - self._arrival.get(request_id, now)
+            self._ttft_count += 1
+        self.generated += 1
+
+    def left(self, request_id: str) -> None:
+        """A request finished or was aborted."""
+        self._arrival.pop(request_id, None)
+
+    def step_done(self, now: float, num_tokens: int) -> None:
+        """A step sampled `num_tokens` tokens; trims the rate window."""
+        self._recent.append((now, num_tokens))
+        while now - self._recent[0][0] > _RATE_WINDOW_S:
+            self._recent.pop(0)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens sampled per second over the window (the tokens of its first step excluded: they
+        were made before the window's span began)."""
+        recent = list(self._recent)
+        span = recent[-1][0] - recent[0][0] if len(recent) > 1 else 0.0
+        return sum(n for _, n in recent[1:]) / span if span > 0 else 0.0
+
+    @property
+    def mean_time_to_first_token_s(self) -> float:
+        return self._ttft_sum / self._ttft_count if self._ttft_count else 0.0

@@ -1,1 +1,0 @@
-"""Tensor and expert parallel Jamba over `torch.distributed` (see `docs/scaling.md`)."""

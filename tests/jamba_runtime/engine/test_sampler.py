@@ -1,0 +1,95 @@
+"""`sample` over a batch whose rows mix greedy, penalized and seeded sampling: each row's token is
+the one that row gets alone (the batched greedy path and the per-row path agree)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jamba_runtime import SamplingParams
+from jamba_runtime.engine.sampler import sample
+
+
+def _gen(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def test_mixed_rows_equal_each_row_alone() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 300)
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0, repetition_penalty=1.3),
+        SamplingParams(temperature=0.8, top_k=20, seed=7),
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=1.0, top_p=0.9, seed=9),
+    ]
+    seeds = [None, None, 7, None, 9]
+    top = int(logits[1].argmax())
+    seen = [torch.empty(0, dtype=torch.long), torch.tensor([top, 3]), torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)]  # fmt: skip
+    batched = sample(logits, params, [_gen(s) for s in seeds], seen)
+    alone = [sample(logits[i : i + 1], [params[i]], [_gen(seeds[i])], [seen[i]])[0] for i in range(5)]
+    assert batched == alone
+    assert batched[0] == int(logits[0].argmax()) and batched[3] == int(logits[3].argmax())
+    assert batched[1] != top, "the penalty moved row 1 off its seen top token"
+
+
+def test_all_greedy_rows_take_the_batched_argmax_and_keep_the_callers_logits() -> None:
+    logits = torch.randn(4, 50)
+    before = logits.clone()
+    got = sample(
+        logits, [SamplingParams(temperature=0)] * 4, [None] * 4, [torch.empty(0, dtype=torch.long)] * 4
+    )
+    assert got == logits.argmax(-1).tolist()
+    assert torch.equal(logits, before)
+
+
+def _none_seen(n: int) -> list[torch.Tensor]:
+    return [torch.empty(0, dtype=torch.long)] * n
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1e-39, seed=1),
+        SamplingParams(temperature=5e-324, seed=1),
+        SamplingParams(temperature=1e-5, seed=1),
+        SamplingParams(temperature=1e-4, top_p=1e-46, seed=1),
+        SamplingParams(top_p=5e-324, seed=1),
+        SamplingParams(top_k=1, min_p=1.0, top_p=1e-30, seed=1),
+        SamplingParams(temperature=2.0, repetition_penalty=1e-39, seed=1),
+        SamplingParams(temperature=0, repetition_penalty=5e-324),
+        SamplingParams(temperature=1e-30, repetition_penalty=1e300, top_p=1e-46, min_p=1.0, seed=1),
+    ],
+)
+def test_extreme_values_always_give_a_token_of_the_vocab(params: SamplingParams) -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(4, 300) * 30
+    seen = [torch.tensor([0, 1, int(logits[i].argmax())]) for i in range(4)]
+    tokens = sample(logits, [params] * 4, [_gen(1)] * 4, seen)
+    assert all(0 <= t < 300 for t in tokens)
+    if params.repetition_penalty == 1.0 and params.top_k == 1:
+        assert tokens == logits.argmax(-1).tolist()  # top-1 leaves only the argmax
+
+
+def test_tiny_temperatures_sample_greedily() -> None:
+    logits = torch.randn(3, 300)
+    for t in (1e-39, 9e-6):
+        assert sample(logits, [SamplingParams(temperature=t, seed=2)] * 3, [_gen(2)] * 3, _none_seen(3)) == (
+            logits.argmax(-1).tolist()
+        )
+
+
+def test_unusable_rows_are_minus_one_and_the_others_unaffected() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 300)
+    logits[1, 7] = float("nan")  # the model's own NaN
+    bitmask = torch.zeros(1, (300 + 31) // 32, dtype=torch.int32)  # row 2: the mask allows nothing
+    for temperature in (0.0, 0.9):
+        params = [SamplingParams(temperature=temperature, seed=4)] * 4
+        gens = [_gen(4) for _ in range(4)]
+        got = sample(logits, params, gens, _none_seen(4), bitmask=bitmask, mask_rows=[2])
+        assert got[1] == -1 and got[2] == -1
+        for i in (0, 3):
+            assert got[i] == sample(logits[i : i + 1], [params[i]], [_gen(4)], _none_seen(1))[0]
