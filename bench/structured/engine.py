@@ -16,7 +16,7 @@ sides make the same tokens and their batches shrink alike. Reported:
                     (`GrammarCompiler.fill_grammar_masks`: llguidance), per step, microseconds
                     (on the engine's mask thread, during the forward);
   budget us p50/p99 the rest of the grammar work per step: the budget logic before sampling
-                    (`_fill_masks` minus the masks: closing-path rollouts, also during the
+                    (`MaskWorker.fill` minus the masks: closing-path rollouts, also during the
                     forward) plus advancing the matchers after it (`GrammarMatcher.take`, with
                     its closing-path check, after sampling);
   tok/s             generated tokens / wall time of the whole `generate`, both sides;
@@ -46,6 +46,7 @@ from bench.structured.bpe65k import bpe65k_tokenizer_json
 from jamba_runtime import LLM, SamplingParams
 from jamba_runtime.config import JambaConfig
 from jamba_runtime.engine import EngineConfig, LLMEngine
+from jamba_runtime.grammar.step_masks import MaskWorker
 from jamba_runtime.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 from jamba_runtime.tiny import TINY_CONFIG, make_tiny_model, write_random_checkpoint
 from jamba_runtime.tiny_tokenizer import tiny_model_token_ids
@@ -68,7 +69,7 @@ def tiny_65k(directory: Path) -> Path:
 
 class Timers:
     """Times, per engine step: the grammar masks (`GrammarCompiler.fill_grammar_masks`) and the
-    rest of the grammar work (`LLMEngine._fill_masks` minus the masks, plus `GrammarMatcher.take`)."""
+    rest of the grammar work (`MaskWorker.fill` minus the masks, plus `GrammarMatcher.take`)."""
 
     def __init__(self) -> None:
         self.mask_us: list[float] = []
@@ -76,7 +77,7 @@ class Timers:
         self._mask = self._budget = 0.0
         self._orig = (
             LLMEngine.step,
-            LLMEngine._fill_masks,
+            MaskWorker.fill,
             GrammarCompiler.fill_grammar_masks,
             GrammarMatcher.take,
         )
@@ -107,15 +108,13 @@ class Timers:
             return out
 
         LLMEngine.step = step  # type: ignore[method-assign]
-        LLMEngine._fill_masks = timed(fill0, "_budget", minus_masks=True)  # type: ignore[method-assign]
+        MaskWorker.fill = timed(fill0, "_budget", minus_masks=True)  # type: ignore[method-assign]
         GrammarCompiler.fill_grammar_masks = timed(grammar0, "_mask")  # type: ignore[method-assign]
         GrammarMatcher.take = timed(take0, "_budget")  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        LLMEngine.step, LLMEngine._fill_masks, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take = (
-            self._orig
-        )
+        LLMEngine.step, MaskWorker.fill, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take = self._orig
 
 
 def run_row(llm: LLM, batch: int, new_tokens: int, repeats: int) -> dict[str, Any]:
