@@ -143,7 +143,7 @@ def test_gpu_embedder_without_a_gpu_says_so() -> None:
     from jamba_stack.retrieval.errors import EmbedderUnavailableError
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU: bench/embedder_gpu.py measures that path")
+        pytest.skip("this machine has a CUDA GPU: bench/retrieval/embedder_gpu.py measures that path")
     for spec in ("minilm-cuda", f"st-cuda:{default_model_dir()}"):
         with pytest.raises(EmbedderUnavailableError, match="no CUDA GPU"):
             make_embedder(spec)

@@ -1,0 +1,1 @@
+"""Grammar libraries compared, and the cost of constrained decoding in our engine."""
