@@ -89,7 +89,7 @@ class AgentScheduler:
             `max_num_seqs` of the first in-process model, else 64).
         max_running_agents: agents running at once (default: all).
         reuse_prefix: start each turn from the runtime snapshot of the agent's previous prompt
-            (see `jamba_stack.chat.concurrent`) instead of prefilling the whole conversation again.
+            (see `jamba_stack.chat.local`) instead of prefilling the whole conversation again.
 
     After a run, `call_gate.admitted` is the order turns were admitted in and `prefix_requests`
     how many turns started from a snapshot.

@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jamba_runtime import StructuredOutput, Tokenizer, parse_tool_calls
 from jamba_runtime.errors import InvalidRequestError
-from jamba_runtime.structured import TOOL_CALLS_START, StructuredOutput, parse_tool_calls
-from jamba_runtime.tokenizer import Tokenizer
+from jamba_runtime.structured.tools import TOOL_CALLS_START
 
 JSON_MODE_KNOBS = {"is_set": True, "response_format": "json_object"}
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -24,7 +24,7 @@ Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (rep
 def _params(
     max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: list[str] | None
 ):  # noqa: ANN202 - SamplingParams, imported lazily
-    from jamba_runtime.sampling_params import SamplingParams
+    from jamba_runtime import SamplingParams
 
     return SamplingParams(
         max_tokens=max_tokens,
@@ -131,8 +131,8 @@ def demo(
 ) -> None:
     """Load the model (the tiny one, made on first use), stream a completion of PROMPT and
     answer a chat turn: a smoke test of the runtime."""
+    from jamba_runtime import SamplingParams
     from jamba_runtime.llm import LLM
-    from jamba_runtime.sampling_params import SamplingParams
 
     s = settings(data_dir=data_dir, model=model, device=device, dtype=dtype)
     llm = LLM(model=model_path(s), device=s.device, dtype=s.dtype)

@@ -76,6 +76,18 @@ def ingest_cmd(
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
 
 
+def _parse_filter(filters: str | None) -> dict[str, Any] | None:
+    """--filter's JSON. Raises `InvalidQueryError` when it is not JSON."""
+    from jamba_stack.retrieval.errors import InvalidQueryError
+
+    if not filters:
+        return None
+    try:
+        return json.loads(filters)
+    except json.JSONDecodeError as e:
+        raise InvalidQueryError(f"--filter is not valid JSON ({e.msg}): {filters!r}") from e
+
+
 def _read_queries(path: Path) -> list[tuple[str, str]]:
     from jamba_stack.retrieval.errors import InvalidQueryError
 
@@ -141,12 +153,7 @@ def search_cmd(
     try:
         if (query is None) == (queries is None):
             raise InvalidQueryError("pass a query, or --queries FILE.jsonl, not both (and not neither)")
-        where: dict[str, Any] | None = None
-        if filters:
-            try:
-                where = json.loads(filters)
-            except json.JSONDecodeError as e:
-                raise InvalidQueryError(f"--filter is not valid JSON ({e.msg}): {filters!r}") from e
+        where = _parse_filter(filters)
         batch = _read_queries(queries) if queries is not None else None
         retriever = open_retriever(
             collection,
@@ -211,17 +218,11 @@ def ask_cmd(
 ) -> None:
     """Answer QUESTION from a collection with citations: hybrid search, then the model with the
     chunks as documents; streams the answer, then lists the sources its [n] markers point to."""
-    from jamba_stack.retrieval.errors import InvalidQueryError
     from jamba_stack.retrieval.rag import Answer, ask, ask_stream
 
     s = settings(data_dir=data_dir, chroma_url=chroma_url, model=model, device=device, dtype=dtype)
     try:
-        where: dict[str, Any] | None = None
-        if filters:
-            try:
-                where = json.loads(filters)
-            except json.JSONDecodeError as e:
-                raise InvalidQueryError(f"--filter is not valid JSON ({e.msg}): {filters!r}") from e
+        where = _parse_filter(filters)
         if not question.strip():
             from jamba_stack.retrieval.errors import EmptyQuestionError
 

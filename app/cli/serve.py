@@ -74,8 +74,8 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
     path. Set JAMBA_STACK_API_KEY to require a bearer key."""
+    from jamba_runtime import EngineConfig
     from jamba_runtime.async_llm import AsyncLLM
-    from jamba_runtime.engine import EngineConfig
     from jamba_stack.app.server.app import serve as run_server
 
     s = settings(

@@ -19,10 +19,9 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
+from jamba_runtime import SamplingParams, Tokenizer
 from jamba_runtime.async_llm import AsyncLLM, RequestOutputDelta
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
-from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.tokenizer import Tokenizer
 from jamba_stack.app.server.errors import UnsupportedParameterError
 from jamba_stack.app.server.metrics import ServerMetrics
 from jamba_stack.app.server.protocol import SamplingFields

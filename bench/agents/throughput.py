@@ -12,12 +12,12 @@ Method (also stored in the JSON):
             max 16 new tokens). A step is one model turn; each agent completes steps + 1 of them.
             Temperature 0.8, seed per agent (same seeds in both modes).
   concurrent  `AgentScheduler(max_concurrent_calls=N)` (or `--max-calls`): all N agents at once,
-            every turn through one `AsyncLocalChatModel` (AsyncLLM over the engine), FIFO admission.
+            every turn through the model's `concurrent()` adapter (AsyncLLM over the engine), FIFO admission.
   sequential  the same scheduler with `max_running_agents=1` (same adapter, same engine, one agent
             at a time). Its rate does not depend on N, so for N above `--seq-sample` only the first
             `--seq-sample` agents run and the rate is theirs (marked "sampled").
   steps/s = completed steps / wall time of the mode; speedup = concurrent / sequential.
-  Both modes reuse the previous turn's runtime snapshot as the prompt prefix (`AsyncLocalChatModel`
+  Both modes reuse the previous turn's runtime snapshot as the prompt prefix (the adapter,
   prefix reuse; `--no-prefix-reuse` prefills every turn's whole conversation instead).
   The engine is warmed up first (a grammar compile and one run of each mode at N=1).
   engine    per mode, from the engine's own thread (an `EngineProbe` around its scheduler and
@@ -45,13 +45,12 @@ import torch
 from pydantic import Field
 
 from bench.common.paths import RESULTS
-from jamba_runtime import LLM
-from jamba_runtime.engine import EngineConfig, LLMEngine, StepOutput
-from jamba_runtime.scheduler import SchedulerOutput
+from jamba_runtime import LLM, EngineConfig, LLMEngine, StepOutput
+from jamba_runtime.engine.scheduler import SchedulerOutput
 from jamba_runtime.tiny import make_tiny_model
 from jamba_stack.agents import Agent, Policy, tool
 from jamba_stack.agents.scheduler import AgentScheduler
-from jamba_stack.app.client import LocalChatModel
+from jamba_stack.chat import LocalChatModel
 
 DEFAULT_OUT = RESULTS / "agents.json"
 

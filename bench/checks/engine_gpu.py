@@ -48,12 +48,12 @@ from bench.common.gpu_models import (
 )
 from bench.common.gpu_timing import elapsed, log, measure_hardware
 from bench.common.paths import out_dir
+from jamba_runtime import SamplingParams
 from jamba_runtime.config import JambaConfig
 from jamba_runtime.kernels.backend import kernel_backend, patch_triton_interpreter
-from jamba_runtime.model import JambaSparseMoeBlock
-from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.model.modeling import JambaSparseMoeBlock
 from jamba_runtime.tiny import TINY_CONFIG
-from jamba_runtime.tiny_tokenizer import write_tiny_tokenizer
+from jamba_runtime.tokenizer.tiny import write_tiny_tokenizer
 
 MODES = ("graphs", "fast", "padded", "reference")
 

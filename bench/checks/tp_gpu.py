@@ -24,8 +24,7 @@ from typing import Any
 import torch
 
 from bench.common.paths import out_dir
-from jamba_runtime import LLM, SamplingParams
-from jamba_runtime.engine import EngineConfig
+from jamba_runtime import LLM, EngineConfig, SamplingParams
 from jamba_runtime.tiny import make_tiny_model
 
 PROMPTS = [[1, *range(40, 90)], [1, 7, 300, 12], [1, *range(500, 531)], [1, 9, 9, 9, 81]]

@@ -17,12 +17,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from jamba_runtime.batch import ForwardBatch  # noqa: E402
-from jamba_runtime.cache import HybridCache  # noqa: E402
+from jamba_runtime import ForwardBatch, HybridCache, JambaForCausalLM  # noqa: E402
 from jamba_runtime.config import JambaConfig  # noqa: E402
-from jamba_runtime.dummy_weights import init_tensor  # noqa: E402
-from jamba_runtime.loader import empty_model  # noqa: E402
-from jamba_runtime.model import JambaForCausalLM  # noqa: E402
+from jamba_runtime.model.dummy_weights import init_tensor  # noqa: E402
+from jamba_runtime.model.modeling import empty_model  # noqa: E402
 
 # Jamba-1.5-Mini's config.json (models/jamba-1.5-mini in the project's shared data), all 32 layers;
 # --layers cuts it. Layer i is attention when i % 8 == 4, MoE when i % 2 == 1.
@@ -243,10 +241,9 @@ def make_llm(
     `capacity_tokens`: KV positions the cache holds in all (default `max_batch * tokens`); raise it
     for one sequence longer than `tokens` (the engine's `max_model_len` is capped by it).
     The cache is sized to these numbers (plus 25%), not to the free memory."""
-    from jamba_runtime.engine import EngineConfig, LLMEngine
+    from jamba_runtime import EngineConfig, LLMEngine, Tokenizer
+    from jamba_runtime.cache.paged import block_bytes, slot_bytes
     from jamba_runtime.llm import LLM
-    from jamba_runtime.paged_cache import block_bytes, slot_bytes
-    from jamba_runtime.tokenizer import Tokenizer
 
     cfg = model.config
     block = 16

@@ -42,7 +42,7 @@ from bench.common.paths import out_dir
 from jamba_runtime.kernels import moe_int8
 from jamba_runtime.kernels.backend import patch_triton_interpreter, set_kernel_backend
 from jamba_runtime.kernels.moe import fused_moe, route_ref
-from jamba_runtime.quantization import quantize_int8
+from jamba_runtime.model.quantization import quantize_int8
 
 HBM_BYTES_PER_S = 2.97e12
 BF16_FLOPS = 750e12

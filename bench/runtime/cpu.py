@@ -51,7 +51,7 @@ from bench.runtime.cpu_shapes import SHAPE_100M
 from bench.runtime.cpu_sides import Ours, Theirs
 from jamba_runtime.config import JambaConfig
 from jamba_runtime.tiny import make_tiny_model, write_random_checkpoint
-from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer
+from jamba_runtime.tokenizer.tiny import tiny_model_token_ids, write_tiny_tokenizer
 
 DEFAULT_OUT = RESULTS / "runtime_cpu.json"
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import JambaForCausalLM as HFJambaForCausalLM
 
-from jamba_runtime.loader import load_model
+from jamba_runtime import load_model
 
 
 class Ours:

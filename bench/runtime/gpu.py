@@ -19,7 +19,7 @@ Rows, cheap and most important first (`--rows` picks; names in brackets):
                fit the card (it holds three float32 (d_inner, P, d_state) tensors) or its time,
                extrapolated linearly in P from its longest measured prefill, passes the budget.
   [longest]    the longest context that fits on the card for this shape, from
-               `jamba_runtime.memory_plan` (weights, KV bytes per token, Mamba slots, one step's
+               `jamba_runtime.engine.memory_plan` (weights, KV bytes per token, Mamba slots, one step's
                activations), capped by the model's `max_position_embeddings`; then one prefill at
                that length (or the longest the time budget allows) through the engine.
 
@@ -87,10 +87,10 @@ from bench.runtime.gpu_long_rows import LongContextRows  # noqa: E402
 from bench.runtime.gpu_memory_plan import MemoryPlanRows  # noqa: E402
 from bench.runtime.gpu_report import fmt, format_table, row_notes, summary  # noqa: E402
 from bench.runtime.gpu_short_rows import ShortContextRows  # noqa: E402
+from jamba_runtime import JambaForCausalLM  # noqa: E402
 from jamba_runtime.config import JambaConfig  # noqa: E402
-from jamba_runtime.model import JambaForCausalLM  # noqa: E402
 from jamba_runtime.tiny import TINY_CONFIG  # noqa: E402
-from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
+from jamba_runtime.tokenizer.tiny import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 

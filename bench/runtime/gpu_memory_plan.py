@@ -1,4 +1,4 @@
-"""`bench.runtime.gpu`'s memory plan: `jamba_runtime.memory_plan` on this card for the bench's
+"""`bench.runtime.gpu`'s memory plan: `jamba_runtime.engine.memory_plan` on this card for the bench's
 shape (the longest context that fits, which the longest-context row checks) and, for
 information, the uncut config. A mixin of its `Bench`."""
 
@@ -10,14 +10,14 @@ import torch
 
 from bench.common.gpu_timing import log, short_error
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.memory_plan import plan_memory
+from jamba_runtime.engine.memory_plan import plan_memory
 
 _GIB = 2**30
 
 
 class MemoryPlanRows:
     def make_plan(self, full_raw: dict[str, Any]) -> None:
-        """`jamba_runtime.memory_plan` for one sequence on this card: the longest context that fits;
+        """`jamba_runtime.engine.memory_plan` for one sequence on this card: the longest context that fits;
         for information also the uncut config (bf16 and experts_int8)."""
         assert self.cfg is not None
         total = torch.cuda.get_device_properties(self.device).total_memory if self.cuda else None

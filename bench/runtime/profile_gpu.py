@@ -23,8 +23,8 @@ import torch
 from bench.common.gpu_models import MINI_CONFIG, build_models, cut_config, make_llm
 from bench.common.kernel_families import family
 from bench.common.paths import RESULTS, out_dir
-from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.tiny_tokenizer import write_tiny_tokenizer
+from jamba_runtime import SamplingParams
+from jamba_runtime.tokenizer.tiny import write_tiny_tokenizer
 
 
 def profile(fn: Any) -> tuple[float, list[dict[str, Any]]]:

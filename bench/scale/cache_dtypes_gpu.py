@@ -23,11 +23,9 @@ import torch
 
 from bench.common.gpu_models import MINI_CONFIG, build_models, cut_config
 from bench.common.paths import RESULTS, out_dir
-from jamba_runtime.engine import EngineConfig, LLMEngine
+from jamba_runtime import EngineConfig, LLMEngine, SamplingParams, Tokenizer
 from jamba_runtime.errors import RequestNotFoundError
-from jamba_runtime.sampling_params import SamplingParams
-from jamba_runtime.tiny_tokenizer import write_tiny_tokenizer
-from jamba_runtime.tokenizer import Tokenizer
+from jamba_runtime.tokenizer.tiny import write_tiny_tokenizer
 
 SETTINGS = {"default": {}, "fp8_kv": {"kv_cache_dtype": "fp8"}, "bf16_ssm": {"mamba_ssm_dtype": "bfloat16"}}
 

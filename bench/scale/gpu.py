@@ -34,15 +34,15 @@ import torch
 from bench.common.gpu_models import MINI_CONFIG, accounting, build_models, cut_config, make_llm
 from bench.common.gpu_timing import Clock, free_memory, log, measure_hardware, timed_generate
 from bench.common.paths import RESULTS, out_dir
+from jamba_runtime import EngineConfig, SamplingParams
+from jamba_runtime.cache.paged import block_bytes, slot_bytes
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.engine import EngineConfig
+from jamba_runtime.engine.memory_plan import engine_memory_plan
 from jamba_runtime.llm import LLM
-from jamba_runtime.memory_plan import engine_memory_plan
-from jamba_runtime.paged_cache import block_bytes, slot_bytes
-from jamba_runtime.quantization import parameter_bytes, quantize_experts_int8
-from jamba_runtime.sampling_params import SamplingParams
+from jamba_runtime.model.expert_layout import quantize_experts_int8
+from jamba_runtime.model.quantization import parameter_bytes
 from jamba_runtime.tiny import TINY_CONFIG
-from jamba_runtime.tiny_tokenizer import tiny_model_token_ids, write_tiny_tokenizer
+from jamba_runtime.tokenizer.tiny import tiny_model_token_ids, write_tiny_tokenizer
 
 GIB = 2**30
 

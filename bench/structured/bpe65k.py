@@ -8,7 +8,7 @@ import sysconfig
 from pathlib import Path
 
 from bench.common.paths import RESULTS
-from jamba_runtime.tiny_tokenizer import TINY_SPECIAL_TOKENS
+from jamba_runtime.tokenizer.tiny import TINY_SPECIAL_TOKENS
 
 BPE65K_DIR = RESULTS / "bpe65k"
 

@@ -43,13 +43,13 @@ import torch
 from bench.common.paths import REPO, RESULTS
 from bench.common.stats import nearest_rank
 from bench.structured.bpe65k import bpe65k_tokenizer_json
-from jamba_runtime import LLM, SamplingParams
+from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams, StructuredOutput
 from jamba_runtime.config import JambaConfig
-from jamba_runtime.engine import EngineConfig, LLMEngine
-from jamba_runtime.grammar.step_masks import MaskWorker
-from jamba_runtime.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
+from jamba_runtime.structured.compiler import GrammarCompiler
+from jamba_runtime.structured.matcher import GrammarMatcher
+from jamba_runtime.structured.step_masks import MaskWorker
 from jamba_runtime.tiny import TINY_CONFIG, make_tiny_model, write_random_checkpoint
-from jamba_runtime.tiny_tokenizer import tiny_model_token_ids
+from jamba_runtime.tokenizer.tiny import tiny_model_token_ids
 
 DEFAULT_OUT = RESULTS / "structured.json"
 SCHEMAS = [json.loads(p.read_text()) for p in sorted((REPO / "tests" / "data" / "schemas").glob("*.json"))]

@@ -35,8 +35,8 @@ import torch
 from bench.common.paths import REPO, RESULTS
 from bench.common.stats import nearest_rank
 from bench.structured.bpe65k import bpe65k_tokenizer_json
-from jamba_runtime.structured import JSON_OPTIONS
-from jamba_runtime.tiny_tokenizer import TINY_SPECIAL_TOKENS, write_tiny_tokenizer
+from jamba_runtime.structured.json_schema import JSON_OPTIONS
+from jamba_runtime.tokenizer.tiny import TINY_SPECIAL_TOKENS, write_tiny_tokenizer
 
 DEFAULT_OUT = RESULTS / "structured_libs.json"
 EOS = (2, 5)  # <|endoftext|>, <|eom|> in both tokenizers (Jamba's special tokens first)

@@ -100,8 +100,7 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], max_len: int)
 
 def completion_loss(model: Any, ids: list[int], n_prompt: int) -> torch.Tensor:
     """Mean cross-entropy of the completion tokens of one example (grad-enabled forward)."""
-    from jamba_runtime.batch import ForwardBatch
-    from jamba_runtime.cache import HybridCache
+    from jamba_runtime import ForwardBatch, HybridCache
 
     x = torch.tensor(ids, device=model.device)
     batch = ForwardBatch.build([len(ids)], device=x.device)
@@ -134,8 +133,7 @@ def train_lora(
     `RaftDataError` for a missing or unusable export."""
     from tqdm.auto import tqdm
 
-    from jamba_runtime.loader import load_model
-    from jamba_runtime.tokenizer import Tokenizer
+    from jamba_runtime import Tokenizer, load_model
 
     peft = _peft()
     t0 = time.perf_counter()
@@ -245,7 +243,7 @@ def write_merged_checkpoint(model_dir: Path, adapter_dir: Path, out: Path) -> Pa
     one `model.safetensors`. `LLM(out)` and `jamba-stack serve --model out` load it as any other."""
     from safetensors.torch import save_file
 
-    from jamba_runtime.loader import load_model
+    from jamba_runtime import load_model
 
     model = load_model(model_dir, device="cpu", dtype="float32")
     merge_adapter(model, adapter_dir)

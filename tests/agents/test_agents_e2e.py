@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from weather_tools import CALLS, Report, check_tool_steps, get_weather, make_agent
 
-from jamba_runtime import LLM
-from jamba_runtime.engine import EngineConfig
+from jamba_runtime import LLM, EngineConfig
 from jamba_stack.agents import Policy
 from jamba_stack.agents.scheduler import AgentScheduler
 from jamba_stack.chat import LocalChatModel
-from jamba_stack.chat.concurrent import AsyncLocalChatModel
+from jamba_stack.chat.local import AsyncLocalChatModel
 
 
 @pytest.fixture(scope="module")

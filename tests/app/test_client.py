@@ -13,8 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from jamba_runtime import LLM
-from jamba_runtime.engine import EngineConfig
+from jamba_runtime import LLM, EngineConfig
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError
 from jamba_stack.chat import (
     ChatModel,

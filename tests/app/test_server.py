@@ -20,8 +20,8 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from jamba_runtime import EngineConfig
 from jamba_runtime.async_llm import AsyncLLM
-from jamba_runtime.engine import EngineConfig
 from jamba_runtime.errors import ModelNotFoundError
 from jamba_stack.app.server.app import create_app
 from jamba_stack.app.settings import Settings

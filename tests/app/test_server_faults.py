@@ -22,9 +22,8 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from jamba_runtime import LLM
+from jamba_runtime import LLM, EngineConfig
 from jamba_runtime.async_llm import AsyncLLM
-from jamba_runtime.engine import EngineConfig
 from jamba_stack.app.server.app import create_app
 from jamba_stack.app.settings import Settings
 
@@ -141,7 +140,7 @@ def test_a_dead_engine_loop_is_reported_by_health_at_once(tiny_model_dir: Path) 
 
 SERVE_WITH_FAULT = """
 import sys
-from jamba_runtime.engine import LLMEngine
+from jamba_runtime import LLMEngine
 
 step = LLMEngine.step
 calls = []

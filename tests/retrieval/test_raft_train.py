@@ -69,9 +69,8 @@ def test_merged_equals_lora_model_and_changes_outputs(trained, tiny_model_dir: P
     import peft
     from safetensors.torch import load_file
 
+    from jamba_runtime import SamplingParams, load_model
     from jamba_runtime.llm import LLM
-    from jamba_runtime.loader import load_model
-    from jamba_runtime.sampling_params import SamplingParams
     from jamba_stack.retrieval.raft.train import load_merged_llm, merge_adapter
 
     data, out, _ = trained
