@@ -1,1 +1,1 @@
-"""Retrieval: loaders, chunking, embeddings, Chroma store, BM25, fusion, rerank, RAG (issue: retrieval pipeline)."""
+"""Retrieval: loaders, chunking, embeddings, Chroma store, BM25, fusion, rerank, RAG with citations; RAFT in `raft/`."""

@@ -21,7 +21,7 @@ import numpy as np
 from jamba_stack.retrieval.errors import InvalidQueryError
 
 BM25_PARAMS = {"k1": 0.9, "b": 0.4, "method": "lucene"}
-"""Tuned on the SciFact train split over chunks (bench/retrieval.py --tune): nDCG@10 0.690 vs
+"""Tuned on the SciFact train split over chunks (bench/retrieval/scifact.py --tune): nDCG@10 0.690 vs
 0.689 for k1=1.2 b=0.75; also Anserini's BEIR defaults."""
 
 

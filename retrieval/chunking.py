@@ -126,6 +126,14 @@ def markdown_sections(text: str) -> list[tuple[list[str], str]]:
     return sections
 
 
+class ChunkerLike(Protocol):
+    """What ingest needs of a chunker (`Chunker`, `SemanticChunker`)."""
+
+    def chunk_many(self, docs: list[Document]) -> list[list[Chunk]]:
+        """The chunks of each document, in reading order."""
+        ...
+
+
 class Chunker:
     """Splits documents into chunks of at most `chunk_tokens` tokens (header included) with about
     `overlap_tokens` of overlap between neighbours of the same section.

@@ -152,7 +152,7 @@ class SentenceTransformerEmbedder(Embedder):
         except OSError as e:
             raise EmbedderUnavailableError(f"cannot load the embedding model from {path}: {e}") from e
         if on_gpu:
-            # float16: 1.35-1.45x float32's speed on an H100 (bench/embedder_gpu.py), where the
+            # float16: 1.35-1.45x float32's speed on an H100 (bench/retrieval/embedder_gpu.py), where the
             # host's tokenizing is what limits it.
             self.model.half()
             self.backend = "torch-fp16-cuda"
@@ -193,7 +193,7 @@ class OnnxEmbedder(Embedder):
 
     `threads` (default: the CPUs this process may use) is how many model calls of `sub_batch`
     texts run at once, each on one thread: on a few cores, separate small batches beat one batch split over threads (no
-    synchronisation between layers; `bench/embedder_speed.py`). `session` runs like an
+    synchronisation between layers; `bench/retrieval/embedder_speed.py`). `session` runs like an
     onnxruntime session (`run(None, feeds)`) and splits the rows over those threads.
 
     Raises EmbedderUnavailableError when the model folder lacks files or onnx/torch is missing,

@@ -6,7 +6,7 @@
 - `reciprocal_rank_fusion` (Cormack, Clarke and Buettcher, SIGIR 2009), with per-ranking
   weights: score(d) = sum_i w_i / (k + rank_i(d)), ranks from 1.
 
-Every constant here was tuned on the SciFact *train* split only (`bench/retrieval.py --tune`);
+Every constant here was tuned on the SciFact *train* split only (`bench/retrieval/scifact.py --tune`);
 the test split never chose anything. On train (nDCG@10, int8 MiniLM + bm25s k1=0.9 b=0.4,
 chunk-level, 809 queries): convex alpha=0.5 0.737; RRF k=10, dense 0.75 0.726; RRF k=60
 unweighted 0.717. Hence convex is the default and RRF is one flag away.

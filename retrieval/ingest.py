@@ -30,7 +30,7 @@ from typing import IO, Any
 import numpy as np
 
 from jamba_stack.retrieval.bm25 import BM25Index
-from jamba_stack.retrieval.chunking import Chunk, Chunker
+from jamba_stack.retrieval.chunking import Chunk, Chunker, ChunkerLike
 from jamba_stack.retrieval.embeddings import Embedder, make_embedder
 from jamba_stack.retrieval.errors import IngestLockedError
 from jamba_stack.retrieval.loaders import (
@@ -180,6 +180,7 @@ def ingest(
     embedder: Embedder | str | None = None,
     chunk_tokens: int | None = None,
     overlap_tokens: int = 32,
+    chunker: ChunkerLike | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     prune: bool = True,
     progress: bool = False,
@@ -191,7 +192,9 @@ def ingest(
 
     `root`: paths outside it are refused (`PathNotAllowedError`). `prune`: chunks of files that
     were ingested from this folder before and are gone now are deleted. `chunk_tokens`: default
-    the embedder's window (no truncation). `embed_slice`: chunks embedded per write (a kill loses
+    the embedder's window (no truncation). `chunker`: anything with `chunk_many(documents)` in
+    place of the token `Chunker` (e.g. `SemanticChunker`); keep one chunker per collection, since
+    unchanged files are not chunked again. `embed_slice`: chunks embedded per write (a kill loses
     at most that much work). `on_write(n)` is called after each slice of `n` chunks
     reaches Chroma (progress in a UI). Raises `PathNotAllowedError`, `SourceNotFoundError`,
     `EmbedderMismatchError`, `IngestLockedError`, `StoreUnavailableError`; bad files are skipped
@@ -211,7 +214,8 @@ def ingest(
         raise IngestLockedError(f"another ingest into {collection!r} is running: wait for it to finish")
     try:
         manifest = Manifest(col.state_dir / "manifest.sqlite", col.id)
-        chunker = Chunker(embedder.token_counter(), chunk_tokens or embedder.chunk_tokens, overlap_tokens)
+        if chunker is None:
+            chunker = Chunker(embedder.token_counter(), chunk_tokens or embedder.chunk_tokens, overlap_tokens)
         report.seconds["open"] = time.perf_counter() - t0
         plans = _plan(top, glob, root, max_bytes, manifest, col, chunker, report, progress)
         stale_sources = _stale_sources(top, glob, manifest, report) if prune and top.is_dir() else []
@@ -255,7 +259,7 @@ def _plan(
     max_bytes: int,
     manifest: Manifest,
     col: StoreCollection,
-    chunker: Chunker,
+    chunker: ChunkerLike,
     report: IngestReport,
     progress: bool,
 ) -> list[_FilePlan]:

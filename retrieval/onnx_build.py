@@ -4,7 +4,7 @@ another atomically (a temp file beside the target, then a rename), so a crash le
 old state or the finished file, never half of one.
 
 Why these steps (measured on a 2-core AVX2 CPU, all-MiniLM-L6-v2, SciFact abstracts at 256
-tokens; `bench/embedder_speed.py`): the fusion replaces each layer's ~40 small nodes by
+tokens; `bench/retrieval/embedder_speed.py`): the fusion replaces each layer's ~40 small nodes by
 `Attention`, `SkipLayerNormalization` and `BiasGelu` kernels, and dynamic int8 quantization of
 the fused graph (`QAttention` + `MatMulInteger`) is what makes int8 clearly faster than float32
 PyTorch; quantizing the unfused graph gains little because the attention softmax, layer norms and

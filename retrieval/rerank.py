@@ -29,7 +29,7 @@ from jamba_stack.retrieval.embeddings import Embedder, OnnxEmbedder, SentenceTra
 from jamba_stack.retrieval.errors import RerankerUnavailableError
 from jamba_stack.retrieval.hits import Hit
 
-# Chosen on the SciFact train split (all 809 queries; bench/retrieval.py --rerank --rerank-tune), over
+# Chosen on the SciFact train split (all 809 queries; bench/retrieval/scifact.py --rerank --rerank-tune), over
 # candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF, with the
 # fused int8 embedder: local-IDF MaxSim over the hybrid's top 30 blended 0.5 with the fused score
 # (nDCG@10 0.7481) is within 0.001 of the best cell (top 50, 0.7489) at 60% of its cost; hybrid

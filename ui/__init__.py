@@ -1,1 +1,1 @@
-"""The Streamlit web app (issue: web app and compose stack)."""
+"""The Streamlit web app: `app.py` (navigation) and one page per module in `views/`."""

@@ -74,8 +74,7 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
     path. Set JAMBA_STACK_API_KEY to require a bearer key."""
-    from jamba_runtime import EngineConfig
-    from jamba_runtime.async_llm import AsyncLLM
+    from jamba_runtime import AsyncLLM, EngineArgs, EngineConfig
     from jamba_stack.app.server.app import serve as run_server
 
     s = settings(
@@ -97,7 +96,7 @@ def serve(
         kv_cache_dtype=s.kv_cache_dtype,
         mamba_ssm_dtype=s.mamba_ssm_dtype,
     )
-    llm = AsyncLLM(
+    args = EngineArgs(
         model=model_path(s),
         device=s.device,
         dtype=s.dtype,
@@ -107,4 +106,5 @@ def serve(
         tensor_parallel_size=tensor_parallel_size,
         load_format=load_format,
     )
+    llm = AsyncLLM.from_args(args)
     run_server(llm, s, log_level=log_level)  # shuts `llm` down (and its other ranks) when it ends

@@ -128,7 +128,7 @@ def paged_attention_prefill(
         host_lens: `(query_lens, context_lens)` as host ints, when the caller has them: on CUDA
             in bf16/fp16, sequences with at least `SDPA_MIN_QUERY` new tokens then go to
             PyTorch's SDPA (flash) over their keys gathered out of the blocks, which measured
-            faster than this kernel for long chunks (`bench/prefill_kernels_gpu.py`).
+            faster than this kernel for long chunks (`bench/kernels/prefill_tiles_gpu.py`).
 
     Returns:
         `(num_tokens, heads, head_dim)` in `q.dtype`.
@@ -289,7 +289,7 @@ def _launch_flash(
     fp32 = q[0].dtype == torch.float32
     # bf16: 128 x 64 tiles, 8 warps, 3 stages measured fastest of nine candidates on an H100 at
     # 8K queries after 0 / 24K / 120K cached keys (259-298 TFLOP/s against 153-172 for 64 x 32;
-    # bench/prefill_kernels_gpu.py, bench/NOTES.md). float32 tiles are twice the bytes.
+    # bench/kernels/prefill_tiles_gpu.py, bench/NOTES.md). float32 tiles are twice the bytes.
     block_m, block_n, warps, stages = (32, 32, 8, None) if fp32 else (128, 64, 8, 3)
     if FLASH_TILES is not None:
         block_m, block_n, warps, stages = FLASH_TILES
@@ -307,7 +307,7 @@ def _launch_flash(
 
 FLASH_TILES: tuple[int, int, int, int | None] | None = None
 """Override of the prefill kernel's (BLOCK_M, BLOCK_N, num_warps, num_stages), for tile sweeps
-(`bench/prefill_kernels_gpu.py`); None keeps the defaults above."""
+(`bench/kernels/prefill_tiles_gpu.py`); None keeps the defaults above."""
 
 if HAS_TRITON:
 

@@ -97,22 +97,22 @@ def build_corpus(
         raise ValueError(f"chunking={chunking!r} is not one of {', '.join(CHUNKINGS)}")
     tokens = chunk_tokens or embedder.chunk_tokens
     name = collection or collection_name(docs, embedder, tokens, overlap_tokens, chunking)
+    chunker = None
     if chunking == "semantic":
         from jamba_stack.retrieval.semantic_chunking import SemanticChunker
 
         chunker = SemanticChunker(embedder, tokens, percentile=semantic_percentile)
-        _ingest_semantic(docs, name, chunker, data_dir=data_dir, chroma_url=chroma_url, progress=progress)
-    else:
-        ingest(
-            docs,
-            name,
-            data_dir=data_dir,
-            chroma_url=chroma_url,
-            embedder=embedder,
-            chunk_tokens=tokens,
-            overlap_tokens=overlap_tokens,
-            progress=progress,
-        )
+    ingest(
+        docs,
+        name,
+        data_dir=data_dir,
+        chroma_url=chroma_url,
+        embedder=embedder,
+        chunk_tokens=tokens,
+        overlap_tokens=overlap_tokens,
+        chunker=chunker,
+        progress=progress,
+    )
 
     col = Store(data_dir, chroma_url).open(name, embedder_name=embedder.name, dim=embedder.dim)
     retriever = Retriever(col, embedder, load_bm25(col))
@@ -133,44 +133,6 @@ def build_corpus(
             )
     chunks.sort(key=lambda c: (c.source, c.doc_id, c.index, c.id))
     return chunks, retriever
-
-
-def _ingest_semantic(
-    docs: Path, name: str, chunker: Any, *, data_dir: Path, chroma_url: str, progress: bool
-) -> None:
-    """The RAG ingest's job with `chunker` in place of its token chunker: load every file under
-    `docs` as ingest does, embed and add the chunks the collection lacks, delete those a file no
-    longer yields, rebuild the BM25 index. The collection is RAFT's own (`collection_name`), so
-    there is no manifest to keep: unchanged files re-chunk to the same ids and are not re-embedded.
-    Raises `SourceNotFoundError` for a missing `docs`, `StoreUnavailableError`."""
-    from jamba_stack.retrieval.errors import SourceNotFoundError
-    from jamba_stack.retrieval.ingest import rebuild_bm25
-    from jamba_stack.retrieval.loaders import SkipFile, Skipped, iter_files, load_file
-    from jamba_stack.retrieval.store import Store
-
-    if not docs.exists():
-        raise SourceNotFoundError(f"{docs} does not exist: pass a file or folder to --docs")
-    emb = chunker.embedder
-    col = Store(data_dir, chroma_url).open(
-        name, embedder_name=emb.name, dim=emb.dim, backend=emb.backend, create=True
-    )
-    for f in iter_files(docs.resolve()):
-        if isinstance(f, Skipped):
-            continue
-        try:
-            loaded, _ = load_file(f)
-        except SkipFile:
-            continue
-        chunks = [c for cs in chunker.chunk_many(loaded) for c in cs]
-        existing = set(col.ids_where({"source": str(f)}))
-        add = [c for c in chunks if c.id not in existing]
-        if add:
-            vecs = emb.embed_documents([c.text for c in add], progress=progress)
-            col.upsert([c.id for c in add], vecs, [c.text for c in add], [c.metadata for c in add])
-        stale = sorted(existing - {c.id for c in chunks})
-        if stale:
-            col.delete(stale)
-    rebuild_bm25(col)
 
 
 def qa_id(question: str, chunk_id: str) -> str:

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 
 # Which prefill kernel runs: "chunked" (associative scan over chunks of time) or "sequential"
-# (one time step after another, the state in registers). Both are kept so that bench/kernels_gpu.py
+# (one time step after another, the state in registers). Both are kept so that bench/kernels/gpu.py
 # can time each on the GPU.
 SCAN_VARIANT = "chunked"
 SCAN_TILES: tuple[int, int, int] | None = None
 """Override of the chunked scan's (BLOCK_D, BLOCK_T, num_warps), for tile sweeps
-(`bench/prefill_kernels_gpu.py`); None keeps the defaults chosen from `d_state`."""
+(`bench/kernels/prefill_tiles_gpu.py`); None keeps the defaults chosen from `d_state`."""
 _INTERPRET = False
 if HAS_TRITON:
     import triton
