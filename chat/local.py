@@ -32,7 +32,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from jamba_runtime import LLM, AsyncLLM, SamplingParams
-from jamba_runtime.errors import ContextLengthError, InvalidRequestError, JambaStackError
+from jamba_runtime.errors import ContextLengthError, InvalidRequestError, JambaStackError, RequestFailedError
 from jamba_stack.chat.format import ToolCallSplitter
 from jamba_stack.chat.model import (
     ChatChunk,
@@ -197,7 +197,7 @@ class LocalChatModel(ChatModel):
                 outs = self.llm.generate([ids for _, ids, _, _ in batch], [p for _, _, p, _ in batch])
             for (k, ids, _, splitter), out in zip(batch, outs, strict=True):
                 if out.finish_reason == "error":
-                    results[k] = JambaStackError(f"the engine failed this request: {out.error}")
+                    results[k] = RequestFailedError(f"the engine failed this request: {out.error}")
                     continue
                 text = splitter.feed(out.text, out.token_ids)
                 rest, calls = splitter.finish()
