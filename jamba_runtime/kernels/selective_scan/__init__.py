@@ -27,7 +27,7 @@ from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 # Which prefill kernel runs: "chunked" (associative scan over chunks of time) or "sequential"
 # (time cut into segments run in parallel, each one step after another, the state in registers).
 # Both are kept so that bench/kernels/gpu.py can time each on the GPU.
-SCAN_VARIANT = "chunked"
+SCAN_VARIANT = "sequential"
 SCAN_TILES: tuple[int, int, int] | None = None
 """Override of the chunked scan's (BLOCK_D, BLOCK_T, num_warps), for tile sweeps
 (`bench/kernels/prefill_tiles_gpu.py`); None keeps the defaults chosen from `d_state`."""
