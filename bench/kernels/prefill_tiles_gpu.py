@@ -34,10 +34,8 @@ FLASH = [None, (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3), 
 # Scan: the chunked kernel at its default tiles and its best earlier candidate (BLOCK_D, BLOCK_T,
 # warps), and the sequential one at (warps, segment length (0: from the GPU), channels per thread).
 SCAN_CANDIDATES: list[tuple[str, tuple[int, int, int] | None]] = [
-    ("chunked", None), ("chunked", (8, 32, 4)),
-    ("sequential", None), ("sequential", (4, 128, 1)), ("sequential", (4, 256, 1)),
-    ("sequential", (4, 1024, 1)), ("sequential", (2, 0, 1)), ("sequential", (2, 256, 1)),
-    ("sequential", (4, 0, 2)),
+    ("chunked", None), ("sequential", None), ("sequential", (4, 128, 1)), ("sequential", (4, 512, 1)),
+    ("sequential", (2, 0, 1)), ("sequential", (4, 0, 2)),
 ]  # fmt: skip
 DEFAULT_SCAN = (scan.SCAN_VARIANT, scan.SCAN_TILES, scan.SEQ_TILES)
 
