@@ -1,13 +1,16 @@
 """Tile sweeps of the two prefill kernels that long prompts spend their time in, at the Mini shape.
 
-    python -m bench.kernels.prefill_tiles_gpu      # H100: attention + scan, about 2 minutes
+    python -m bench.kernels.prefill_tiles_gpu               # H100: attention + scan, about 2 minutes
+    python -m bench.kernels.prefill_tiles_gpu --only scan   # the scan variants alone
 
 Attention: `paged_attention_prefill` for one 8192-token chunk after a cached prefix of 0, 24K and
 120K tokens (32 query heads over 8 KV heads, head_dim 128, blocks of 16, bf16), for each
 `FLASH_TILES` candidate, beside PyTorch's SDPA on the same keys gathered out of the blocks
 (`causal_lower_right`, GQA): causal TFLOP/s (4 * heads * head_dim * visible keys summed over the
-queries) and relative error against the default tiles. Scan: `selective_scan_varlen` over 8192
-tokens x d_inner 8192 x d_state 16, for each `SCAN_TILES` candidate and the sequential kernel.
+queries) and relative error against the default tiles. Scan: `selective_scan_varlen` on d_inner
+8192 x d_state 16 for 1 x 8192, 4 x 2048 and 16 x 512 tokens, for each variant and tile candidate
+(`SCAN_CANDIDATES`), with the relative error of y and the states against the float32 reference
+and the floor (bytes / 2.97 TB/s).
 Table printed, JSON to `$OUT/prefill_kernels_gpu.json`.
 """
 
@@ -24,10 +27,17 @@ import torch.nn.functional as F
 from bench.common.paths import out_dir
 from jamba_runtime.kernels import attention as attn
 from jamba_runtime.kernels import selective_scan as scan
+from jamba_runtime.kernels.backend import kernel_backend
 
 FLASH = [None, (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 3),
          (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 8, 2)]  # fmt: skip
-SCAN = [None, (8, 32, 4), (8, 16, 2), (8, 16, 4), (16, 8, 4), (4, 64, 4), (32, 8, 4), (16, 16, 8), (8, 32, 8)]
+# Scan: the chunked kernel at its default tiles and its best earlier candidate (BLOCK_D, BLOCK_T,
+# warps), and the sequential one at (warps, segment length (0: from the GPU), channels per thread).
+SCAN_CANDIDATES: list[tuple[str, tuple[int, int, int] | None]] = [
+    ("chunked", None), ("sequential", None), ("sequential", (4, 128, 1)), ("sequential", (4, 512, 1)),
+    ("sequential", (2, 0, 1)), ("sequential", (4, 0, 2)),
+]  # fmt: skip
+DEFAULT_SCAN = (scan.SCAN_VARIANT, scan.SCAN_TILES, scan.SEQ_TILES)
 
 
 def timed(fn: Any, reps: int = 5) -> float:
@@ -111,55 +121,88 @@ def attention_rows() -> list[dict[str, Any]]:
 
 
 def scan_rows() -> list[dict[str, Any]]:
+    """Each scan variant and tile candidate on three packings of prefill tokens (one 8K chunk of a
+    long prompt; 4 x 2K; 16 x 512), with the relative error against the float32 reference."""
     dev = torch.device("cuda")
-    tokens, d, n = 8192, 8192, 16
-    g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.randn(tokens, d, generator=g, device=dev, dtype=torch.bfloat16)
-    dt = torch.randn(tokens, d, generator=g, device=dev, dtype=torch.bfloat16) * 0.5 - 2
-    z = torch.randn(tokens, d, generator=g, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(tokens, n, generator=g, device=dev, dtype=torch.bfloat16)
-    c = torch.randn(tokens, n, generator=g, device=dev, dtype=torch.bfloat16)
-    a = -torch.arange(1, n + 1, device=dev, dtype=torch.float32).expand(d, n).contiguous()
-    dd = torch.ones(d, device=dev)
-    bias = torch.zeros(d, device=dev, dtype=torch.bfloat16)
-    states = torch.zeros(2, d, n, device=dev)
-    cu = torch.tensor([0, tokens], device=dev)
-    slots = torch.tensor([0], device=dev, dtype=torch.int32)
-    init = torch.tensor([False], device=dev)
-    rows, base = [], None
-    for variant, tiles in [*(("chunked", t) for t in SCAN), ("sequential", None)]:
-        scan.SCAN_VARIANT, scan.SCAN_TILES = variant, tiles
-        row: dict[str, Any] = {"op": "scan", "variant": variant, "tiles": tiles, "tokens": tokens}
-        try:
-            run = lambda: scan.selective_scan_varlen(x, dt, a, b, c, dd, z, bias, states, cu, slots, init)  # noqa: E731
-            out = run()
-            if base is None:
-                base = out
-            row["ms"] = timed(run)
-            row["rel_err_vs_default"] = rel(out, base)
-            row["finite"] = bool(torch.isfinite(out).all())
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"{type(e).__name__}: {e}"[:300]
-        rows.append(row)
-        print(row, flush=True)
-    scan.SCAN_VARIANT, scan.SCAN_TILES = "chunked", None
+    d, n = 8192, 16
+    rows: list[dict[str, Any]] = []
+    for seqs, length in ((1, 8192), (4, 2048), (16, 512)):
+        tokens = seqs * length
+        g = torch.Generator(device=dev).manual_seed(seqs)
+        x = torch.randn(tokens, d, generator=g, device=dev, dtype=torch.bfloat16)
+        dt = torch.randn(tokens, d, generator=g, device=dev, dtype=torch.bfloat16) * 0.5 - 2
+        z = torch.randn(tokens, d, generator=g, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(tokens, n, generator=g, device=dev, dtype=torch.bfloat16)
+        c = torch.randn(tokens, n, generator=g, device=dev, dtype=torch.bfloat16)
+        a = (
+            -torch.rand(d, n, generator=g, device=dev).mul(15).add(1)
+        )  # -exp(A_log) of a trained model: -1 .. -16
+        dd = torch.ones(d, device=dev)
+        bias = torch.zeros(d, device=dev, dtype=torch.bfloat16)
+        states0 = torch.randn(2 * seqs, d, n, generator=g, device=dev) * 0.1
+        cu = torch.arange(0, tokens + 1, length, device=dev)
+        slots = torch.arange(1, 2 * seqs, 2, device=dev, dtype=torch.int32)
+        init = torch.ones(seqs, dtype=torch.bool, device=dev)
+        ref_states = states0.clone()
+        with kernel_backend("reference"):
+            ref = scan.selective_scan_varlen(
+                x.float(), dt.float(), a, b.float(), c.float(), dd, z.float(), bias.float(), ref_states, cu,
+                slots, init,
+            )  # fmt: skip
+        for variant, tiles in SCAN_CANDIDATES:
+            scan.SCAN_VARIANT = variant
+            scan.SCAN_TILES, scan.SEQ_TILES = (tiles, None) if variant == "chunked" else (None, tiles)
+            row: dict[str, Any] = {
+                "op": "scan",
+                "variant": variant,
+                "tiles": tiles,
+                "ctx": f"{seqs}x{length}",
+            }
+            states = states0.clone()
+
+            def run(states: torch.Tensor = states, length: int = length) -> torch.Tensor:
+                return scan.selective_scan_varlen(
+                    x, dt, a, b, c, dd, z, bias, states, cu, slots, init, length
+                )
+
+            try:
+                out = run()
+                row["rel_err_vs_fp32"] = rel(out, ref)
+                row["state_rel_err_vs_fp32"] = rel(states[slots.long()], ref_states[slots.long()])
+                row["finite"] = bool(torch.isfinite(out).all())
+                row["ms"] = timed(run, reps=10)
+                # bytes: x, dt, z read and y written (bf16), B and C (bf16), the state read and written
+                row["floor_ms"] = (4 * tokens * d * 2 + 2 * tokens * n * 2 + 2 * seqs * d * n * 4) / 2.97e9
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+            rows.append(row)
+            print(row, flush=True)
+        torch.cuda.empty_cache()
+    scan.SCAN_VARIANT, scan.SCAN_TILES, scan.SEQ_TILES = DEFAULT_SCAN
     return rows
 
 
 def main() -> int:
-    # No options: --help prints the method.
-    argparse.ArgumentParser(
+    ap = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name}",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args()
-    rows = attention_rows() + scan_rows()
-    print("\n| op | setting | ctx | ms | TFLOP/s | rel err vs default |")
+    )
+    ap.add_argument("--only", choices=("attention", "scan"), help="one kernel's sweep (default: both)")
+    args = ap.parse_args()
+    rows = (attention_rows() if args.only != "scan" else []) + (
+        scan_rows() if args.only != "attention" else []
+    )
+    print(
+        "\n| op | setting | ctx | ms | TFLOP/s or floor ms | rel err (attention: vs default; scan: vs float32) |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
         setting = r.get("variant", "") + " " + str(r["tiles"])
-        cells = [r["op"], setting, r.get("ctx", "-"), f"{r['ms']:.2f}" if "ms" in r else r.get("error", "?")[:60],
-                 f"{r['tflops']:.0f}" if "tflops" in r else "-", f"{r.get('rel_err_vs_default', float('nan')):.1e}"]  # fmt: skip
+        speed = f"{r['tflops']:.0f}" if "tflops" in r else f"{r['floor_ms']:.3f}" if "floor_ms" in r else "-"
+        err = r.get("rel_err_vs_default", r.get("rel_err_vs_fp32", float("nan")))
+        cells = [r["op"], setting, r.get("ctx", "-"), f"{r['ms']:.3f}" if "ms" in r else r.get("error", "?")[:60],
+                 speed, f"{err:.1e}"]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
     (out_dir() / "prefill_kernels_gpu.json").write_text(
         json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1)

@@ -22,6 +22,8 @@ Rows, cheap and most important first (`--rows` picks; names in brackets):
                `jamba_runtime.engine.memory_plan` (weights, KV bytes per token, Mamba slots, one step's
                activations), capped by the model's `max_position_embeddings`; then one prefill at
                that length (or the longest the time budget allows) through the engine.
+  [structured] tokens/s under JSON Schema constraints vs the same requests unconstrained (same
+               tokens made), batch 1 and 32 (`--structured-batches`), 65,536-token BPE tokenizer.
 
 Both models hold the same random weights, made on the device from a fixed seed (no checkpoint: the
 8-layer cut is ~27 GB in bf16), shared tensor for tensor (`bench.common.gpu_models`). One engine serves
@@ -87,8 +89,10 @@ from bench.runtime.gpu_long_rows import LongContextRows  # noqa: E402
 from bench.runtime.gpu_memory_plan import MemoryPlanRows  # noqa: E402
 from bench.runtime.gpu_report import fmt, format_table, row_notes, summary  # noqa: E402
 from bench.runtime.gpu_short_rows import ShortContextRows  # noqa: E402
+from bench.runtime.gpu_structured_rows import StructuredRows  # noqa: E402
 from jamba_runtime import JambaForCausalLM  # noqa: E402
 from jamba_runtime.config import JambaConfig  # noqa: E402
+from jamba_runtime.kernels import selective_scan  # noqa: E402
 from jamba_runtime.tiny import TINY_CONFIG  # noqa: E402
 from jamba_runtime.tokenizer.tiny import tiny_model_token_ids, write_tiny_tokenizer  # noqa: E402
 
@@ -99,7 +103,7 @@ _GIB = 2**30
 # ---- the bench ------------------------------------------------------------------------------------
 
 
-class Bench(ShortContextRows, LongContextRows, MemoryPlanRows):
+class Bench(ShortContextRows, LongContextRows, MemoryPlanRows, StructuredRows):
     def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, out: Path) -> None:
         self.args, self.device, self.dtype, self.out = args, device, dtype, out
         self.clock = Clock(device)
@@ -111,6 +115,7 @@ class Bench(ShortContextRows, LongContextRows, MemoryPlanRows):
         self.ours: JambaForCausalLM | None = None
         self.hf: Any = None
         self.llm: Any = None
+        self.structured_llm: Any = None
         self.cfg: JambaConfig | None = None
         self.acct: dict[str, Any] = {}
         self.table = ""
@@ -204,6 +209,9 @@ class Bench(ShortContextRows, LongContextRows, MemoryPlanRows):
         if built is None:
             return False
         self.ours, self.hf, info = built
+        if args.skip_transformers and self.hf is not None:
+            self.hf = None
+            info["transformers_error"] = "skipped (--skip-transformers)"
         self.cfg = self.ours.config
         self.acct = accounting(self.ours, self.cfg)
         self.model_info = {
@@ -342,9 +350,20 @@ class Bench(ShortContextRows, LongContextRows, MemoryPlanRows):
             )
         if "ttft" in args.rows:
             for length in args.ttft_lens:
-                plan.append(("ttft", f"TTFT P={length}", lambda length=length: self.ttft_row(length)))
+                for variant in args.scan_variants or [None]:
+                    metric = f"TTFT P={length}" + (f" [scan {variant}]" if variant else "")
+                    plan.append(
+                        (
+                            "ttft",
+                            metric,
+                            lambda length=length, v=variant, m=metric: self.ttft_scan(length, v, m),
+                        )
+                    )
         if "longest" in args.rows:
             plan.append(("longest", "longest context", self.longest_row))
+        if "structured" in args.rows:
+            for b in args.structured_batches:
+                plan.append(("structured", f"structured b={b}", lambda b=b: self.structured_row(b)))
         for kind, metric, fn in plan:
             skip = self.over_budget(kind, metric)
             if skip:
@@ -354,6 +373,17 @@ class Bench(ShortContextRows, LongContextRows, MemoryPlanRows):
                 continue
             self.run_row(metric, fn)
         return self.finish()
+
+    def ttft_scan(self, length: int, variant: str | None, metric: str) -> dict[str, Any]:
+        """The TTFT row with the given selective-scan prefill kernel (None: the runtime's default)."""
+        saved = selective_scan.SCAN_VARIANT
+        selective_scan.SCAN_VARIANT = variant or saved
+        try:
+            row = self.ttft_row(length, metric=metric)
+        finally:
+            selective_scan.SCAN_VARIANT = saved
+        row["scan_variant"] = variant or saved
+        return row
 
     def over_budget(self, kind: str, metric: str) -> str | None:
         """Why a row is not run (time budget, or a reference row with nothing to add), or None."""

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-ROWS = ("decode", "prefill", "concurrent", "ttft", "longest")
+ROWS = ("decode", "prefill", "concurrent", "ttft", "longest", "structured")
 
 METHOD = {
     "decode": (
@@ -32,6 +32,11 @@ METHOD = {
         "when its time extrapolated linearly in P from its longest measured prefill passes the budget"
     ),
     "logits_rel_err": "|ours - transformers|_F / |transformers|_F over the prefill logits, float32 accumulation",
+    "structured": (
+        "generated tokens / wall time of the whole generate, JSON Schemas from tests/data/schemas cycled over "
+        "the batch (temperature 1), then the same requests unconstrained with max_tokens = each constrained "
+        "output's length and ignore_eos; median of --structured-repeats; 65,536-token BPE tokenizer"
+    ),
 }
 
 
@@ -148,6 +153,20 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
         "--reserve-s", type=float, help="seconds kept back when deciding to try a long transformers prefill"
     )
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-model decode loop")
+    ap.add_argument(
+        "--skip-transformers",
+        action="store_true",
+        help="ours alone (no transformers model, rows and estimates): for runs that time our changes",
+    )
+    ap.add_argument(
+        "--scan-variants",
+        help="comma-separated selective-scan prefill kernels (chunked, sequential) to run each TTFT row with, "
+        "one after the other (default: the runtime's own choice only)",
+    )
+    ap.add_argument(
+        "--structured-batches", default="1,32", help="batches of the structured-output row (1,32)"
+    )
+    ap.add_argument("--structured-repeats", type=int, default=2, help="timed runs per structured row side")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="JSON path (default $OUT/runtime_gpu.json, else bench/results/)")
     ap.add_argument("--quick", action="store_true", help="shorter lengths and fewer repeats")
@@ -157,6 +176,11 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
             setattr(args, key, value)
     args.prefill_lens = _ints(str(args.prefill_lens))
     args.ttft_lens = _ints(str(args.ttft_lens))
+    args.structured_batches = _ints(str(args.structured_batches))
+    args.scan_variants = [v.strip() for v in (args.scan_variants or "").split(",") if v.strip()]
+    bad = [v for v in args.scan_variants if v not in ("chunked", "sequential")]
+    if bad:
+        ap.error(f"--scan-variants {','.join(bad)}: choose from chunked, sequential")
     args.rows = [x.strip() for x in args.rows.split(",") if x.strip()]
     unknown = [x for x in args.rows if x not in ROWS]
     if unknown or not args.rows:

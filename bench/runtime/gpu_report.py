@@ -22,6 +22,7 @@ _VIEW: dict[str, tuple[str, str, str, bool, str]] = {
     "concurrent": ("total tok/s", "total_tokens_per_s", "floor_total_tokens_per_s", False, ",.0f"),
     "ttft": ("s to 1st token", "ttft_s", "floor_ttft_s", True, ".3f"),
     "longest": ("s to 1st token", "ttft_s", "floor_ttft_s", True, ".3f"),
+    "structured": ("tok/s, JSON Schema", "tokens_per_s", "floor_tokens_per_s", False, ",.0f"),
 }
 
 
@@ -61,6 +62,13 @@ def check_cell(r: dict[str, Any]) -> str:
         if kind == "concurrent":
             dec = [f"{s} {r[s]['tokens_per_s']:,.0f}" for s in ("ours", "transformers") if s in r]
             cell += f"; decode tok/s {' / '.join(dec) or '-'} (ceiling {r['floor_tokens_per_s']:,.0f})"
+    elif kind == "structured":
+        m, b = r["mask_us"], r["budget_us"]
+        cell = (
+            f"unconstrained {r['unconstrained_tokens_per_s']:,.0f} tok/s, ratio {r['ratio']:.3f}; grammar us/step "
+            f"masks {m['p50']:.0f}/{m['p99']:.0f}, budget {b['p50']:.0f}/{b['p99']:.0f} (p50/p99); "
+            f"complete {r['complete']:.0%}"
+        )
     else:
         cell = r.get("transformers_skipped") or r.get("skipped_verification") or r.get("note") or "-"
         if kind == "longest":

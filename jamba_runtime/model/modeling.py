@@ -190,7 +190,7 @@ class JambaMambaMixer(nn.Module):
         else:
             y = selective_scan_varlen(
                 xs, dt, a, b, c, d, z, self.dt_proj.bias, ssm_states, batch.cu_seqlens, p.state_indices,
-                p.has_initial_state,
+                p.has_initial_state, batch.max_query_len,
             )  # fmt: skip
         return self.out_proj(y.to(x.dtype))
 

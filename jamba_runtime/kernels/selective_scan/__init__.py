@@ -7,10 +7,14 @@ Three entry points share the Triton kernels in `triton_kernels.py`:
   `cu_seqlens`, each sequence starting from its state slot and writing the final state back there;
 - `selective_state_update` is the decode step: one token per sequence, batched over slots.
 
-The prefill kernels run one program per (sequence, block of channels). The `chunked` one walks
+Two prefill kernels. The `chunked` one runs one program per (sequence, block of channels) and walks
 time in chunks: each chunk's recurrence `h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t` is an
 associative scan over the chunk (pairs `(a, b)` compose as `(a1 a2, a2 b1 + b2)`), started from
-the carried state. The `sequential` one takes one step after another.
+the carried state. The `sequential` one gives each thread one channel with all its states and
+takes one step after another, and cuts each sequence into segments run in parallel: a first
+launch leaves each segment's end state from a zero start and its summed time steps (its decay is
+`exp(A sum(dt))`), a small one chains those into true end states, and a last one runs each
+segment from its true start state and writes y.
 """
 
 from __future__ import annotations
@@ -21,19 +25,27 @@ import torch.nn.functional as F
 from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 
 # Which prefill kernel runs: "chunked" (associative scan over chunks of time) or "sequential"
-# (one time step after another, the state in registers). Both are kept so that bench/kernels/gpu.py
-# can time each on the GPU.
-SCAN_VARIANT = "chunked"
+# (time cut into segments run in parallel, each one step after another, the state in registers).
+# Both are kept so that bench/kernels/gpu.py can time each on the GPU.
+SCAN_VARIANT = "sequential"
 SCAN_TILES: tuple[int, int, int] | None = None
 """Override of the chunked scan's (BLOCK_D, BLOCK_T, num_warps), for tile sweeps
 (`bench/kernels/prefill_tiles_gpu.py`); None keeps the defaults chosen from `d_state`."""
+SEQ_TILES: tuple[int, int, int] | None = None
+"""Override of the sequential scan's (num_warps, segment length (0: chosen from the GPU), channels
+per thread), for sweeps and tests; None keeps the defaults."""
+# Sequential scan: programs of 4 warps per multiprocessor it aims for, and the shortest segment.
+_PROGRAMS_PER_SM = 8
+_MIN_SEGMENT = 64
 _INTERPRET = False
 if HAS_TRITON:
     import triton
 
     from jamba_runtime.kernels.selective_scan.triton_kernels import (
         _scan_kernel,
-        _scan_seq_kernel,
+        _seg_combine_kernel,
+        _seg_scan_kernel,
+        _seg_state_kernel,
         _update_kernel,
     )
 
@@ -126,7 +138,7 @@ def selective_scan(
         (x, x.stride(0), x.stride(2), x.stride(1)), (dt, dt.stride(0), dt.stride(2), dt.stride(1)),
         (z, z.stride(0), z.stride(2), z.stride(1)), (B, *B.stride()), (C, *C.stride()),
         A, D, dt_bias, (y, y.stride(0), y.stride(2), y.stride(1)), state,
-        zeros, lens, slots, None, mask.to(torch.int8),
+        zeros, lens, slots, None, mask.to(torch.int8), length,
     )  # fmt: skip
     return y, state
 
@@ -144,6 +156,7 @@ def selective_scan_varlen(
     cu_seqlens: torch.Tensor,
     state_indices: torch.Tensor,
     has_initial_state: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Packed prefill scan, each sequence from and back to its state slot.
 
@@ -157,6 +170,8 @@ def selective_scan_varlen(
         cu_seqlens: `(batch + 1,)` token offsets; state_indices: `(batch,)` slot per sequence
             (negative: skip the sequence, its output is left unset).
         has_initial_state: `(batch,)` bool; False starts from zeros whatever the slot held. None: all True.
+        max_seqlen: the longest sequence's length, a host int (the `sequential` kernel sizes its
+            segments from it); None reads it from `cu_seqlens`, a device sync.
 
     Returns:
         `y (num_tokens, d_inner)` in `x.dtype`.
@@ -172,7 +187,7 @@ def selective_scan_varlen(
         (x, 0, *x.stride()), (dt, 0, *dt.stride()), (z, 0, *z.stride()), (B, 0, *B.stride()),
         (C, 0, *C.stride()), A, D, dt_bias, (y, 0, *y.stride()), ssm_states,
         cu_seqlens[:-1].to(torch.int32), (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32),
-        state_indices.to(torch.int32), has_initial_state, None,
+        state_indices.to(torch.int32), has_initial_state, None, max_seqlen,
     )  # fmt: skip
     return y
 
@@ -291,8 +306,10 @@ def _launch_scan(
     slots: torch.Tensor,
     has_init: torch.Tensor | None,
     mask: torch.Tensor | None,
+    max_seqlen: int | None,
 ) -> None:
-    """Sequence b's token t lives at `b * stride_b + (starts[b] + t) * stride_t` in every tensor."""
+    """Sequence b's token t lives at `b * stride_b + (starts[b] + t) * stride_t` in every tensor.
+    `max_seqlen`: the longest sequence (None: read from `lens`, a device sync)."""
     d_inner, d_state = A.shape
     block_n = triton.next_power_of_2(d_state)
     m = mask if mask is not None else lens
@@ -303,12 +320,9 @@ def _launch_scan(
         m.stride(0), m.stride(-1),
     )  # fmt: skip
     if SCAN_VARIANT == "sequential":
-        block_d = 32
-        grid = (lens.shape[0], triton.cdiv(d_inner, block_d))
-        _scan_seq_kernel[grid](
-            *args, HAS_MASK=mask is not None, HAS_INIT=has_init is not None, BLOCK_D=block_d, BLOCK_N=block_n,
-            num_warps=4,
-        )  # fmt: skip
+        _launch_segmented(
+            args, states, lens, d_inner, block_n, max_seqlen, mask is not None, has_init is not None
+        )
         return
     # The chunk holds (BLOCK_T, BLOCK_D, BLOCK_N) float32 values several times over: 4K elements
     # per array keeps it in registers at 4 warps.
@@ -325,4 +339,62 @@ def _launch_scan(
     _scan_kernel[grid](
         *args, HAS_MASK=mask is not None, HAS_INIT=has_init is not None,
         BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+    )  # fmt: skip
+
+
+def _segment_length(batch: int, d_blocks: int, max_seqlen: int, device: torch.device) -> int:
+    """Tokens per segment of the segmented scan: enough segments that batch x segments x channel
+    blocks programs fill the GPU, none shorter than `_MIN_SEGMENT` (each segment costs a pass-1
+    program's start and a step of the combine)."""
+    if SEQ_TILES is not None and SEQ_TILES[1]:
+        return SEQ_TILES[1]
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    want = max(1, -(-sms * _PROGRAMS_PER_SM // (batch * d_blocks)))
+    return max(_MIN_SEGMENT, -(-max_seqlen // want))
+
+
+def _launch_segmented(
+    args: tuple,
+    states: torch.Tensor,
+    lens: torch.Tensor,
+    d_inner: int,
+    block_n: int,
+    max_seqlen: int | None,
+    has_mask: bool,
+    has_init: bool,
+) -> None:
+    """The `sequential` variant: time split into segments run in parallel (pass 1: each segment's
+    end state from zero and its summed time steps; a combine turning those into true end states;
+    pass 2: each segment from its true start state, writing y). `args` is `_launch_scan`'s
+    argument tuple for `_scan_kernel`."""
+    warps, per_thread = (SEQ_TILES[0], SEQ_TILES[2]) if SEQ_TILES is not None else (4, 1)
+    block_d = 32 * warps * per_thread  # every state of a channel in one thread's registers
+    batch, d_blocks = lens.shape[0], triton.cdiv(d_inner, block_d)
+    if max_seqlen is None:
+        max_seqlen = int(lens.max()) if batch else 0
+    seg_len = _segment_length(batch, d_blocks, max(max_seqlen, 1), states.device)
+    n_seg = max(1, triton.cdiv(max_seqlen, seg_len))
+    (x, dt, z, b, c, a, dd, bias, y, _, m, starts, lens_, slots, init, di, ds, *strides) = args
+    sx, sdt, sz, sb, sc = (strides[i : i + 3] for i in range(0, 15, 3))
+    sa, sy, ss, sm = strides[15:17], strides[17:20], strides[20:23], strides[23:25]
+    if n_seg > 1:
+        wh = torch.empty(batch, n_seg, d_inner, block_n, dtype=torch.float32, device=states.device)
+        ws = torch.empty(batch, n_seg, d_inner, dtype=torch.float32, device=states.device)
+        wi = torch.empty(batch, d_inner, block_n, dtype=torch.float32, device=states.device)
+    else:  # never read: every sequence is one segment
+        wh = ws = wi = states
+    grid = (batch, n_seg, d_blocks)
+    consts = dict(HAS_MASK=has_mask, HAS_INIT=has_init, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
+    if n_seg > 1:
+        _seg_state_kernel[grid](
+            x, dt, b, a, bias, states, m, starts, lens_, slots, init, wh, ws, wi,
+            di, ds, seg_len, n_seg, *sx, *sdt, *sb, *sa, *ss, *sm, block_n, 1, **consts,
+        )  # fmt: skip
+        _seg_combine_kernel[(batch, d_blocks)](
+            a, lens_, slots, wh, ws, di, ds, seg_len, n_seg, *sa, block_n, 1,
+            BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+        )  # fmt: skip
+    _seg_scan_kernel[grid](
+        x, dt, z, b, c, a, dd, bias, y, states, m, starts, lens_, slots, init, wh, ws, wi,
+        di, ds, seg_len, n_seg, *sx, *sdt, *sz, *sb, *sc, *sa, *sy, *ss, *sm, block_n, 1, **consts,
     )  # fmt: skip

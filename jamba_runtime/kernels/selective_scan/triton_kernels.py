@@ -87,51 +87,156 @@ def _scan_kernel(
     tl.store(s_ptrs, h, mask=dn_ok)
 
 
-@triton.jit
-def _scan_seq_kernel(
-    x_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a_ptr, d_ptr, bias_ptr, y_ptr, s_ptr, m_ptr,
-    start_ptr, len_ptr, slot_ptr, init_ptr,
-    d_inner, d_state,
-    sx_b, sx_t, sx_d, sdt_b, sdt_t, sdt_d, sz_b, sz_t, sz_d,
-    sb_b, sb_t, sb_n, sc_b, sc_t, sc_n, sa_d, sa_n, sy_b, sy_t, sy_d,
-    ss_s, ss_d, ss_n, sm_b, sm_t,
+# The sequential scan's tensors are (BLOCK_D, BLOCK_N) and each thread should hold every state of
+# its channel, so that a step needs no exchange between threads. Triton lays a tensor out from
+# the contiguity of its loads: the strides along d_state, of A, of the slots and of the workspace
+# are therefore passed unspecialised (a stride of 1 would be specialised and make d_state the
+# vectorised, thread-spread axis).
+_NOT_SPECIALISED = ["sb_n", "sc_n", "sa_d", "sa_n", "ss_d", "ss_n", "sw_d", "sw_n"]
+
+
+@triton.jit(do_not_specialize=_NOT_SPECIALISED)
+def _seg_state_kernel(
+    x_ptr, dt_ptr, b_ptr, a_ptr, bias_ptr, s_ptr, m_ptr, start_ptr, len_ptr, slot_ptr, init_ptr,
+    wh_ptr, ws_ptr, wi_ptr,
+    d_inner, d_state, seg_len, n_seg,
+    sx_b, sx_t, sx_d, sdt_b, sdt_t, sdt_d, sb_b, sb_t, sb_n, sa_d, sa_n,
+    ss_s, ss_d, ss_n, sm_b, sm_t, sw_d, sw_n,
     HAS_MASK: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    # Same contract as _scan_kernel, one step at a time: less arithmetic than the chunked scan
-    # (no log-depth combine), but every step waits on the previous one.
-    seq, pid_d = tl.program_id(0), tl.program_id(1)
+    # Pass 1 of the segmented scan: each segment but a sequence's last, one step after another from
+    # a zero state (segment 0 from the slot's state), leaves its end state in wh and the sum of its
+    # time steps in ws; segment 0 also copies the slot's state to wi for pass 2 (the slot itself is
+    # overwritten by pass 2's last segment while other segments may still be starting).
+    seq, seg, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     slot = tl.load(slot_ptr + seq).to(tl.int64)
+    length = tl.load(len_ptr + seq)
     if slot < 0:
+        return
+    if seg >= tl.maximum(tl.cdiv(length, seg_len), 1) - 1:
         return
     seq64 = seq.to(tl.int64)
     start = tl.load(start_ptr + seq).to(tl.int64)
-    length = tl.load(len_ptr + seq)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     d_ok, n_ok = d < d_inner, n < d_state
     dn_ok = d_ok[:, None] & n_ok[None, :]  # (BLOCK_D, BLOCK_N)
-    a = tl.load(a_ptr + d[:, None] * sa_d + n[None, :] * sa_n, mask=dn_ok, other=0.0).to(tl.float32)
+    # exp(dt A) as exp2(dt A log2(e)): one multiply fewer per state and step.
+    a2 = tl.load(a_ptr + d[:, None] * sa_d + n[None, :] * sa_n, mask=dn_ok, other=0.0) * 1.4426950408889634
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    dn = d[:, None] * sw_d + n[None, :] * sw_n  # workspace: (d_inner, BLOCK_N) per (sequence, segment)
+    if seg == 0:
+        h = tl.load(s_ptr + slot * ss_s + d[:, None] * ss_d + n[None, :] * ss_n, mask=dn_ok, other=0.0)
+        if HAS_INIT:
+            # where, not a multiply: a slot left NaN by an earlier request must not leak into a fresh one.
+            h = tl.where(tl.load(init_ptr + seq) != 0, h, 0.0)
+        tl.store(wi_ptr + seq64 * d_inner * BLOCK_N + dn, h, mask=dn_ok)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    b_off = n[None, :] * sb_n + 0 * d[:, None]  # (BLOCK_D, BLOCK_N): every thread loads all of B_t
+    t0 = seg * seg_len
+    for t in range(t0, tl.minimum(t0 + seg_len, length)):
+        tok = start + t
+        x = tl.load(x_ptr + seq64 * sx_b + tok * sx_t + d * sx_d, mask=d_ok, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + seq64 * sdt_b + tok * sdt_t + d * sdt_d, mask=d_ok, other=0.0).to(tl.float32)
+        bv = tl.load(b_ptr + (seq64 * sb_b + tok * sb_t) + b_off, mask=dn_ok, other=0.0).to(tl.float32)
+        delta = _softplus(dt + bias)  # (BLOCK_D,)
+        if HAS_MASK:
+            delta = delta * (tl.load(m_ptr + seq64 * sm_b + t * sm_t) != 0).to(tl.float32)
+        dsum += delta
+        h = tl.exp2(delta[:, None] * a2) * h + bv * (delta * x)[:, None]
+    w = (seq64 * n_seg + seg) * d_inner * BLOCK_N
+    tl.store(wh_ptr + w + dn, h, mask=dn_ok)
+    tl.store(ws_ptr + (seq64 * n_seg + seg) * d_inner + d, dsum, mask=d_ok)
+
+
+@triton.jit(do_not_specialize=_NOT_SPECIALISED)
+def _seg_combine_kernel(
+    a_ptr, len_ptr, slot_ptr, wh_ptr, ws_ptr,
+    d_inner, d_state, seg_len, n_seg, sa_d, sa_n, sw_d, sw_n,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Between the passes: turns pass 1's end states into true ones, in place, one segment after
+    # another (H_0 = wh_0, H_s = exp(A ws_s) H_{s-1} + wh_s), so that pass 2's segment k starts
+    # from wh_{k-1}.
+    seq, pid_d = tl.program_id(0), tl.program_id(1)
+    if tl.load(slot_ptr + seq) < 0:
+        return
+    segs = tl.maximum(tl.cdiv(tl.load(len_ptr + seq), seg_len), 1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    d_ok, n_ok = d < d_inner, n < d_state
+    dn_ok = d_ok[:, None] & n_ok[None, :]
+    a2 = tl.load(a_ptr + d[:, None] * sa_d + n[None, :] * sa_n, mask=dn_ok, other=0.0) * 1.4426950408889634
+    dn = d[:, None] * sw_d + n[None, :] * sw_n
+    w0 = seq.to(tl.int64) * n_seg
+    h = tl.load(wh_ptr + w0 * d_inner * BLOCK_N + dn, mask=dn_ok, other=0.0)
+    for s in range(1, segs - 1):
+        decay = tl.exp2(tl.load(ws_ptr + (w0 + s) * d_inner + d, mask=d_ok, other=0.0)[:, None] * a2)
+        h = decay * h + tl.load(wh_ptr + (w0 + s) * d_inner * BLOCK_N + dn, mask=dn_ok, other=0.0)
+        tl.store(wh_ptr + (w0 + s) * d_inner * BLOCK_N + dn, h, mask=dn_ok)
+
+
+@triton.jit(do_not_specialize=_NOT_SPECIALISED)
+def _seg_scan_kernel(
+    x_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a_ptr, d_ptr, bias_ptr, y_ptr, s_ptr, m_ptr,
+    start_ptr, len_ptr, slot_ptr, init_ptr, wh_ptr, ws_ptr, wi_ptr,
+    d_inner, d_state, seg_len, n_seg,
+    sx_b, sx_t, sx_d, sdt_b, sdt_t, sdt_d, sz_b, sz_t, sz_d,
+    sb_b, sb_t, sb_n, sc_b, sc_t, sc_n, sa_d, sa_n, sy_b, sy_t, sy_d,
+    ss_s, ss_d, ss_n, sm_b, sm_t, sw_d, sw_n,
+    HAS_MASK: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Pass 2: each segment from its true start state (segment k from the combined wh_{k-1},
+    # segment 0 from the slot's state), one step after another writing y; the sequence's last
+    # segment writes the final state back to the slot.
+    seq, seg, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    slot = tl.load(slot_ptr + seq).to(tl.int64)
+    length = tl.load(len_ptr + seq)
+    segs = tl.maximum(tl.cdiv(length, seg_len), 1)
+    if slot < 0:
+        return
+    if seg >= segs:
+        return
+    seq64 = seq.to(tl.int64)
+    start = tl.load(start_ptr + seq).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    d_ok, n_ok = d < d_inner, n < d_state
+    dn_ok = d_ok[:, None] & n_ok[None, :]  # (BLOCK_D, BLOCK_N)
+    a2 = tl.load(a_ptr + d[:, None] * sa_d + n[None, :] * sa_n, mask=dn_ok, other=0.0) * 1.4426950408889634
     skip = tl.load(d_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    dn = d[:, None] * sw_d + n[None, :] * sw_n
     s_ptrs = s_ptr + slot * ss_s + d[:, None] * ss_d + n[None, :] * ss_n
-    h = tl.load(s_ptrs, mask=dn_ok, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
-    if HAS_INIT:
-        # where, not a multiply: a slot left NaN by an earlier request must not leak into a fresh one.
-        h = tl.where(tl.load(init_ptr + seq) != 0, h, 0.0)
-    for t in range(0, length):
+    if segs == 1:
+        h = tl.load(s_ptrs, mask=dn_ok, other=0.0)
+        if HAS_INIT:
+            h = tl.where(tl.load(init_ptr + seq) != 0, h, 0.0)
+    elif seg == 0:
+        h = tl.load(wi_ptr + seq64 * d_inner * BLOCK_N + dn, mask=dn_ok, other=0.0)
+    else:
+        h = tl.load(wh_ptr + (seq64 * n_seg + seg - 1) * d_inner * BLOCK_N + dn, mask=dn_ok, other=0.0)
+    # (BLOCK_D, BLOCK_N) int32 offsets: every thread loads all of B_t and C_t (one address per warp).
+    b_off = n[None, :] * sb_n + 0 * d[:, None]
+    c_off = n[None, :] * sc_n + 0 * d[:, None]
+    t0 = seg * seg_len
+    for t in range(t0, tl.minimum(t0 + seg_len, length)):
         tok = start + t
         x = tl.load(x_ptr + seq64 * sx_b + tok * sx_t + d * sx_d, mask=d_ok, other=0.0).to(tl.float32)
         dt = tl.load(dt_ptr + seq64 * sdt_b + tok * sdt_t + d * sdt_d, mask=d_ok, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + seq64 * sz_b + tok * sz_t + d * sz_d, mask=d_ok, other=0.0).to(tl.float32)
-        bv = tl.load(b_ptr + seq64 * sb_b + tok * sb_t + n * sb_n, mask=n_ok, other=0.0).to(tl.float32)
-        cv = tl.load(c_ptr + seq64 * sc_b + tok * sc_t + n * sc_n, mask=n_ok, other=0.0).to(tl.float32)
+        bv = tl.load(b_ptr + (seq64 * sb_b + tok * sb_t) + b_off, mask=dn_ok, other=0.0).to(tl.float32)
+        cv = tl.load(c_ptr + (seq64 * sc_b + tok * sc_t) + c_off, mask=dn_ok, other=0.0).to(tl.float32)
         delta = _softplus(dt + bias)  # (BLOCK_D,)
         if HAS_MASK:
             delta = delta * (tl.load(m_ptr + seq64 * sm_b + t * sm_t) != 0).to(tl.float32)
-        h = tl.exp(delta[:, None] * a) * h + (delta * x)[:, None] * bv[None, :]
-        y = tl.sum(h * cv[None, :], axis=1) + x * skip
+        h = tl.exp2(delta[:, None] * a2) * h + bv * (delta * x)[:, None]
+        y = tl.sum(h * cv, axis=1) + x * skip
         tl.store(y_ptr + seq64 * sy_b + tok * sy_t + d * sy_d, y * (z / (1.0 + tl.exp(-z))), mask=d_ok)
-    tl.store(s_ptrs, h, mask=dn_ok)
+    if seg == segs - 1:
+        tl.store(s_ptrs, h, mask=dn_ok)
 
 
 @triton.jit

@@ -178,10 +178,13 @@ def _f32(d: dict) -> dict:
     return {k: v.float() for k, v in d.items()}
 
 
-@pytest.fixture(params=["chunked", "sequential"])
+@pytest.fixture(params=["chunked", "sequential", "sequential-segments"])
 def scan_variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both prefill scan kernels (kept until the GPU bench picks the faster)."""
-    monkeypatch.setattr(scan, "SCAN_VARIANT", request.param)
+    """Both prefill scan kernels; `sequential-segments` cuts sequences into segments of 2 tokens
+    (one warp, so 32 channels a program), so that both passes and the segment combine run."""
+    monkeypatch.setattr(scan, "SCAN_VARIANT", request.param.split("-")[0])
+    if request.param == "sequential-segments":
+        monkeypatch.setattr(scan, "SEQ_TILES", (1, 2, 1))
     return request.param
 
 
@@ -467,6 +470,7 @@ def test_kernels_compile_for_hopper(monkeypatch: pytest.MonkeyPatch) -> None:
     conv.causal_conv1d_varlen(xt, cw, xt[0], torch.zeros(3, d, 3, dtype=bf), lens, slots, init, 4)
     conv.causal_conv1d_update(xt[:2], cw, xt[0], torch.zeros(3, d, 3, dtype=bf), slots)
     a, bc = -torch.rand(d, n), torch.randn(7, n, dtype=bf)
+    monkeypatch.setattr(scan, "SEQ_TILES", (4, 2, 1))  # segments of 2 tokens: both sequential passes
     for variant in ("chunked", "sequential"):
         monkeypatch.setattr(scan, "SCAN_VARIANT", variant)
         states = torch.zeros(3, d, n)
@@ -480,5 +484,5 @@ def test_kernels_compile_for_hopper(monkeypatch: pytest.MonkeyPatch) -> None:
     attn.paged_attention_decode(torch.randn(2, 32, 128, dtype=bf), kc, kc, tables, lens[1:], 16, 0.1, 4000)
     expected = {"_rms_norm_kernel", "_conv_varlen_kernel", "_conv_state_kernel", "_conv_update_kernel",
                 "_scan_kernel",
-        "_scan_seq_kernel", "_update_kernel", "_flash_kernel", "_decode_kernel", "_combine_kernel"}  # fmt: skip
+        "_seg_state_kernel", "_seg_combine_kernel", "_seg_scan_kernel", "_update_kernel", "_flash_kernel", "_decode_kernel", "_combine_kernel"}  # fmt: skip
     assert set(log) == expected
