@@ -31,6 +31,7 @@ from jamba_stack.app.server.chat import create_chat_completion
 from jamba_stack.app.server.completions import create_completion
 from jamba_stack.app.server.errors import (
     AuthenticationError,
+    HeadersTooLargeError,
     InvalidHostError,
     RequestTimeoutError,
     RequestTooLargeError,
@@ -122,6 +123,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "unknown model"),
         (408, "the body did not arrive in time"),
         (413, "request too large"),
+        (431, "headers too large"),
         (429, "queue full: retry after Retry-After seconds"),
         (500, "internal error"),
         (503, "engine stopped"),
@@ -195,8 +197,8 @@ async def _guarded(request: Request, work: Any) -> Response:
 
 
 class _EdgeMiddleware:
-    """Before any route: count the request for /metrics, check the Host header (400), the API key
-    (401), read the body (413 past `max_body_bytes`, 408 when it does not finish within
+    """Before any route: count the request for /metrics, check the headers' size (431), the Host
+    header (400), the API key (401), read the body (413 past `max_body_bytes`, 408 when it does not finish within
     `body_timeout_s`) and refuse a lone UTF-16 surrogate in it (400). After the route: an
     exception that escaped every handler is answered here (500, or 400 for input nested too
     deeply) and never reaches the HTTP server, so the connection stays usable. A plain ASGI
@@ -241,7 +243,9 @@ class _EdgeMiddleware:
             if scope["method"] in _BODY_METHODS:
                 body = await self._read_body(scope, receive)
                 if isinstance(body, Exception):
-                    await _send_error(counting_send, body, {"connection": "close"})
+                    # A body not read to its end leaves the connection unusable: close it.
+                    unread = isinstance(body, RequestTooLargeError | RequestTimeoutError)
+                    await _send_error(counting_send, body, {"connection": "close"} if unread else None)
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, counting_send)
@@ -257,6 +261,16 @@ class _EdgeMiddleware:
     async def _refusal(self, scope: Scope) -> tuple[Exception, dict[str, str]] | None:
         """The error a request is refused with before its body is read, or None."""
         path: str = scope["path"]
+        size = sum(len(k) + len(v) for k, v in scope["headers"])
+        if size > self.limits.max_header_bytes:
+            return (
+                HeadersTooLargeError(
+                    f"the request headers hold {size:,} bytes, more than this server reads "
+                    f"({self.limits.max_header_bytes:,}): send smaller headers, or raise --max-header-bytes / "
+                    "JAMBA_STACK_MAX_HEADER_BYTES"
+                ),
+                {"connection": "close"},
+            )
         if path in _OPEN_PATHS:
             return None
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)

@@ -4,8 +4,8 @@
 Mapping: typed runtime errors keep their status and code (a too-long prompt is 400
 `context_length_exceeded`); request validation (FastAPI's 422) is 400; a body that is not JSON
 (malformed, not UTF-8, nested past what the parser takes) is 400 `invalid_json`; a wrong API key
-401; an unknown route 404; a body that does not finish arriving 408; an oversized body 413; a full
-queue 429 with `Retry-After`; input nested too deeply anywhere else 400; anything unexpected 500
+401; an unknown route 404; a body that does not finish arriving 408; an oversized body 413;
+oversized headers 431 (past one network read, the HTTP server itself answers 400); a full queue 429 with `Retry-After`; input nested too deeply anywhere else 400; anything unexpected 500
 with a generic message (the traceback goes to the log, not the client).
 """
 
@@ -47,6 +47,13 @@ class RequestTimeoutError(JambaStackError):
 
     http_status = 408
     code = "request_timeout"
+
+
+class HeadersTooLargeError(JambaStackError):
+    """The request's headers are larger than the server reads (`max_header_bytes`)."""
+
+    http_status = 431
+    code = "request_header_fields_too_large"
 
 
 class InvalidHostError(JambaStackError):

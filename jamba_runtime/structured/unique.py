@@ -284,6 +284,7 @@ class _Frame:
     seen: set[Any] = field(default_factory=set)  # unique arrays: keys of the closed items
     key: str | None = None  # objects: the key whose value is being written
     expect_key: bool = True  # objects: the next string is a key
+    want_item: bool = True  # arrays: after "[" or ",", before the next item starts
 
 
 @dataclass
@@ -422,9 +423,12 @@ class UniqueTracker:
         return None
 
     def _risky(self) -> bool:
-        """An item is under way whose text so far some spelling of an earlier item starts with."""
+        """An item is under way whose text so far some spelling of an earlier item starts with,
+        or one is about to start (after "," in a unique array with earlier items)."""
+        s = self.state
         if not self._item_open():
-            return False
+            top = s.stack[-1] if s.stack else None
+            return top is not None and not top.is_object and top.unique and bool(top.seen) and top.want_item
         found = self._partial_and_spellings()
         return found is not None and any(sp.startswith(found[0]) for sp in found[1])
 
@@ -472,15 +476,10 @@ class UniqueTracker:
         if not after._risky():
             return True  # no item under way, or one no earlier item's spelling starts with
         allowed = np.unpackbits(np.frombuffer(m.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        closers = after._closers(allowed)
-        for t in closers:
-            nxt = after.clone()
-            if _advance(nxt.spec, nxt.state, self.tokens.bytes[t]) and not nxt._risky():
-                return True
-        risky = [t for t in after._toward_repeats(allowed) if t not in set(closers)]
-        if int(allowed.sum()) - len(closers) - len(risky) > 0:
+        moves = set(after._closers(allowed)) | set(after._toward_repeats(allowed))
+        if int(allowed.sum()) > len(moves):
             return True  # some token takes the item off every earlier item's spelling
-        for t in risky:
+        for t in sorted(moves):
             budget -= 1
             if budget <= 0 or after._viable_after(m, t, budget, zeros or padding):
                 return True
@@ -568,6 +567,8 @@ def _advance(spec: UniqueSpec, s: _State, data: bytes) -> bool:
         if c in _WS:
             continue
         top = s.stack[-1] if s.stack else None
+        if top is not None and not top.is_object and c not in b",]":
+            top.want_item = False  # an item starts
         if c == _QUOTE:
             s.mode = _STR
             if top is not None and top.is_object and top.expect_key:
@@ -591,6 +592,7 @@ def _advance(spec: UniqueSpec, s: _State, data: bytes) -> bool:
                     top.expect_key, top.key = True, None
                 else:
                     top.index += 1
+                    top.want_item = True
         elif c == ord(":"):
             if top is not None and top.is_object:
                 top.expect_key = False
