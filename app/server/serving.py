@@ -48,7 +48,7 @@ class ServerState:
     queue: RequestQueue = field(init=False)
     _token_text: dict[int, str] = field(default_factory=dict)
     _max_token_chars: int | None = None
-    _special: set[int] | None = None
+    _special: dict[int, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queue = RequestQueue(self.limits.max_queued_requests)
@@ -100,15 +100,13 @@ class ServerState:
 
     def is_special(self, token_id: int) -> bool:
         """Whether the token is one the text of an answer leaves out (a special token)."""
-        special = self._special
+        special = self._special.get(token_id)
         if special is None:
             tok = self.tokenizer
-            special = self._special = {
-                i
-                for i in range(tok.vocab_size)
-                if tok.decode([i]) == "" and tok.decode([i], skip_special_tokens=False)
-            }
-        return token_id in special
+            special = self._special[token_id] = tok.decode([token_id]) == "" and bool(
+                tok.decode([token_id], skip_special_tokens=False)
+            )
+        return special
 
     def token_text(self, token_id: int) -> str:
         """One token's text (special tokens included), for logprobs."""
