@@ -23,6 +23,20 @@ class Settings(BaseSettings):
         host, port: where `jamba-stack serve` listens (loopback by default: set host to 0.0.0.0,
             and an api_key, to serve other machines).
         max_body_bytes: the largest request body the server reads (larger: 413).
+        allowed_hosts: Host header values the API answers besides the loopback names and the
+            bound address, comma-separated (`*.example.com` for subdomains, `*` for any); others
+            get 400.
+        max_seqs_per_request: most sequences one request may ask for (prompts x n on
+            /v1/completions, n on chat); more is a 400.
+        max_queued_requests: most requests waiting for their first token at once; more get 429
+            with `Retry-After`.
+        default_max_tokens: the answer's length when a request leaves max_tokens out (less if the
+            context has less room).
+        max_tokens_limit: the largest max_tokens a request may ask for (more is a 400).
+        max_documents, max_tools: most documents and tools in one request (more is a 400).
+        max_header_bytes: the largest request head (request line + headers) the server reads
+            (larger: the connection is answered 400 and closed).
+        body_timeout_s: how long the server waits for a request body to finish arriving (then 408).
         served_model_name: the model name(s) the server answers to, comma-separated; empty: the
             model as configured.
         chroma_url: a Chroma server URL; empty means the embedded store in the data dir.
@@ -50,7 +64,16 @@ class Settings(BaseSettings):
     api_key: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    allowed_hosts: str = ""
+    max_seqs_per_request: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(default=256, ge=1)
+    default_max_tokens: int = Field(default=4096, ge=1)
+    max_tokens_limit: int = Field(default=32768, ge=1)
+    max_documents: int = Field(default=256, ge=0)
+    max_tools: int = Field(default=128, ge=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=60.0, gt=0)
     served_model_name: str = ""
     chroma_url: str = ""
     quantization: str = ""

@@ -29,6 +29,9 @@ from jamba_runtime.errors import InvalidRequestError
 from jamba_runtime.structured.tools import TOOL_CALLS_START
 
 JSON_MODE_KNOBS = {"is_set": True, "response_format": "json_object"}
+# Deepest nesting (arrays and objects) taken in a schema, tool parameters, document metadata or
+# tool-call arguments: far beyond real use, far below where the code walking them runs out of stack.
+MAX_NESTING = 64
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 STRUCTURED_OUTPUT_KEYS = ("json", "regex", "choice", "grammar")
 
@@ -111,7 +114,7 @@ class ChatInputs:
             )
         if fmt == "json_schema":
             schema = ((self.response_format or {}).get("json_schema") or {}).get("schema")
-            if not isinstance(schema, Mapping):
+            if not isinstance(schema, Mapping | bool):
                 raise InvalidParameterError(
                     "response_format json_schema needs json_schema.schema, a JSON Schema object",
                     "response_format.json_schema.schema",
@@ -137,6 +140,22 @@ class ChatInputs:
                     "messages",
                 )
         template_documents(self.documents)
+        _check_messages(self.messages)
+
+    def text_size(self) -> int:
+        """Characters of text in the messages and documents: the prompt has at least this many."""
+        size = 0
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                size += len(content)
+            elif isinstance(content, list):
+                size += sum(len(p.get("text") or "") for p in content if isinstance(p, Mapping))
+        for doc in self.documents or ():
+            if isinstance(doc, Mapping):
+                text = doc.get("content", doc.get("text"))
+                size += len(text) if isinstance(text, str) else 0
+        return size
 
     def render(self, tokenizer: Tokenizer) -> list[int]:
         """The prompt's token ids: the chat template with messages, tools, documents and JSON mode.
@@ -184,18 +203,11 @@ class ChatInputs:
         if fmt == "json_object":
             return StructuredOutput(json_object=True)
         if fmt == "json_schema":
-            return StructuredOutput(json_schema=dict(self.response_format["json_schema"]["schema"]))  # type: ignore[index]
+            return StructuredOutput(json_schema=schema_dict(self.response_format["json_schema"]["schema"]))  # type: ignore[index]
         so = self.structured_outputs
         if not so:
             return None
-        if so.get("json") is not None:
-            schema = so["json"]
-            return StructuredOutput(
-                json_schema=dict(json.loads(schema) if isinstance(schema, str) else schema)
-            )
-        if so.get("regex") is not None:
-            return StructuredOutput(regex=so["regex"])
-        return StructuredOutput(choice=tuple(so["choice"]))
+        return structured_output_of(so)
 
     @property
     def constraint_param(self) -> str:
@@ -235,12 +247,12 @@ def check_structured_outputs(so: Mapping[str, Any] | None, other_constraint: boo
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise InvalidParameterError(
                     f"structured_outputs.json is not JSON ({exc}): give a JSON Schema object",
                     "structured_outputs.json",
                 ) from None
-        if not isinstance(value, Mapping):
+        if not isinstance(value, Mapping | bool):
             raise InvalidParameterError(
                 "structured_outputs.json must be a JSON Schema object", "structured_outputs.json"
             )
@@ -265,7 +277,9 @@ def structured_output_of(so: Mapping[str, Any]) -> StructuredOutput:
     """The `StructuredOutput` of a checked `structured_outputs` dict (`check_structured_outputs`)."""
     if so.get("json") is not None:
         schema = so["json"]
-        return StructuredOutput(json_schema=dict(json.loads(schema) if isinstance(schema, str) else schema))
+        return StructuredOutput(
+            json_schema=schema_dict(json.loads(schema) if isinstance(schema, str) else schema)
+        )
     if so.get("regex") is not None:
         return StructuredOutput(regex=so["regex"])
     return StructuredOutput(choice=tuple(so["choice"]))
@@ -312,6 +326,7 @@ def template_documents(documents: Sequence[Mapping[str, Any]] | None) -> list[di
             raise InvalidParameterError(
                 f"documents[{i}] needs 'content' (a string), as in AI21's API", f"documents[{i}].content"
             )
+        check_nesting({k: v for k, v in doc.items() if k not in ("content", "text")}, f"documents[{i}]")
         metadata = doc.get("metadata") or {}
         if isinstance(metadata, list):  # AI21's older form: [{"key": ..., "value": ...}]
             metadata = {str(m.get("key")): m.get("value") for m in metadata if isinstance(m, Mapping)}
@@ -332,20 +347,81 @@ def template_documents(documents: Sequence[Mapping[str, Any]] | None) -> list[di
     return out
 
 
-def check_json_schema(schema: Mapping[str, Any], param: str) -> None:
-    """Raise `InvalidParameterError` when `schema` is not a valid JSON Schema (by its metaschema)."""
+def schema_dict(schema: Mapping[str, Any] | bool) -> dict[str, Any]:
+    """A checked schema as the dict `StructuredOutput` takes: the `true` schema (any JSON value)
+    is `{}` (`check_json_schema` refuses `false`)."""
+    return {} if schema is True else dict(schema)  # type: ignore[arg-type]
+
+
+def check_json_schema(schema: Mapping[str, Any] | bool, param: str) -> None:
+    """Raise `InvalidParameterError` when `schema` is not a valid JSON Schema (by its metaschema),
+    is the `false` schema (no value is valid), or is nested past `MAX_NESTING`.
+
+    Patterns are not checked here: JSON Schema's are ECMA-262 regexes (`\\p{Letter}`), which
+    Python's `re` does not read; the grammar compiler reads them and names a bad one."""
+    if schema is False:
+        raise InvalidParameterError(
+            f"{param} is the false schema, which no value satisfies: give a schema some output can meet",
+            param,
+        )
+    check_nesting(schema, param)
     # Imported here: with its optional format checkers installed, `import jsonschema` takes seconds.
     import jsonschema
 
     try:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        cls.check_schema(schema)
+        checker = jsonschema.FormatChecker([f for f in cls.FORMAT_CHECKER.checkers if f != "regex"])
+        cls.check_schema(schema, format_checker=checker)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         raise InvalidParameterError(
             f"{param} is not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else ""),
             param,
         ) from None
+
+
+def check_nesting(value: Any, param: str, limit: int = MAX_NESTING) -> None:
+    """Raise `InvalidParameterError` when `value` nests arrays and objects more than `limit` deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise InvalidParameterError(
+                f"{param} nests arrays and objects more than {limit} levels deep: flatten it"
+                + (
+                    " (a schema can reuse parts through $defs and $ref)"
+                    if "schema" in param or "parameters" in param
+                    else ""
+                ),
+                param,
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _check_messages(messages: Sequence[Mapping[str, Any]]) -> None:
+    """Tool-call arguments in assistant messages, nested no deeper than `MAX_NESTING`."""
+    for i, message in enumerate(messages):
+        for j, call in enumerate(message.get("tool_calls") or ()):
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            args = fn.get("arguments") if isinstance(fn, Mapping) else None
+            param = f"messages[{i}].tool_calls[{j}].function.arguments"
+            if isinstance(args, str) and args.count("[") + args.count("{") > MAX_NESTING:
+                try:
+                    args = json.loads(args)
+                except RecursionError:
+                    raise InvalidParameterError(
+                        f"{param} nests arrays and objects more than {MAX_NESTING} levels deep: flatten it",
+                        param,
+                    ) from None
+                except ValueError:
+                    continue  # not JSON: rendered as the text it is
+            check_nesting(args, param)
 
 
 def _check_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> None:

@@ -34,7 +34,78 @@ def serve(
         float | None, typer.Option("--cache-memory-gb", help="Memory for KV blocks + Mamba state slots.")
     ] = None,
     max_body_bytes: Annotated[
-        int | None, typer.Option("--max-body-bytes", help="Largest request body; larger gets 413.")
+        int | None,
+        typer.Option(
+            "--max-body-bytes",
+            help="Largest request body; larger gets 413 [env: JAMBA_STACK_MAX_BODY_BYTES]; default 16 MiB.",
+        ),
+    ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            "--allowed-hosts",
+            help="Host names the API answers besides loopback and --host, comma-separated; *.example.com, "
+            "or * for any [env: JAMBA_STACK_ALLOWED_HOSTS].",
+        ),
+    ] = None,
+    max_seqs_per_request: Annotated[
+        int | None,
+        typer.Option(
+            "--max-seqs-per-request",
+            help="Most sequences one request asks for (prompts x n) [env: JAMBA_STACK_MAX_SEQS_PER_REQUEST]; "
+            "default 64.",
+        ),
+    ] = None,
+    max_queued_requests: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queued-requests",
+            help="Most requests waiting for their first token; more get 429 "
+            "[env: JAMBA_STACK_MAX_QUEUED_REQUESTS]; default 256.",
+        ),
+    ] = None,
+    default_max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--default-max-tokens",
+            help="Answer length when a request leaves max_tokens out [env: JAMBA_STACK_DEFAULT_MAX_TOKENS]; "
+            "default 4096.",
+        ),
+    ] = None,
+    max_tokens_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens-limit",
+            help="Largest max_tokens a request may ask for [env: JAMBA_STACK_MAX_TOKENS_LIMIT]; default 32768.",
+        ),
+    ] = None,
+    max_documents: Annotated[
+        int | None,
+        typer.Option(
+            "--max-documents",
+            help="Most documents in one request [env: JAMBA_STACK_MAX_DOCUMENTS]; default 256.",
+        ),
+    ] = None,
+    max_tools: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tools", help="Most tools in one request [env: JAMBA_STACK_MAX_TOOLS]; default 128."
+        ),
+    ] = None,
+    max_header_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-header-bytes",
+            help="Largest request line + headers [env: JAMBA_STACK_MAX_HEADER_BYTES]; default 64 KiB.",
+        ),
+    ] = None,
+    body_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--body-timeout-s",
+            help="Seconds a request body may take to arrive, then 408 [env: JAMBA_STACK_BODY_TIMEOUT_S]; "
+            "default 60.",
+        ),
     ] = None,
     quantization: Annotated[
         str | None,
@@ -73,7 +144,8 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
-    path. Set JAMBA_STACK_API_KEY to require a bearer key."""
+    path. Set JAMBA_STACK_API_KEY to require a bearer key. Limits on what one request may ask:
+    docs/server.md."""
     from jamba_runtime import AsyncLLM, EngineArgs, EngineConfig
     from jamba_stack.app.server.app import serve as run_server
 
@@ -86,6 +158,15 @@ def serve(
         port=port,
         served_model_name=served_model_name,
         max_body_bytes=max_body_bytes,
+        allowed_hosts=allowed_hosts,
+        max_seqs_per_request=max_seqs_per_request,
+        max_queued_requests=max_queued_requests,
+        default_max_tokens=default_max_tokens,
+        max_tokens_limit=max_tokens_limit,
+        max_documents=max_documents,
+        max_tools=max_tools,
+        max_header_bytes=max_header_bytes,
+        body_timeout_s=body_timeout_s,
         quantization=quantization,
         kv_cache_dtype=kv_cache_dtype,
         mamba_ssm_dtype=mamba_ssm_dtype,

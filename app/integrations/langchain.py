@@ -19,10 +19,11 @@ from typing import Any
 from jamba_stack.app.integrations import hit_metadata, missing
 
 try:
-    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
     from langchain_core.documents import Document
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableLambda
+    from langchain_core.runnables.config import run_in_executor
     from pydantic import ConfigDict
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise missing("langchain-core", "langchain", e) from e
@@ -37,8 +38,9 @@ class JambaStackRetriever(BaseRetriever):
 
     Fields: `retriever` (a `jamba_stack.retrieval.search.Retriever`), `k` (hits per query), `mode` (hybrid,
     dense or bm25), `filters` (Chroma `where` syntax, applied to both retrievers), `reranker` (a
-    `jamba_stack.retrieval.rerank.Reranker` applied to max(k, 30) candidates, or None). `invoke` raises what
-    `Retriever.search` raises (`InvalidQueryError`, `QueryTooLongError`)."""
+    `jamba_stack.retrieval.rerank.Reranker` applied to max(k, 30) candidates, or None). `invoke(query, k=...,
+    mode=..., filters=...)` overrides the fields for one call, as LangChain's retrievers do. `invoke` raises
+    what `Retriever.search` raises (`InvalidQueryError`, `QueryTooLongError`)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -64,18 +66,47 @@ class JambaStackRetriever(BaseRetriever):
         return cls(retriever=r, **fields)
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        mode: str | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> list[Document]:
+        k = self.k if k is None else k
+        mode = mode or self.mode
+        filters = self.filters if filters is None else filters
         if self.reranker is not None:
             from jamba_stack.retrieval.rerank import RERANK_CANDIDATES
 
             pool = self.retriever.search(
-                query, max(self.k, RERANK_CANDIDATES), mode=self.mode, filters=self.filters, rerank=False
+                query, max(k, RERANK_CANDIDATES), mode=mode, filters=filters, rerank=False
             )
-            hits = self.reranker.rerank(query.strip(), pool, top_k=self.k)
+            hits = self.reranker.rerank(query.strip(), pool, top_k=k)
         else:
-            hits = self.retriever.search(query, self.k, mode=self.mode, filters=self.filters, rerank=False)
+            hits = self.retriever.search(query, k, mode=mode, filters=filters, rerank=False)
         return [Document(page_content=h.text, metadata=hit_metadata(h), id=h.chunk_id) for h in hits]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        mode: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        # The search is synchronous (Chroma, BM25, the embedder): run it off the event loop.
+        return await run_in_executor(
+            None,
+            self._get_relevant_documents,
+            query,
+            run_manager=run_manager.get_sync(),
+            k=k,
+            mode=mode,
+            filters=filters,
+        )
 
 
 def _format(docs: Sequence[Document]) -> str:

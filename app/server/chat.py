@@ -24,9 +24,11 @@ from jamba_runtime.errors import InvalidRequestError
 from jamba_stack.app.server.errors import sse_error
 from jamba_stack.app.server.protocol import ChatCompletionRequest
 from jamba_stack.app.server.serving import (
+    Admission,
     RequestTimer,
     ServerState,
-    add_choices,
+    admit,
+    check_stream_options,
     merge,
     resolve_max_tokens,
     sampling_params,
@@ -43,6 +45,13 @@ _MIN_LOGPROB = -9999.0  # JSON has no -inf
 def chat_inputs(body: ChatCompletionRequest) -> ChatInputs:
     """The request's chat inputs. Raises `InvalidParameterError` for what they cannot express."""
     choice = body.tool_choice
+    if choice is not None and choice != "none" and not body.tools:
+        # As vLLM: "none" is the default without tools, any other tool_choice needs them.
+        raise InvalidParameterError(
+            f"tool_choice={choice if isinstance(choice, str) else choice.model_dump()!r} needs tools: "
+            "pass the tools, or leave tool_choice out",
+            "tool_choice",
+        )
     if body.continue_final_message == body.add_generation_prompt:
         raise InvalidParameterError(
             "continue_final_message continues the last assistant message instead of opening a new turn: "
@@ -68,11 +77,22 @@ async def create_chat_completion(
     """Answer one chat request. `ai21`: AI21's path, whose SDK reads logprobs in another shape,
     so they are left out there."""
     model = state.check_model(body.model)
+    check_stream_options(body.stream, body.stream_options)
+    limits = state.limits
+    limits.check_sequences(body.n, "n", f"n={body.n} choices")
+    limits.check_count(len(body.documents or ()), "max_documents", "documents")
+    limits.check_count(len(body.tools or ()), "max_tools", "tools")
     inputs = chat_inputs(body)
+    state.check_text_fits(inputs.text_size(), "messages")
     # Template + tokenizer off the event loop: a long prompt would stall every other stream.
     prompt = await asyncio.to_thread(inputs.render, state.tokenizer)
+    asked = body.max_completion_tokens or body.max_tokens
     max_tokens = resolve_max_tokens(
-        state, body.max_completion_tokens or body.max_tokens, len(prompt), "messages"
+        state,
+        asked,
+        len(prompt),
+        "messages",
+        "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
     )
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidParameterError("top_logprobs needs logprobs=true", "top_logprobs")
@@ -88,10 +108,14 @@ async def create_chat_completion(
             raise
     params = sampling_params(body, max_tokens, logprobs, spec, body.n)
     reply = _Reply(state, body, inputs, model, len(prompt), ai21)
-    streams = add_choices(state, prompt, params, reply.id)
+    admission, streams = admit(state, [(prompt, params)], reply.id)
+    reply.admission = admission
     if body.stream:
-        return SSEResponse(reply.stream(streams))
-    return JSONResponse(await until_disconnect(request, reply.collect(streams)))
+        return SSEResponse(reply.stream(streams), on_close=admission.close)
+    try:
+        return JSONResponse(await until_disconnect(request, reply.collect(streams)))
+    finally:
+        admission.close()
 
 
 class _Reply:
@@ -118,6 +142,12 @@ class _Reply:
         tools = inputs.tools if inputs.uses_tools else None
         self.splitters = [ToolCallSplitter(state.tokenizer, tools) for _ in range(body.n)]
         self.timer = RequestTimer(state.metrics)
+        self.admission: Admission | None = None
+
+    def _on_delta(self, index: int, delta: RequestOutputDelta) -> None:
+        self.timer.on_delta(delta)
+        if self.admission is not None:
+            self.admission.on_delta(index, delta)
 
     def _calls(self, calls: list[ToolCall]) -> list[ToolCall]:
         return calls[:1] if self.single_call else calls
@@ -157,7 +187,7 @@ class _Reply:
         self.state.metrics.in_flight.inc()
         try:
             async for i, delta in merge(streams):
-                self.timer.on_delta(delta)
+                self._on_delta(i, delta)
                 content[i].append(self.splitters[i].feed(delta.text, delta.token_ids))
                 logprobs[i].extend(self._logprobs(delta.logprobs))
                 if not delta.finished:
@@ -226,7 +256,7 @@ class _Reply:
             # closing `merge` then aborts every choice at once, not when it is collected.
             async with contextlib.aclosing(merge(streams)) as deltas:
                 async for i, delta in deltas:
-                    self.timer.on_delta(delta)
+                    self._on_delta(i, delta)
                     text = self.splitters[i].feed(delta.text, delta.token_ids)
                     lps = self._logprobs(delta.logprobs) if self.with_logprobs else None
                     if text or lps:

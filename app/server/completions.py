@@ -18,14 +18,18 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from jamba_runtime import SamplingParams
 from jamba_runtime.async_llm import RequestOutputDelta
 from jamba_runtime.errors import JambaStackError
+from jamba_runtime.tokenizer.tokenizer import IncrementalDecoder
 from jamba_stack.app.server.errors import UnsupportedParameterError, sse_error
 from jamba_stack.app.server.protocol import CompletionRequest
 from jamba_stack.app.server.serving import (
+    Admission,
     RequestTimer,
     ServerState,
-    add_choices,
+    admit,
+    check_stream_options,
     merge,
     resolve_max_tokens,
     sampling_params,
@@ -49,6 +53,7 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 
 async def create_completion(state: ServerState, body: CompletionRequest, request: Request) -> Response:
     model = state.check_model(body.model)
+    check_stream_options(body.stream, body.stream_options)
     if body.suffix:
         raise UnsupportedParameterError("suffix is not supported by this server: leave it out", "suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -62,6 +67,13 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
     prompts = _prompts(body.prompt)
     if not prompts:
         raise UnsupportedParameterError("prompt is empty: give at least one prompt", "prompt")
+    state.limits.check_sequences(
+        len(prompts) * body.n, "prompt" if len(prompts) > 1 else "n", f"{len(prompts):,} prompts x n={body.n}"
+    )
+    state.limits.check_max_tokens(body.max_tokens)
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            state.check_text_fits(len(prompt), "prompt")
     spec = None
     constraint = structured_outputs_of(body)
     if constraint is not None:
@@ -73,27 +85,27 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
             exc.param = "structured_outputs"  # type: ignore[attr-defined]
             raise
     reply = _Reply(state, body, model)
-    streams: list[AsyncIterator[RequestOutputDelta]] = []
-    try:
-        for p, prompt in enumerate(prompts):
-            try:
-                ids = await asyncio.to_thread(state.llm.engine.prompt_ids, prompt)  # off the event loop
-            except JambaStackError as exc:
-                exc.param = "prompt"  # type: ignore[attr-defined]
-                raise
-            max_tokens = resolve_max_tokens(state, body.max_tokens, len(ids), "prompt")
-            params = sampling_params(body, max_tokens, body.logprobs, spec, body.n)
-            reply.prompt_tokens += len(ids)
-            reply.echo_text.append(
-                (prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)) if body.echo else ""
-            )
-            streams += add_choices(state, ids, params, f"{reply.id}-{p}")
-    except BaseException:
-        streams.clear()  # unread streams abort when collected
-        raise
+    queued: list[tuple[list[int], list[SamplingParams]]] = []
+    for prompt in prompts:
+        try:
+            ids = await asyncio.to_thread(state.llm.engine.prompt_ids, prompt)  # off the event loop
+        except JambaStackError as exc:
+            exc.param = "prompt"  # type: ignore[attr-defined]
+            raise
+        max_tokens = resolve_max_tokens(state, body.max_tokens, len(ids), "prompt")
+        queued.append((ids, sampling_params(body, max_tokens, body.logprobs, spec, body.n)))
+        reply.prompt_tokens += len(ids)
+        reply.echo_text.append(
+            (prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)) if body.echo else ""
+        )
+    admission, streams = admit(state, queued, reply.id)
+    reply.admission = admission
     if body.stream:
-        return SSEResponse(reply.stream(streams))
-    return JSONResponse(await until_disconnect(request, reply.collect(streams)))
+        return SSEResponse(reply.stream(streams), on_close=admission.close)
+    try:
+        return JSONResponse(await until_disconnect(request, reply.collect(streams)))
+    finally:
+        admission.close()
 
 
 class _Reply:
@@ -108,16 +120,38 @@ class _Reply:
         self.prompt_tokens = 0
         self.echo_text: list[str] = []
         self.timer = RequestTimer(state.metrics)
+        self.admission: Admission | None = None
+        self._decoders: dict[int, IncrementalDecoder] = {}
 
-    def _logprobs(self, entries: list[dict] | None, offset: int) -> dict[str, Any]:
+    def _on_delta(self, index: int, delta: RequestOutputDelta) -> None:
+        self.timer.on_delta(delta)
+        if self.admission is not None:
+            self.admission.on_delta(index, delta)
+
+    def _logprobs(self, index: int, entries: list[dict] | None, offset: int) -> dict[str, Any]:
+        """OpenAI's logprobs of one delta of choice `index`, whose text starts at `offset`.
+
+        `tokens` are the text each token adds (so they join to the choice's text and
+        `text_offset` points into it): a special token the text leaves out is left out here
+        too, and a token that ends inside a character adds "" (the next one carries it).
+        `top_logprobs` (keyed by each token's own spelling) always holds the sampled token, as
+        OpenAI's do, even with logprobs=0."""
+        decoder = self._decoders.get(index)
+        if decoder is None:
+            decoder = self._decoders[index] = self.state.tokenizer.incremental_decoder()
         tokens, token_logprobs, top, offsets = [], [], [], []
         for e in entries or ():
-            token = self.state.token_text(e["token_id"])
-            tokens.append(token)
-            token_logprobs.append(max(e["logprob"], _MIN_LOGPROB))
-            top.append({self.state.token_text(i): max(lp, _MIN_LOGPROB) for i, lp in e["top"]})
+            text = decoder.add(e["token_id"])
+            if not text and self.state.is_special(e["token_id"]):
+                continue
+            logprob = max(e["logprob"], _MIN_LOGPROB)
+            alternatives = {self.state.token_text(i): max(lp, _MIN_LOGPROB) for i, lp in e["top"]}
+            alternatives.setdefault(self.state.token_text(e["token_id"]), logprob)
+            tokens.append(text)
+            token_logprobs.append(logprob)
+            top.append(alternatives)
             offsets.append(offset)
-            offset += len(token)
+            offset += len(text)
         return {
             "tokens": tokens,
             "token_logprobs": token_logprobs,
@@ -134,7 +168,7 @@ class _Reply:
         self.state.metrics.in_flight.inc()
         try:
             async for i, delta in merge(streams):
-                self.timer.on_delta(delta)
+                self._on_delta(i, delta)
                 texts[i].append(delta.text)
                 entries[i].extend(delta.logprobs or ())
                 if delta.finished:
@@ -147,7 +181,7 @@ class _Reply:
             {
                 "index": i,
                 "text": "".join(texts[i]),
-                "logprobs": self._logprobs(entries[i], len(self.echo_text[i // self.n]))
+                "logprobs": self._logprobs(i, entries[i], len(self.echo_text[i // self.n]))
                 if self.with_logprobs
                 else None,
                 "finish_reason": finish[i],
@@ -187,8 +221,8 @@ class _Reply:
                     yield self._chunk(i, self.echo_text[i // self.n])
             async with contextlib.aclosing(merge(streams)) as deltas:
                 async for i, delta in deltas:
-                    self.timer.on_delta(delta)
-                    lps = self._logprobs(delta.logprobs, offsets[i]) if self.with_logprobs else None
+                    self._on_delta(i, delta)
+                    lps = self._logprobs(i, delta.logprobs, offsets[i]) if self.with_logprobs else None
                     offsets[i] += sum(len(t) for t in (lps or {}).get("tokens", ()))
                     if delta.text or lps:
                         yield self._chunk(i, delta.text, logprobs=lps)

@@ -2,9 +2,11 @@
 "code"}}`, with the status of the typed error that caused it (`JambaStackError.http_status`).
 
 Mapping: typed runtime errors keep their status and code (a too-long prompt is 400
-`context_length_exceeded`); request validation (FastAPI's 422, malformed JSON included) is 400;
-a wrong API key 401; an unknown route 404; an oversized body 413; anything unexpected 500 with a
-generic message (the traceback goes to the log, not the client).
+`context_length_exceeded`); request validation (FastAPI's 422) is 400; a body that is not JSON
+(malformed, not UTF-8, nested past what the parser takes) is 400 `invalid_json`; a wrong API key
+401; an unknown route 404; a body that does not finish arriving 408; an oversized body 413;
+oversized headers 431 (past one network read, the HTTP server itself answers 400); a full queue 429 with `Retry-After`; input nested too deeply anywhere else 400; anything unexpected 500
+with a generic message (the traceback goes to the log, not the client).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jamba_runtime.errors import JambaStackError
+from jamba_runtime.errors import InvalidRequestError, JambaStackError
 
 logger = logging.getLogger("jamba_stack.server")
 
@@ -38,6 +40,46 @@ class RequestTooLargeError(JambaStackError):
 
     http_status = 413
     code = "request_too_large"
+
+
+class RequestTimeoutError(JambaStackError):
+    """The request body did not finish arriving within the server's `body_timeout_s`."""
+
+    http_status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLargeError(JambaStackError):
+    """The request's headers are larger than the server reads (`max_header_bytes`)."""
+
+    http_status = 431
+    code = "request_header_fields_too_large"
+
+
+class InvalidHostError(JambaStackError):
+    """The request's Host header is not one the server answers to (`allowed_hosts`)."""
+
+    http_status = 400
+    code = "invalid_host"
+
+
+class InvalidJsonError(JambaStackError):
+    """The request body is not JSON the server can read (malformed, not UTF-8, nested too deeply)."""
+
+    http_status = 400
+    code = "invalid_json"
+
+
+class QueueFullError(JambaStackError):
+    """The server already holds as many waiting requests as it may (`max_queued_requests`).
+    `headers` carries `Retry-After` (seconds)."""
+
+    http_status = 429
+    code = "queue_full"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class UnsupportedParameterError(JambaStackError):
@@ -70,9 +112,25 @@ def error_of(exc: BaseException) -> tuple[int, dict[str, Any]]:
     return 500, error_body(500, "internal error: see the server log", "internal_error")
 
 
+def error_of_unexpected(exc: BaseException) -> JambaStackError | None:
+    """The user-caused error an untyped exception stands for, or None for a server fault: input
+    nested so deeply that something recursing over it ran out of stack is the request's fault."""
+    if isinstance(exc, RecursionError):
+        return InvalidRequestError(
+            "the request is nested too deeply to process (a schema, tool parameters, document "
+            "metadata or tool-call arguments): flatten it"
+        )
+    return None
+
+
+def error_headers(exc: BaseException) -> dict[str, str] | None:
+    """Headers an error is answered with (`Retry-After` of a 429), if any."""
+    return getattr(exc, "headers", None) if isinstance(exc, JambaStackError) else None
+
+
 def error_response(exc: BaseException, headers: dict[str, str] | None = None) -> JSONResponse:
     status, body = error_of(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers or error_headers(exc))
 
 
 def sse_error(exc: BaseException) -> str:
@@ -125,6 +183,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = _unreadable_body(exc)
+        if unreadable is not None:
+            return error_response(unreadable)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(
             error_body(exc.status_code, str(exc.detail), code),
@@ -134,5 +195,29 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        typed = error_of_unexpected(exc)
+        if typed is not None:
+            return error_response(typed)
         logger.exception("unexpected error on %s", request.url.path, exc_info=exc)
         return error_response(exc)
+
+
+def _unreadable_body(exc: StarletteHTTPException) -> InvalidJsonError | None:
+    """FastAPI answers a body `json.loads` fails on with anything but a syntax error (bytes that
+    are not UTF-8, nesting past the parser's recursion limit) with a bare 400 whose cause is the
+    real error: name it, with the code `invalid_json`."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return InvalidJsonError(
+            f"the request body is not UTF-8 ({cause.reason} at byte {cause.start}): send JSON encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return InvalidJsonError(
+            "the request body is nested too deeply to parse (about 1,000 levels of arrays and "
+            "objects at most): flatten it"
+        )
+    return InvalidJsonError(
+        f"the request body could not be read as JSON ({type(cause).__name__}): send a JSON object"
+    )

@@ -33,7 +33,7 @@ class SamplingFields(_Request):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=64)
+    n: int = Field(default=1, ge=1)  # at most the server's max_seqs_per_request
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool | None = False
@@ -50,7 +50,7 @@ class SamplingFields(_Request):
     # vLLM's structured output: `structured_outputs` ({"json" | "regex" | "choice" | "grammar": ...})
     # and its older `guided_*` fields (`structured_outputs_of` merges them)
     structured_outputs: dict[str, Any] | None = None
-    guided_json: dict[str, Any] | str | None = None
+    guided_json: dict[str, Any] | bool | str | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
@@ -106,7 +106,7 @@ class NamedToolChoice(_Request):
 class JsonSchemaFormat(_Request):
     name: str = "response"
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 

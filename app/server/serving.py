@@ -23,6 +23,7 @@ from jamba_runtime import SamplingParams, Tokenizer
 from jamba_runtime.async_llm import AsyncLLM, RequestOutputDelta
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError
 from jamba_stack.app.server.errors import UnsupportedParameterError
+from jamba_stack.app.server.limits import RequestQueue, ServerLimits
 from jamba_stack.app.server.metrics import ServerMetrics
 from jamba_stack.app.server.protocol import SamplingFields
 from jamba_stack.chat.format import InvalidParameterError
@@ -42,8 +43,15 @@ class ServerState:
     llm: AsyncLLM
     model_names: tuple[str, ...]
     metrics: ServerMetrics
+    limits: ServerLimits = field(default_factory=ServerLimits)
     created: int = field(default_factory=lambda: int(time.time()))
+    queue: RequestQueue = field(init=False)
     _token_text: dict[int, str] = field(default_factory=dict)
+    _max_token_chars: int | None = None
+    _special: dict[int, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.queue = RequestQueue(self.limits.max_queued_requests)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -65,6 +73,41 @@ class ServerState:
             )
         return name
 
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token of this vocabulary stands for (its longest spelling,
+        which is never shorter than the text it decodes to)."""
+        if self._max_token_chars is None:
+            tok = self.tokenizer
+            spellings = (tok.id_to_token(i) or "" for i in range(tok.vocab_size))
+            self._max_token_chars = max(1, max(len(t) for t in spellings))
+        return self._max_token_chars
+
+    def check_text_fits(self, chars: int, param: str) -> None:
+        """Raise `ContextLengthError` when a text of `chars` characters cannot fit the context
+        however it tokenizes: a cheap bound checked before a long text is tokenized. The factor
+        4 leaves room for a normalizer that composes characters (e + accent -> é) before the
+        vocabulary applies."""
+        bound = 4 * self.max_model_len * self.max_token_chars
+        if chars > bound:
+            raise _with_param(
+                ContextLengthError(
+                    f"the prompt has {chars:,} characters, more than this model's context of "
+                    f"{self.max_model_len:,} tokens can hold: shorten it"
+                ),
+                param,
+            )
+
+    def is_special(self, token_id: int) -> bool:
+        """Whether the token is one the text of an answer leaves out (a special token)."""
+        special = self._special.get(token_id)
+        if special is None:
+            tok = self.tokenizer
+            special = self._special[token_id] = tok.decode([token_id]) == "" and bool(
+                tok.decode([token_id], skip_special_tokens=False)
+            )
+        return special
+
     def token_text(self, token_id: int) -> str:
         """One token's text (special tokens included), for logprobs."""
         text = self._token_text.get(token_id)
@@ -78,11 +121,20 @@ def _with_param(exc: Exception, param: str) -> Exception:
     return exc
 
 
-def resolve_max_tokens(state: ServerState, max_tokens: int | None, prompt_len: int, prompt_param: str) -> int:
-    """The request's `max_tokens`, or all the context the prompt leaves.
+def resolve_max_tokens(
+    state: ServerState,
+    max_tokens: int | None,
+    prompt_len: int,
+    prompt_param: str,
+    max_tokens_param: str = "max_tokens",
+) -> int:
+    """The request's `max_tokens`, or the server's `default_max_tokens` (less when the context has
+    less room left).
 
-    Raises `ContextLengthError` (400) when the prompt alone fills the context, or when the prompt
-    plus `max_tokens` passes it (as OpenAI and vLLM answer; the runtime itself would stop there)."""
+    Raises `RequestLimitError` (400) past the server's `max_tokens_limit`, `ContextLengthError`
+    (400) when the prompt alone fills the context, or when the prompt plus `max_tokens` passes it
+    (as OpenAI and vLLM answer; the runtime itself would stop there)."""
+    state.limits.check_max_tokens(max_tokens, max_tokens_param)
     limit = state.max_model_len
     if prompt_len >= limit:
         raise _with_param(
@@ -93,14 +145,15 @@ def resolve_max_tokens(state: ServerState, max_tokens: int | None, prompt_len: i
             prompt_param,
         )
     if max_tokens is None:
-        return limit - prompt_len
+        limits = state.limits
+        return min(limits.default_max_tokens, limits.max_tokens_limit, limit - prompt_len)
     if prompt_len + max_tokens > limit:
         raise _with_param(
             ContextLengthError(
                 f"max_tokens={max_tokens:,} plus the prompt's {prompt_len:,} tokens passes this model's context "
                 f"of {limit:,} tokens: ask for at most {limit - prompt_len:,} tokens or shorten the prompt"
             ),
-            "max_tokens",
+            max_tokens_param,
         )
     return max_tokens
 
@@ -156,6 +209,16 @@ def sampling_params(
     return out
 
 
+def check_stream_options(stream: bool | None, options: Any) -> None:
+    """`stream_options` is about the stream: without `stream: true` it is a mistake (as OpenAI and
+    vLLM answer)."""
+    if options is not None and not stream:
+        raise InvalidParameterError(
+            "stream_options is only allowed with stream=true: set stream=true, or leave stream_options out",
+            "stream_options",
+        )
+
+
 def structured_outputs_of(req: SamplingFields) -> dict[str, Any] | None:
     """vLLM's structured-output fields as one `structured_outputs` dict, None when none is set.
     Raises `InvalidParameterError` when both `structured_outputs` and `guided_*` fields are given
@@ -172,22 +235,6 @@ def structured_outputs_of(req: SamplingFields) -> dict[str, Any] | None:
             "give structured_outputs or the guided_* fields, not both", "structured_outputs"
         )
     return dict(req.structured_outputs or legacy) or None
-
-
-def add_choices(
-    state: ServerState, prompt: list[int], params: Sequence[SamplingParams], request_id: str
-) -> list[AsyncIterator[RequestOutputDelta]]:
-    """Queue one engine request per choice (ids `request_id-i`); all or none: when one is refused,
-    those already queued are aborted. Raises what `AsyncLLM.add_request` raises."""
-    streams: list[Any] = []
-    try:
-        for i, p in enumerate(params):
-            streams.append(state.llm.add_request(prompt, p, request_id=f"{request_id}-{i}"))
-    except BaseException:
-        # An unread stream is aborted when it is collected (AsyncLLM's finalizer): on CPython, now.
-        streams.clear()
-        raise
-    return streams
 
 
 _DONE = object()
@@ -227,6 +274,81 @@ async def merge(
     finally:
         for task in tasks:
             task.cancel()
+
+
+class Admission:
+    """One request's choices in the engine and its place in the server's queue.
+
+    `admit` takes a queue place (429 when the queue is full) and adds the choices (all or none);
+    `started` leaves the queue at the first token; `close` (idempotent, whenever the request ends:
+    done, failed or its client gone) leaves the queue and aborts every choice still in the engine,
+    waiting ones included, without waiting for their streams to be read or collected."""
+
+    def __init__(self, state: ServerState, request_ids: list[str]) -> None:
+        self.state = state
+        self.request_ids = request_ids
+        self.ticket = state.queue.admit()
+        self._finished: set[int] = set()
+        self._closed = False
+
+    def on_delta(self, index: int, delta: RequestOutputDelta) -> None:
+        """Note a delta of choice `index` (its first leaves the queue; its last ends the choice)."""
+        self.ticket.started()
+        if delta.finished:
+            self._finished.add(index)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.ticket.release()
+        llm = self.state.llm
+        if llm.stopped:
+            return
+        for i, rid in enumerate(self.request_ids):
+            if i not in self._finished:
+                _background(llm.abort(rid))
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def _background(work: Awaitable[Any]) -> None:
+    """Run `work` without awaiting it; its errors (an id that already ended) are dropped."""
+
+    async def quietly() -> None:
+        with contextlib.suppress(Exception):
+            await work
+
+    task = asyncio.ensure_future(quietly())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+def admit(
+    state: ServerState, prompts: Sequence[tuple[list[int], Sequence[SamplingParams]]], request_id: str
+) -> tuple[Admission, list[AsyncIterator[RequestOutputDelta]]]:
+    """Queue every choice of a request (`prompts`: each prompt with its choices' params), ids
+    `request_id-p-i` (or `request_id-i` for a single prompt). Raises `QueueFullError` (429) when
+    the server's queue is full, and what `AsyncLLM.add_request` raises (then nothing is queued)."""
+    ids = [
+        f"{request_id}-{i}" if len(prompts) == 1 else f"{request_id}-{p}-{i}"
+        for p, (_, params) in enumerate(prompts)
+        for i in range(len(params))
+    ]
+    admission = Admission(state, ids)
+    streams: list[AsyncIterator[RequestOutputDelta]] = []
+    try:
+        k = 0
+        for prompt, params in prompts:
+            for p in params:
+                streams.append(state.llm.add_request(prompt, p, request_id=ids[k]))
+                k += 1
+    except BaseException:
+        streams.clear()
+        admission.close()
+        raise
+    return admission, streams
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -6,7 +6,7 @@ Only `data:` lines are sent (no comments or keep-alives): the `ai21` SDK refuses
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -23,13 +23,15 @@ class SSEResponse(StreamingResponse):
     """A `text/event-stream` response that closes its generator when the response ends, however
     it ends. Starlette cancels the send loop when the client disconnects; if that happens while a
     chunk is being sent, the generator sits at a `yield` and would be closed only when collected.
-    Closing it here aborts its sequences at once."""
+    Closing it here aborts its sequences at once; `on_close` then runs (it aborts the choices
+    whose streams were never read: a client gone before the first event)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[str]) -> None:
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None] | None = None) -> None:
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._events = content
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -37,4 +39,8 @@ class SSEResponse(StreamingResponse):
         finally:
             # Runs to the end without suspending (the generators' cleanups do not await), so
             # it completes even inside a cancelled scope.
-            await self._events.aclose()  # type: ignore[attr-defined]
+            try:
+                await self._events.aclose()  # type: ignore[attr-defined]
+            finally:
+                if self._on_close is not None:
+                    self._on_close()

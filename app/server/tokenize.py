@@ -13,11 +13,14 @@ from jamba_stack.chat.format import ChatInputs, InvalidParameterError
 
 async def tokenize(state: ServerState, body: TokenizeRequest) -> TokenizeResponse:
     """Raises `InvalidParameterError` unless exactly one of `prompt` and `messages` is given,
-    and for messages, tools or documents the chat template cannot render."""
+    and for messages, tools or documents the chat template cannot render; `RequestLimitError`
+    past the server's documents or tools limit."""
     if body.model is not None:
         state.check_model(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise InvalidParameterError("give either prompt or messages", "prompt")
+    state.limits.check_count(len(body.documents or ()), "max_documents", "documents")
+    state.limits.check_count(len(body.tools or ()), "max_tools", "tools")
     tokenizer = state.tokenizer
     if body.prompt is not None:
         text = body.prompt

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import llguidance
     import torch
 
+    from jamba_runtime.structured.unique import UniqueTracker
+
 _OUT, _STR, _ESC = 0, 1, 2  # outside a string, inside one, inside one right after a backslash
 _NEUTRAL = 3  # ordering for non-JSON grammars (regex, choice): length and ASCII only
 
@@ -202,6 +204,7 @@ def rollout(
     scratch: torch.Tensor,
     hints: list[list[int]] = (),  # type: ignore[assignment]
     hint_chars: frozenset[int] = frozenset(),
+    unique: UniqueTracker | None = None,
 ) -> list[int] | None:
     """A token path of at most `cap` tokens from `matcher`'s state (on a copy) to the grammar's
     end: it ends with an end-of-sequence token, or where the grammar stops. None if none is found.
@@ -209,8 +212,10 @@ def rollout(
     `scratch`: a `(1, ceil(vocab/32))` int32 CPU buffer for the masks. Where a string cannot end
     yet (or, not JSON, the output), the rollout first tries to type one of `hints` (`spec_hints`,
     tokenized), then searches short strings of single characters (`_search_chars`; `hint_chars`,
-    the bytes of the hints, are tried first when many characters are allowed)."""
+    the bytes of the hints, are tried first when many characters are allowed). `unique`: the
+    sequence's `uniqueItems` tracker; the path never closes an item equal to an earlier one."""
     m = matcher.deep_copy()
+    unique = unique.clone() if unique is not None else None
     rng = random.Random(seed)
     words = scratch.numpy()[0].view(np.uint32)  # a view: sees each mask written into `scratch`
     path: list[int] = []
@@ -220,6 +225,8 @@ def rollout(
             return path
         m.unsafe_compute_mask_ptr(scratch.data_ptr(), scratch.numel() * 4)
         if m.is_error():
+            return None
+        if unique is not None and not unique.restrict(scratch, 0, m):
             return None
         token = table.choose(words, state, rng)
         if token is None:
@@ -232,6 +239,8 @@ def rollout(
             if typed is not None:
                 for t in typed:
                     state = table.advance(state, t) if state is not None else None
+                    if unique is not None and not unique.feed(t):
+                        return None
                 path.extend(typed)
                 continue
             search_again = len(path) + 4
@@ -242,6 +251,8 @@ def rollout(
             return None
         if state is not None:
             state = table.advance(state, token)
+        if unique is not None:
+            unique.feed(token)
     return path if m.is_stopped() else None
 
 

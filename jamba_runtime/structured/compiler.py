@@ -26,10 +26,12 @@ from jamba_runtime.structured.json_schema import (
     explain_grammar_error,
     narrow_schema,
     refuse_legacy,
+    refuse_unrepresentable,
 )
 from jamba_runtime.structured.matcher import ESTIMATE_CAP, CompiledGrammar, GrammarMatcher
 from jamba_runtime.structured.spec import tool_function
 from jamba_runtime.structured.tools import TOOL_CALLS_END, TOOL_CALLS_START, tool_parameters, tools_lark
+from jamba_runtime.structured.unique import UniqueSpec, UniqueTokens
 
 if TYPE_CHECKING:
     import llguidance
@@ -65,6 +67,7 @@ class GrammarCompiler:
         self.tag_start = tokenizer.token_to_id(TOOL_CALLS_START)
         self.tag_end = tokenizer.token_to_id(TOOL_CALLS_END)
         self._token_table: TokenTable | None = None
+        self._unique_tokens: UniqueTokens | None = None
         self._scratch = threading.local()
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], CompiledGrammar] = OrderedDict()
@@ -83,8 +86,16 @@ class GrammarCompiler:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        compiled = self._build(spec)
+        try:
+            compiled = self._build(spec)
+        except (ValueError, TypeError, OverflowError) as e:
+            # llguidance refusing a value it cannot read (the checks above name the common ones)
+            raise InvalidRequestError(
+                f"the output constraint cannot be compiled for constrained decoding ({e}): simplify it"
+            ) from None
         self.token_table  # noqa: B018 - built here (~1 s for a 65k vocab), on the caller's thread, not mid-step
+        if compiled.unique is not None:
+            self.unique_tokens  # noqa: B018 - the same
         with self._lock:
             self._cache[key] = compiled
             self._cache.move_to_end(key)
@@ -112,6 +123,14 @@ class GrammarCompiler:
             if self._token_table is None:
                 self._token_table = TokenTable(self.lltokenizer, self.vocab_size, self.eos_token_ids)
             return self._token_table
+
+    @property
+    def unique_tokens(self) -> UniqueTokens:
+        """Per-token bytes for `uniqueItems` (built on first use)."""
+        with self._lock:
+            if self._unique_tokens is None:
+                self._unique_tokens = UniqueTokens(self.lltokenizer, self.vocab_size)
+            return self._unique_tokens
 
     def scratch(self) -> torch.Tensor:
         """A one-row bitmask buffer for rollouts (one per thread)."""
@@ -142,6 +161,7 @@ class GrammarCompiler:
     def _build(self, spec: StructuredOutput) -> CompiledGrammar:
         llg = _import_llguidance()
         what: str
+        unique = None
         if spec.json_object:
             what, grammar = (
                 "json_object",
@@ -149,6 +169,8 @@ class GrammarCompiler:
             )
         elif spec.json_schema is not None:
             refuse_legacy(spec.json_schema, "json_schema")
+            refuse_unrepresentable(spec.json_schema, "json_schema")
+            unique = UniqueSpec.of(spec.json_schema, "json_schema")
             what, grammar = (
                 "json_schema",
                 llg.LLMatcher.grammar_from_json_schema(
@@ -168,7 +190,15 @@ class GrammarCompiler:
         else:
             assert spec.tools is not None
             for tool in spec.tools:
-                refuse_legacy(tool_parameters(tool), f"tool {tool_function(tool)['name']!r} parameters")
+                what = f"tool {tool_function(tool)['name']!r} parameters"
+                refuse_legacy(tool_parameters(tool), what)
+                refuse_unrepresentable(tool_parameters(tool), what)
+                if UniqueSpec.of(tool_parameters(tool), what) is not None:
+                    raise InvalidRequestError(
+                        f"{what} has 'uniqueItems': true, which constrained decoding enforces in a JSON schema "
+                        "output (response_format, structured_outputs) but not in tool arguments: drop it, or "
+                        "check the arguments after the call"
+                    )
                 self._check_tool_schema(tool)
             start = self._tag(self.tag_start, TOOL_CALLS_START)
             end = self._tag(self.tag_end, TOOL_CALLS_END)
@@ -192,6 +222,7 @@ class GrammarCompiler:
             free_text_first=spec.free_text_first,
             hints=[h for h in hints if h],
             hint_chars=frozenset(b for h in hint_texts for b in h.encode()),
+            unique=unique,
         )
 
     def _check_tool_schema(self, tool: dict) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from jamba_runtime.errors import InvalidRequestError
@@ -72,15 +74,44 @@ JSON_OBJECT_SCHEMA: dict[str, Any] = {
 }
 
 
+# Keywords whose value JSON Schema defines as a non-negative integer, where 2.0 counts as 2.
+_COUNT_KEYWORDS = (
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "minContains",
+    "maxContains",
+)
+# The integers llguidance reads from a schema (its JSON numbers are 64-bit).
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
 def narrow_schema(schema: Any) -> Any:
     """A copy of `schema` that admits a subset of its values, each of which common validators
     and parsers take as it is: date, time, date-time and hostname formats become patterns
-    (`_FORMAT_PATTERNS`; other formats are left to llguidance), and numbers with no bound on a
-    side get `MAX_SAFE_INTEGER` there."""
+    (`_FORMAT_PATTERNS`; other formats are left to llguidance), numbers with no bound on a side
+    get `MAX_SAFE_INTEGER` there, and a non-integer `multipleOf` bounds its numbers to where each
+    multiple's decimal text is the double it parses to (`_multiple_bound`).
+
+    Also written in the form llguidance reads: integral counts (`minLength: 2.0`) as integers,
+    no-op keywords (`uniqueItems: false`, `unevaluatedProperties: true`) left out, and
+    `uniqueItems: true` left out (the matcher enforces it: `structured/unique.py`)."""
     if not isinstance(schema, dict):
         return schema
     schema = json.loads(json.dumps(schema))
     for _, node in _walk(schema, "#"):
+        for key in _COUNT_KEYWORDS:
+            value = node.get(key)
+            if isinstance(value, float) and value.is_integer():
+                node[key] = int(value)
+        if isinstance(node.get("uniqueItems"), bool):
+            del node["uniqueItems"]
+        for key in ("unevaluatedProperties", "unevaluatedItems"):
+            if node.get(key) is True or node.get(key) == {}:
+                del node[key]
         types = node.get("type")
         types = {types} if isinstance(types, str) else set(types) if isinstance(types, list) else set()
         if types & {"number", "integer"}:
@@ -90,6 +121,12 @@ def narrow_schema(schema: Any) -> Any:
                 node["maximum"] = MAX_SAFE_INTEGER
             if low is None and (not isinstance(high, int | float) or high >= -MAX_SAFE_INTEGER):
                 node["minimum"] = -MAX_SAFE_INTEGER
+            bound = _multiple_bound(node.get("multipleOf"))
+            if bound is not None:
+                if not isinstance(node.get("maximum"), int | float) or node["maximum"] > bound:
+                    node["maximum"] = bound
+                if not isinstance(node.get("minimum"), int | float) or node["minimum"] < -bound:
+                    node["minimum"] = -bound
         fmt = node.get("format")
         if isinstance(fmt, str) and fmt in _FORMAT_PATTERNS:
             del node["format"]
@@ -101,6 +138,41 @@ def narrow_schema(schema: Any) -> Any:
                 limit = _FORMAT_MAX_LENGTH[fmt]
                 node["maxLength"] = min(node.get("maxLength", limit), limit)
     return schema
+
+
+def _multiple_bound(step: Any) -> float | None:
+    """For a non-integer `multipleOf`, the largest magnitude up to which every multiple's decimal
+    text parses to exactly that number as a double; None for an integer step (or none).
+
+    A step that is a binary fraction (1.5 = 3/2, 0.25) has exact multiples below 2**53 times its
+    denominator's reciprocal. A decimal step (0.1) has multiples no double holds exactly (0.3);
+    they are bounded to 15 significant digits, where the text still parses back to the same
+    decimal (a float validator dividing 0.3 by 0.1 may still disagree)."""
+    if not isinstance(step, float) or step.is_integer() or step <= 0:
+        return None
+    exact = Fraction(Decimal(repr(step)))
+    q = exact.denominator
+    if q & (q - 1) == 0:  # a power of two
+        return float(Fraction(MAX_SAFE_INTEGER, q))
+    digits = -Decimal(repr(step)).normalize().as_tuple().exponent
+    return float(10 ** (15 - max(0, int(digits))) - 1)
+
+
+def refuse_unrepresentable(schema: Any, what: str) -> None:
+    """Refuse integers that constrained decoding cannot hold (it reads 64-bit numbers): raises
+    `InvalidRequestError` naming `what`, the keyword, its place and the range."""
+    stack: list[tuple[Any, str, str]] = [(schema, "#", "")]
+    while stack:
+        value, path, keyword = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}/{k}", k) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}/{i}", keyword) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidRequestError(
+                f"{what} has the integer {value} in {keyword!r} at {path}, beyond the 64-bit range constrained "
+                f"decoding reads ({_INT_MIN:,} to {_INT_MAX:,}): use a smaller number"
+            )
 
 
 def refuse_legacy(schema: Any, what: str) -> None:
@@ -206,4 +278,5 @@ __all__ = [
     "explain_grammar_error",
     "narrow_schema",
     "refuse_legacy",
+    "refuse_unrepresentable",
 ]

@@ -15,6 +15,7 @@ import torch
 
 from jamba_runtime.structured.closing import ScanState, TokenTable, rollout
 from jamba_runtime.structured.masks import clear_bit, get_bit, set_bit
+from jamba_runtime.structured.unique import UniqueSpec, UniqueTokens, UniqueTracker
 
 if TYPE_CHECKING:
     import llguidance
@@ -44,6 +45,7 @@ class CompiledGrammar:
     hints: list[list[int]] = field(default_factory=list)  # tokenized `spec_hints`
     hint_chars: frozenset[int] = frozenset()  # the bytes of the hints
     block_close_len: int | None = None
+    unique: UniqueSpec | None = None  # arrays whose items must differ (`unique.py`)
 
 
 class Compiler(Protocol):
@@ -55,6 +57,9 @@ class Compiler(Protocol):
 
     @property
     def token_table(self) -> TokenTable: ...
+
+    @property
+    def unique_tokens(self) -> UniqueTokens: ...
 
     def scratch(self) -> torch.Tensor: ...
 
@@ -86,6 +91,7 @@ class GrammarMatcher:
         # From the request, never from a global counter: the estimate's timing decides when the
         # closing path starts, so it must not depend on what else ran (same seed, same output).
         self._offset = stagger % _ESTIMATE_EVERY
+        self._unique_failed = False
         self._reset_budget()
 
     def _reset_budget(self) -> None:
@@ -95,6 +101,8 @@ class GrammarMatcher:
         self._plan: list[int] | None = None  # a closing path from the current state
         self._forced: list[int] = []  # the path being followed, reversed
         self._window = _MIN_WINDOW
+        unique = self.compiled.unique
+        self._unique = UniqueTracker(unique, self.compiler.unique_tokens) if unique is not None else None
 
     @property
     def matcher(self) -> llguidance.LLMatcher:
@@ -128,6 +136,8 @@ class GrammarMatcher:
             return
         if not filled:
             self.fill_bitmask(bitmask, row)
+        if self._unique is not None and not self._unique.restrict(bitmask, row, self._matcher):
+            self._unique_failed = True  # every way on repeats an item: the engine ends the request
         if self.constrained_now:
             if remaining > self._window:
                 self._plan = None
@@ -148,6 +158,7 @@ class GrammarMatcher:
             self._forced.pop()
             return token_id if self.accept(forced) and forced == token_id else -1
         scan = self._scan
+        unique = self._unique.clone() if self._unique is not None and self._plan is not None else None
         if not self.accept(token_id):
             return -1
         if not self.constrained_now or token_id in self.compiler.eos_token_ids or self._matcher.is_stopped():
@@ -172,6 +183,8 @@ class GrammarMatcher:
         self._matcher.rollback(1)
         self.num_accepted -= 1
         self._scan = scan
+        if unique is not None:
+            self._unique = unique
         plan, self._plan = self._plan, None
         self._forced = plan[::-1]
         self.closed_by_budget = True
@@ -190,6 +203,8 @@ class GrammarMatcher:
             self.in_block = True
         elif self._scan is not None:
             self._scan = self.compiler.token_table.advance(self._scan, token_id)
+        if self._unique is not None:
+            self._unique.feed(token_id)
         return ok
 
     def rebuild(self, token_ids: Sequence[int]) -> bool:
@@ -208,9 +223,11 @@ class GrammarMatcher:
         return self._matcher.is_stopped()
 
     def is_error(self) -> bool:
-        return self._matcher.is_error()
+        return self._unique_failed or self._matcher.is_error()
 
     def error(self) -> str:
+        if self._unique_failed:
+            return "uniqueItems: every way to go on would repeat an item of a unique array"
         return self._matcher.get_error()
 
     # ---- budget ------------------------------------------------------------------------------
@@ -226,6 +243,7 @@ class GrammarMatcher:
             scratch=self.compiler.scratch(),
             hints=self.compiled.hints,
             hint_chars=self.compiled.hint_chars,
+            unique=self._unique,
         )
 
     def _estimate(self, remaining: int) -> None:
@@ -244,6 +262,8 @@ class GrammarMatcher:
     def _closes(self, path: list[int], cap: int) -> bool:
         """Whether `path` still takes the grammar from here to its end, within `cap` tokens."""
         if len(path) > cap:
+            return False
+        if self._unique is not None and not self._unique.accepts(path):
             return False
         c = self._matcher.deep_copy()
         eos = path[-1] in self.compiler.eos_token_ids

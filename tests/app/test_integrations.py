@@ -85,6 +85,54 @@ def test_langchain_retriever_returns_our_hits_as_documents(collection: dict[str,
     assert [d.id for d in asyncio.run(lc.ainvoke("what carries oxygen in the blood"))] == [d.id for d in docs]
 
 
+def test_langchain_invoke_takes_k_mode_and_filters(collection: dict[str, Any]) -> None:
+    from jamba_stack.app.integrations.langchain import JambaStackRetriever
+
+    lc = JambaStackRetriever(retriever=collection["retriever"], k=4)
+    query = "what carries oxygen in the blood"
+    assert len(lc.invoke(query)) == 4
+    assert len(lc.invoke(query, k=1)) == 1 and len(lc.invoke(query, k=3)) == 3
+    assert [d.id for d in lc.invoke(query, k=2)] == [d.id for d in lc.invoke(query)][:2]
+    cells = str((collection["docs"] / "cells.txt").resolve())
+    only = lc.invoke("energy of the cell", filters={"source": cells}, mode="bm25")
+    assert {d.metadata["source"] for d in only} == {cells}
+    import asyncio
+
+    assert len(asyncio.run(lc.ainvoke(query, k=1))) == 1
+    assert lc.k == 4  # the call's k changed nothing for the next
+
+
+def _standard_retriever_tests() -> type:
+    tests = pytest.importorskip("langchain_tests.integration_tests").RetrieversIntegrationTests
+    # Its one async test runs under pytest-asyncio, which runs only marked tests. Marked in place
+    # (the same function object), so the suite does not count it as overridden.
+    pytest.mark.asyncio(tests.test_ainvoke_returns_documents)
+    return tests
+
+
+class TestLangChainStandardRetriever(_standard_retriever_tests()):  # type: ignore[misc]
+    """LangChain's own standard integration tests for retrievers (`langchain-tests`), on our
+    retriever over the ingested collection."""
+
+    @pytest.fixture(autouse=True)
+    def _collection(self, collection: dict[str, Any]) -> None:
+        type(self).search = collection["retriever"]
+
+    @property
+    def retriever_constructor(self) -> type:
+        from jamba_stack.app.integrations.langchain import JambaStackRetriever
+
+        return JambaStackRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"retriever": type(self).search, "k": 2}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "what carries oxygen in the blood"
+
+
 def test_langchain_from_collection_and_rerank(collection: dict[str, Any]) -> None:
     from jamba_stack.app.integrations.langchain import JambaStackRetriever
     from jamba_stack.retrieval.rerank import MaxSimReranker

@@ -456,7 +456,7 @@ def test_api_key(server: Any) -> None:
 def _post_raw(server: Any, body: dict) -> socket.socket:
     data = json.dumps(body).encode()
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
     )
     port = int(server.url.rsplit(":", 1)[1])
@@ -696,7 +696,7 @@ def local_llm(tiny_model_dir: Path) -> Iterator[AsyncLLM]:
 
 def test_chunked_oversized_body_and_open_server(local_llm: AsyncLLM) -> None:
     app = create_app(Settings(max_body_bytes=1000), llm=local_llm, model_names=["m"])
-    with TestClient(app) as http:
+    with TestClient(app, base_url="http://127.0.0.1") as http:
         ok = http.post("/v1/chat/completions", json={"model": "m", "messages": HI, "max_tokens": 2})
         assert ok.status_code == 200  # no API key set: no auth
 
@@ -715,7 +715,7 @@ def test_chunked_oversized_body_and_open_server(local_llm: AsyncLLM) -> None:
 def test_dead_engine_is_503_and_unhealthy(tiny_model_dir: Path) -> None:
     llm = AsyncLLM(model=tiny_model_dir, engine=EngineConfig(cache_memory_gb=0.02))
     llm.shutdown()
-    with TestClient(create_app(Settings(), llm=llm, model_names=["m"])) as http:
+    with TestClient(create_app(Settings(), llm=llm, model_names=["m"]), base_url="http://127.0.0.1") as http:
         resp = http.post("/v1/chat/completions", json={"model": "m", "messages": HI, "max_tokens": 2})
         assert resp.status_code == 503 and resp.json()["error"]["code"] == "engine_stopped"
         assert http.get("/health").status_code == 503

@@ -127,7 +127,7 @@ def test_a_dead_engine_loop_is_reported_by_health_at_once(tiny_model_dir: Path) 
     llm = LLM(model=tiny_model_dir, engine=EngineConfig(cache_memory_gb=0.02))
     _failing_after(llm, 0)
     allm = AsyncLLM.from_llm(llm)
-    with TestClient(create_app(Settings(), llm=allm, model_names=["m"])) as http:
+    with TestClient(create_app(Settings(), llm=allm, model_names=["m"]), base_url="http://127.0.0.1") as http:
         assert http.get("/health").status_code == 200
         resp = http.post("/v1/chat/completions", json={"model": "m", "messages": HI, "max_tokens": 2})
         assert resp.status_code == 503 and resp.json()["error"]["code"] == "engine_stopped"

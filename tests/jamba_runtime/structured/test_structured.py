@@ -455,7 +455,16 @@ def test_spec_is_deep_copied(llm: LLM) -> None:
 @pytest.mark.parametrize(
     ("schema", "named"),
     [
-        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "array", "items": {"type": "object"}, "uniqueItems": True}, "uniqueItems"),
+        (
+            {
+                "type": "array",
+                "items": {"type": "integer"},
+                "uniqueItems": True,
+                "contains": {"type": "integer"},
+            },
+            "contains",
+        ),
         ({"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}, "'if'"),
         ({"type": "array", "contains": {"type": "integer"}}, "contains"),
         ({"not": {"type": "string"}}, "'not'"),
