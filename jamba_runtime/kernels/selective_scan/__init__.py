@@ -26,8 +26,10 @@ from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 
 # Which prefill kernel runs: "chunked" (associative scan over chunks of time) or "sequential"
 # (time cut into segments run in parallel, each one step after another, the state in registers).
-# Both are kept so that bench/kernels/gpu.py can time each on the GPU.
-SCAN_VARIANT = "sequential"
+# Both are kept so that bench/kernels/gpu.py can time each on the GPU. "chunked" stays the default
+# until the segmented sequential kernel has been timed on a GPU (it is checked against the float32
+# reference under Triton's interpreter and compiled for sm_90, not yet run on the hardware).
+SCAN_VARIANT = "chunked"
 SCAN_TILES: tuple[int, int, int] | None = None
 """Override of the chunked scan's (BLOCK_D, BLOCK_T, num_warps), for tile sweeps
 (`bench/kernels/prefill_tiles_gpu.py`); None keeps the defaults chosen from `d_state`."""
