@@ -427,7 +427,8 @@ class AsyncLLM:
 
     def _end_aborted(self, stream: RequestStream) -> None:
         self._forget(stream)
-        self._outbox.put(stream, stream.aborted())
+        if not stream.cancelled:  # a consumer that left reads nothing more
+            self._outbox.put(stream, stream.aborted())
 
     def _forget(self, stream: RequestStream) -> None:
         with self._cond:
