@@ -8,8 +8,8 @@ default config; then, one at a time, a prompt of each length arrives (one new to
 engine steps until its token is out. A row gives, for the steps while that prompt was prefilled,
 the running streams' inter-token latency (time between one stream's consecutive tokens: p50, p99,
 max), the prompt's time to first token, and how many steps it took; the first row is the streams
-alone. The code measured is whatever `jamba_runtime` imports (run it from an older checkout for a
-"before"). CPU timings on a shared machine are noisy: the JSON records the other processes' share.
+alone. The code measured is whatever `jamba_runtime` imports (for a "before", run it from the root
+of an older checkout with this file copied in). CPU timings on a shared machine are noisy: the JSON records the other processes' share.
 """
 
 from __future__ import annotations

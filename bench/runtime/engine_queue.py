@@ -4,13 +4,15 @@ and the same through `AsyncLLM` (N streams whose tasks are cancelled at once).
     python -m bench.runtime.engine_queue                   # N = 1K, 10K, 40K; bench/results/engine_queue.json
     python -m bench.runtime.engine_queue --sizes 1000 --budget 60
 
-Rows, per N (the tiny model; 8-token prompts; every request waits, no step runs before the aborts):
-- engine add: `LLMEngine.add_request` N times;
+Rows, per N (the tiny model; 8-token prompts):
+- engine add: `LLMEngine.add_request` N times (no step runs: all N wait);
 - engine abort: `LLMEngine.abort` of all N in a random (seeded) order, then steps until idle;
-- async idle: `AsyncLLM` with N streams (one consumer task each) and their tasks cancelled at once:
-  from the cancel to `metrics()` showing nothing waiting or running.
+- async idle: `AsyncLLM` with N streams (one consumer task each; 64 run, the rest wait), a few
+  decode steps run, then every task is cancelled at once (the client left): the time from the
+  cancel to `metrics()` showing nothing waiting or running.
 Each phase stops once it has run `--budget` seconds and reports how far it got. The code measured is
-whatever `jamba_runtime` imports (run it with PYTHONPATH at an older checkout for a "before").
+whatever `jamba_runtime` imports: for a "before", run it from the root of an older checkout with
+this file copied in.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ async def _async_idle(model: Path, n: int, budget: float) -> dict[str, Any]:
     deadline = time.perf_counter() + budget
     while llm.metrics().waiting + llm.metrics().running < n and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)  # every add has reached the engine (or the budget is spent)
+    # A few decode steps, so the cancel lands beside a running batch, not the first prefill.
+    batch = min(n, llm.engine.scheduler.config.max_num_seqs)
+    while llm.metrics().generation_tokens_total < 3 * batch and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
     t0 = time.perf_counter()
     for t in tasks:
         t.cancel()
@@ -113,7 +119,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,10000,40000")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds a phase may run before it stops")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-async", action="store_true", help="skip the AsyncLLM rows")
+    ap.add_argument(
+        "--only", choices=["engine", "async"], help="run only the engine rows or the AsyncLLM rows"
+    )
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before, after)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
@@ -123,8 +131,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny_model(Path(tmp) / "tiny")
         for n in (int(s) for s in args.sizes.split(",")):
-            rows += engine_rows(model, n, args.budget)
-            if not args.no_async:
+            if args.only != "async":
+                rows += engine_rows(model, n, args.budget)
+            if args.only != "engine":
                 rows.append(asyncio.run(_async_idle(model, n, args.budget)))
     others = load.others_share()
     print(
