@@ -1,5 +1,6 @@
 """Tokenize a prompt only as far as the length check needs: a text that cannot fit the context is
-refused after tokenizing a bounded part of it (about `limit` tokens' worth), never all of it.
+refused after tokenizing a bounded part of it (none of it, or prefixes of about `limit` tokens, or
+fewer than `limit * max_token_chars` characters where no prefix can be cut), whatever its length.
 
 Two bounds decide without the whole text's tokens, and both are exact (a text that fits is never
 refused). They come from the tokenizer's vocab, read once, on the first text longer than the limit:
