@@ -268,6 +268,10 @@ class AsyncLLM:
         stream = RequestStream(rid, ids, loop, asyncio.Queue())
 
         def add() -> None:
+            if stream.cancelled:
+                # Its consumer left before the engine took it: it never enters the engine.
+                self._end_aborted(stream)
+                return
             try:
                 self.engine.add_request(
                     ids,
@@ -308,6 +312,7 @@ class AsyncLLM:
         """Abort `stream`'s request on the engine thread without waiting; nothing if it ended."""
         if stream.finished:
             return
+        stream.cancelled = True  # an add still queued then never reaches the engine
 
         def abort() -> None:
             if self._streams.get(stream.request_id) is stream:
@@ -422,7 +427,8 @@ class AsyncLLM:
 
     def _end_aborted(self, stream: RequestStream) -> None:
         self._forget(stream)
-        self._outbox.put(stream, stream.aborted())
+        if not stream.cancelled:  # a consumer that left reads nothing more
+            self._outbox.put(stream, stream.aborted())
 
     def _forget(self, stream: RequestStream) -> None:
         with self._cond:

@@ -196,9 +196,14 @@ class LLM:
         tools: list[dict[str, Any]] | None = None,
         documents: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        return self.tokenizer.encode_chat(
+        """The token ids of a conversation rendered with the chat template (as `chat` runs it).
+        Raises `ContextLengthError` when they reach `max_model_len`, without tokenizing all of a
+        long conversation (`LLMEngine.encode_prompt`)."""
+        text = self.tokenizer.apply_chat_template(
             messages, tools=tools, documents=documents, add_generation_prompt=True
         )
+        # The template writes BOS itself, as `Tokenizer.encode_chat`.
+        return self.engine.encode_prompt(text, add_special_tokens=False)
 
     def save_prefix(self, prompt: Prompt, key: str) -> None:
         """Run `prompt` once and keep its whole state (KV blocks + Mamba state) under `key`, so

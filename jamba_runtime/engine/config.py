@@ -12,6 +12,9 @@ import torch
 
 from jamba_runtime.errors import InvalidRequestError
 
+# The CPU default of `EngineConfig.long_prefill_token_threshold` (bench/NOTES.md: the ITL rows).
+CPU_LONG_PREFILL_TOKENS = 256
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -20,6 +23,11 @@ class EngineConfig:
     Attributes:
         max_num_seqs: most sequences running at once (one Mamba state slot each).
         max_num_batched_tokens: token budget per step; longer prompts are prefilled in chunks.
+        long_prefill_token_threshold: most tokens of one prompt in one step, so that a long
+            prompt adds at most one such chunk to the step time of the sequences running beside
+            it. None: `CPU_LONG_PREFILL_TOKENS` on CPU, where a step's time grows with its tokens
+            (the reference path computes a chunk token by token), and no cap beyond the budget on
+            CUDA; 0: no cap.
         block_size: tokens per KV block.
         cache_memory_gb: memory for the cache (KV blocks + state slots). Default: 1 GiB on CPU;
             on CUDA, `gpu_memory_utilization` of the memory free after loading the model.
@@ -40,6 +48,7 @@ class EngineConfig:
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
+    long_prefill_token_threshold: int | None = None
     block_size: int = 16
     cache_memory_gb: float | None = None
     gpu_memory_utilization: float = 0.9
@@ -48,6 +57,13 @@ class EngineConfig:
     cuda_graphs: bool = True
     kv_cache_dtype: str = "auto"
     mamba_ssm_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.long_prefill_token_threshold is not None and self.long_prefill_token_threshold < 0:
+            raise InvalidRequestError(
+                f"long_prefill_token_threshold={self.long_prefill_token_threshold} is invalid: give 0 "
+                "(no cap), a positive token count, or None (the device's default)"
+            )
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from jamba_runtime.cache.paged import (
     resolve_ssm_dtype,
     slot_bytes,
 )
-from jamba_runtime.engine.config import EngineConfig
+from jamba_runtime.engine.config import CPU_LONG_PREFILL_TOKENS, EngineConfig
 from jamba_runtime.engine.graphs import DecodeGraphs, capture_blocker
 from jamba_runtime.engine.memory_plan import engine_memory_plan
 from jamba_runtime.engine.metrics import EngineMetrics, RequestStats
 from jamba_runtime.engine.outputs import StepOutput
+from jamba_runtime.engine.prompt_encoder import PromptEncoder
 from jamba_runtime.engine.runner import ModelRunner
 from jamba_runtime.engine.sampler import logprobs_of, sample
 from jamba_runtime.engine.sampling_params import SamplingParams
@@ -103,8 +104,11 @@ class LLMEngine:
             kv_dtype,
             tp_size,
         )
+        long_prefill = cfg.long_prefill_token_threshold
+        if long_prefill is None:
+            long_prefill = CPU_LONG_PREFILL_TOKENS if model.device.type == "cpu" else 0
         self.scheduler = Scheduler(
-            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens), self.cache_manager
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, long_prefill), self.cache_manager
         )
         capacity = num_blocks * cfg.block_size if mcfg.attention_layers else mcfg.max_position_embeddings
         limit = min(mcfg.max_position_embeddings, capacity)
@@ -135,6 +139,7 @@ class LLMEngine:
             self.runner = ModelRunner(model, self.cache, graphs=graphs)
         logger.info("%s", engine_memory_plan(model, cfg, limit, tp_size).summary())
         self.eos_token_ids = frozenset(mcfg.eos_token_id) | frozenset(tokenizer.eos_token_ids)
+        self.prompt_encoder = PromptEncoder(tokenizer)
         self.requests: dict[str, Sequence] = {}
         self.snapshot_store = SnapshotStore(self.cache_manager, self.cache, cfg.num_snapshot_slots)
         self.snapshots: dict[str, Snapshot] = self.snapshot_store.snapshots  # the same dict, read-only use
@@ -178,14 +183,17 @@ class LLMEngine:
 
         Raises `InvalidRequestError` for empty text or ids, non-integer ids or ids outside the
         vocab, or a structured-output spec that cannot be enforced; `ContextLengthError` when the
-        prompt leaves no room for a new token."""
+        prompt leaves no room for a new token. Text that cannot fit is refused after tokenizing
+        about `max_model_len` tokens' worth of it, however long it is (`encode_prompt`)."""
         if params is not None and params.structured is not None:
             self.check_structured(params.structured)
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("prompt is empty: give at least one token of text")
-            ids = self.tokenizer.encode(prompt)
+            ids = self.encode_prompt(prompt)
         else:
+            if hasattr(prompt, "__len__") and len(prompt) >= self.max_model_len:
+                self._refuse_length(len(prompt))  # before looking at each id
             try:
                 ids = [operator.index(t) for t in prompt]
             except TypeError:
@@ -198,11 +206,22 @@ class LLMEngine:
         if any(not 0 <= t < vocab for t in ids):
             raise InvalidRequestError(f"prompt has token ids outside the vocab (0..{vocab - 1})")
         if len(ids) >= self.max_model_len:
-            raise ContextLengthError(
-                f"prompt has {len(ids):,} tokens, limit {self.max_model_len:,} including at least one new "
-                "token: shorten it or raise max_model_len"
-            )
+            self._refuse_length(len(ids))
         return ids
+
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Tokenize prompt text (a rendered chat included: `add_special_tokens=False`) for this
+        engine's context. Any thread may call it.
+
+        Raises `ContextLengthError` when the text has `max_model_len` tokens or more, found
+        without tokenizing all of a long text (`prompt_encoder.PromptEncoder`)."""
+        return self.prompt_encoder.encode(text, self.max_model_len, add_special_tokens)
+
+    def _refuse_length(self, num_tokens: int) -> None:
+        raise ContextLengthError(
+            f"prompt has {num_tokens:,} tokens, limit {self.max_model_len:,} including at least one new "
+            "token: shorten it or raise max_model_len"
+        )
 
     def add_request(
         self,
@@ -281,18 +300,18 @@ class LLMEngine:
         """Schedule and run one step; return what each request got from it."""
         plan = self.scheduler.schedule()
         self._stats.preemptions += len(plan.preempted)
-        while not plan.scheduled and self.scheduler.waiting and not self.scheduler.running:
+        while not plan.scheduled and self.scheduler.num_waiting and not self.scheduler.num_running:
             # Nothing runs, so the blocks or slots the first waiting request needs are held by
             # snapshots or by requests restored from them that wait behind it. Give up snapshots,
             # oldest first, then those requests' restored prefixes (they are recomputed).
             if self.snapshots:
                 self.snapshot_store.drop_oldest()
-            elif not self._release_waiting_prefixes():
+            elif not self.scheduler.release_waiting_holds():
                 break
             plan = self.scheduler.schedule()
             self._stats.preemptions += len(plan.preempted)
         if not plan.scheduled:
-            assert not self.scheduler.waiting or self.scheduler.running, (
+            assert not self.scheduler.num_waiting or self.scheduler.num_running, (
                 "add_request keeps every request admissible"
             )
             return []
@@ -436,16 +455,6 @@ class LLMEngine:
         self._release(seq)
 
     # ---- snapshots -------------------------------------------------------------------------------
-    def _release_waiting_prefixes(self) -> bool:
-        """Free the cache of waiting requests restored from a snapshot; True if any held some."""
-        released = False
-        for seq in self.scheduler.waiting:
-            if seq.alloc.block_table or seq.alloc.slot is not None:
-                self.cache_manager.free(seq.alloc)
-                seq.num_computed_tokens = 0
-                released = True
-        return released
-
     def drop_snapshot(self, key: str) -> None:
         """Forget a prefix snapshot (its blocks and slot return to the pool); no-op if unknown."""
         self.snapshot_store.drop(key)
@@ -455,8 +464,8 @@ class LLMEngine:
         """Counts and rates now. Changes nothing (the rate window is trimmed by `step`)."""
         cm, stats = self.cache_manager, self._stats
         return EngineMetrics(
-            waiting=len(self.scheduler.waiting),
-            running=len(self.scheduler.running),
+            waiting=self.scheduler.num_waiting,
+            running=self.scheduler.num_running,
             kv_blocks_used=cm.num_used_blocks,
             kv_blocks_total=cm.num_blocks,
             state_slots_used=cm.num_used_slots,

@@ -5,10 +5,16 @@ The one switch between the reference path and the GPU fast path lives here: `exe
 cache whether the packed/paged kernels can run (`PagedHybridCache.paged_kernels_available`) and,
 when `fast_path` is on, builds the batch with `paged_kernels=True`; the layers then call the
 kernels on the packed tensors and the cache's tensors in place (docs/runtime.md).
+
+On the reference path the attention and the Mamba conv and scan pad every sequence of a forward
+to the longest one's new tokens, so 63 decodes beside a 2,048-token prompt chunk would each run
+2,048 padded positions. There a step runs as several forwards instead, one per group of sequences
+of about the same length (`forward_groups`): the decodes together, each long chunk on its own.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +35,30 @@ def decode_inputs(step: SchedulerOutput) -> tuple[list[int], list[int], list[int
     assert all(x is not None for x in slots)
     tokens = [s.token_range(s.num_tokens - 1, s.num_tokens)[0] for s in seqs]
     return tokens, slots, [s.num_tokens for s in seqs], [s.alloc.block_table for s in seqs]  # type: ignore[return-value]
+
+
+def forward_groups(query_lens: list[int], max_padding: float = 2.0) -> list[list[int]]:
+    """Split a step's sequences (by index) into groups that run as separate forwards on the
+    reference path, where each forward pads its sequences to its longest one's new tokens.
+
+    Sequences are taken shortest first; one joins the current group while the group padded to
+    its length stays within `max_padding` times its real tokens. So decodes (one token each) run
+    together, and a prefill chunk runs beside them only when that costs at most twice its own
+    work. Every index appears in exactly one group; the groups are in no particular order.
+    """
+    groups: list[list[int]] = []
+    group: list[int] = []
+    real = 0
+    for i in sorted(range(len(query_lens)), key=lambda i: query_lens[i]):
+        n = query_lens[i]
+        if group and (len(group) + 1) * n > max_padding * (real + n):
+            groups.append(group)
+            group, real = [], 0
+        group.append(i)
+        real += n
+    if group:
+        groups.append(group)
+    return groups
 
 
 @dataclass
@@ -81,7 +111,8 @@ class ModelRunner:
         return self.fast_path and self.cache.paged_kernels_available()
 
     def execute(self, step: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor]:
-        """Run every scheduled chunk in one forward.
+        """Run every scheduled chunk: in one forward, or on the reference path in one per group of
+        like-sized chunks (`run`).
 
         Returns the sequences whose known tokens are all in the cache after this step (they need
         a next token) and their `(len(those), vocab)` logits, in that order. A prefill chunk that
@@ -113,6 +144,35 @@ class ModelRunner:
         return plan
 
     def run(self, plan: StepPlan) -> torch.Tensor:
+        """Run `plan`: one packed forward on the fast path; on the reference path one forward per
+        group of `forward_groups` (every sequence's own tokens are computed as in one forward).
+        Returns the `(len(plan.sample_rows), vocab)` logits, in `sample_rows` order."""
+        groups = [list(range(len(plan.query_lens)))] if plan.fast else forward_groups(plan.query_lens)
+        if len(groups) == 1:
+            return self._forward(plan)
+        starts = list(itertools.accumulate(plan.query_lens, initial=0))
+        rank = {row: i for i, row in enumerate(plan.sample_rows)}
+        parts: list[torch.Tensor] = []
+        order: list[int] = []  # each part's rows, as positions in sample_rows
+        for rows in groups:
+            sub = StepPlan(fast=plan.fast)
+            for row in rows:
+                sub.token_ids.extend(plan.token_ids[starts[row] : starts[row + 1]])
+                sub.query_lens.append(plan.query_lens[row])
+                sub.context_lens.append(plan.context_lens[row])
+                sub.slots.append(plan.slots[row])
+                sub.block_tables.append(plan.block_tables[row])
+                if row in rank:
+                    sub.sample_rows.append(row)
+                    sub.logits_indices.append(len(sub.token_ids) - 1)
+                    order.append(rank[row])
+            parts.append(self._forward(sub))  # (len(sub.sample_rows), vocab), maybe empty
+        stacked = torch.cat(parts)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return stacked[inverse.to(stacked.device)]
+
+    def _forward(self, plan: StepPlan) -> torch.Tensor:
         """One packed forward of `plan`; the `(len(plan.sample_rows), vocab)` logits."""
         device = self.model.device
         batch = ForwardBatch.build(

@@ -20,7 +20,8 @@ from jamba_runtime.errors import RequestFailedError
 @dataclass(eq=False)
 class RequestStream:
     """One request as both threads see it. `completion_tokens` is the engine thread's alone;
-    `finished` is set by the engine thread once the request's last item (or error) is queued."""
+    `finished` is set by the engine thread once the request's last item (or error) is queued;
+    `cancelled` by whichever thread sees the consumer leave."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -28,6 +29,7 @@ class RequestStream:
     queue: asyncio.Queue[RequestOutputDelta | BaseException]
     completion_tokens: int = 0
     finished: bool = False
+    cancelled: bool = False  # its consumer left (set by any thread; read by the engine thread)
     finalizer: weakref.finalize | None = None
 
     def usage(self) -> Usage:

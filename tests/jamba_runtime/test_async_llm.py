@@ -358,3 +358,37 @@ def test_one_failing_request_fails_alone_and_the_engine_goes_on(tiny_model_dir: 
     allm.check_cache()
     assert allm.metrics().kv_blocks_used == 0 and allm.metrics().state_slots_used == 0
     allm.shutdown()
+
+
+def test_thousands_of_streams_whose_client_left_end_at_once(allm: AsyncLLM, ref: LLM) -> None:
+    """3,000 streams queued at once (most wait: 24 run), their consumers cancelled together as a
+    server does when the client goes away, some before the engine has even taken their request:
+    every one is aborted, the engine ends idle with its cache exact, and serves the next request
+    as before."""
+    params = SamplingParams(max_tokens=50, temperature=0, ignore_eos=True)
+
+    async def main() -> None:
+        streams = [
+            allm.add_request(WORDS[i % len(WORDS)], params, request_id=f"gone-{i}") for i in range(3000)
+        ]
+
+        async def consume(stream) -> None:  # noqa: ANN001 - an async iterator
+            async for _ in stream:
+                pass
+
+        tasks = [asyncio.create_task(consume(s)) for s in streams]
+        await asyncio.sleep(0)  # the consumers start waiting for their first item
+        for t in tasks:
+            t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        while allm.metrics().waiting or allm.metrics().running:  # _run's deadline bounds this
+            await asyncio.sleep(0.01)
+
+    _run(main())
+    allm.check_cache()
+    m = allm.metrics()
+    assert (m.running, m.waiting, m.state_slots_used) == (0, 0, m.snapshots)
+    assert not any(rid.startswith("gone-") for rid in allm.engine.requests)
+    out = _run(allm.generate(WORDS[0], SamplingParams(max_tokens=8, temperature=0)))
+    assert out.token_ids == ref.generate([WORDS[0]], SamplingParams(max_tokens=8, temperature=0))[0].token_ids

@@ -13,6 +13,8 @@ import torch
 
 from jamba_runtime import LLM, EngineConfig, JambaForCausalLM, LLMEngine, SamplingParams, load_model
 from jamba_runtime.cache.paged import block_bytes, slot_bytes
+from jamba_runtime.engine.config import CPU_LONG_PREFILL_TOKENS
+from jamba_runtime.engine.runner import forward_groups
 from jamba_runtime.engine.scheduler import SchedulerOutput
 from jamba_runtime.engine.sequence import Sequence
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
@@ -440,3 +442,59 @@ def test_a_request_that_fails_in_its_step_ends_alone(llm: LLM) -> None:
     drain(engine)
     assert seqs[1].finish_reason == "error" and "decoder broke" in (seqs[1].output().error or "")
     assert [seqs[0].output_token_ids, seqs[2].output_token_ids] == [alone[0], alone[2]]
+
+
+# ---- long prompts beside running streams (reference path) -----------------------------------------
+def test_forward_groups_keep_decodes_apart_from_long_chunks() -> None:
+    assert sorted(map(sorted, forward_groups([1] * 7 + [256]))) == [[0, 1, 2, 3, 4, 5, 6], [7]]
+    assert sorted(map(sorted, forward_groups([256, 1, 200, 1]))) == [[0, 2], [1, 3]]  # 2 x 256 <= 2 x 456
+    assert forward_groups([3, 3, 3]) == [[0, 1, 2]]
+    assert forward_groups([1, 2]) == [[0, 1]]  # 2 x 2 padded for 3 real: cheaper than two forwards
+    for lens in ([5], [1] * 64, [9, 1, 40, 1, 1, 300, 2, 17]):
+        groups = forward_groups(lens)
+        assert sorted(i for g in groups for i in g) == list(range(len(lens)))
+        assert all(len(g) * max(lens[i] for i in g) <= 2 * sum(lens[i] for i in g) for g in groups)
+
+
+def test_a_long_prompt_runs_beside_decodes_in_capped_unpadded_chunks(tiny_model_dir: Path) -> None:
+    """On CPU a prompt takes at most `CPU_LONG_PREFILL_TOKENS` tokens of a step, and the runner
+    runs the decodes as one forward and the chunk as another (no decode padded to the chunk);
+    the outputs equal an engine without the cap and each request alone."""
+    llm = LLM(model=tiny_model_dir, engine=EngineConfig(max_num_seqs=8, cache_memory_gb=0.05))
+    engine = llm.engine
+    assert engine.scheduler.config.long_prefill_token_threshold == CPU_LONG_PREFILL_TOKENS
+    uncapped = LLM(
+        model=tiny_model_dir,
+        engine=EngineConfig(max_num_seqs=8, cache_memory_gb=0.05, long_prefill_token_threshold=0),
+    )
+    assert uncapped.engine.scheduler.config.long_prefill_token_threshold == 0
+    prompts = random_prompts(6, (3, 9), seed=21) + random_prompts(1, (700, 700), seed=22)
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    forwards: list[tuple[int, ...]] = []
+    forward_packed = engine.model.forward_packed
+
+    def recording(token_ids: torch.Tensor, batch, cache, logits_indices=None):  # noqa: ANN001, ANN202
+        forwards.append(batch.query_lens)
+        return forward_packed(token_ids, batch, cache, logits_indices)
+
+    engine.model.forward_packed = recording  # type: ignore[method-assign]
+    try:
+        short = [engine.add_request(p, params) for p in prompts[:6]]
+        engine.step()  # the six short prompts, whole
+        engine.step()  # their first decodes
+        long = engine.add_request(prompts[6], params)
+        forwards.clear()
+        while not long.output_token_ids:
+            engine.step()
+        drain(engine)
+    finally:
+        del engine.model.forward_packed
+    # The prompt went in as 256 + 256 + 188, each step beside the six decodes, in its own forward.
+    chunks = [lens for lens in forwards if len(lens) == 1 and lens[0] > 1]
+    assert chunks == [(256,), (256,), (188,)]
+    assert all(set(lens) == {1} for lens in forwards if lens not in chunks)
+    assert max(max(lens) for lens in forwards if len(lens) > 1) == 1
+    together = [s.output_token_ids for s in [*short, long]]
+    assert together == [o.token_ids for o in uncapped.generate(prompts, params)]
+    assert together == [llm.generate([p], params)[0].token_ids for p in prompts]
+    assert_clean(engine)

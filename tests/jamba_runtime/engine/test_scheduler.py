@@ -3,7 +3,9 @@ preemption, and a randomized run with the cache checked after every operation.""
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 from jamba_runtime import SamplingParams
 from jamba_runtime.cache.manager import CacheAllocation, CacheManager
@@ -322,3 +324,81 @@ def test_random_operations_keep_cache_exact() -> None:
     cache.check([])
     assert cache.num_free_blocks == cache.num_blocks and cache.num_free_slots == cache.num_slots
     assert all(v >= 10 for v in stats.values()), stats
+
+
+def test_waiting_queue_keeps_priority_then_arrival_under_random_adds_and_aborts() -> None:
+    """3,000 random operations (add with priority 0..3, abort any waiting request, admit one):
+    every admission is the first waiting request by (priority, arrival), and the queue's view and
+    counts always equal a plain sorted list's. Preempted requests re-enter by their old arrival."""
+    rng = random.Random(11)
+    sched = make_scheduler(num_blocks=4096, num_slots=4, max_num_seqs=1, budget=1000)
+    reference: list[Sequence] = []  # waiting, in no order
+    for _ in range(3000):
+        op = rng.choices(["add", "abort", "admit"], [5, 3, 2])[0]
+        if op == "add":
+            seq = make_seq(rng.randint(1, 8), max_tokens=1, priority=rng.randint(0, 3))
+            if rng.random() < 0.1:
+                seq.arrival -= rng.randint(1, 1000)  # as a preempted request comes back
+            sched.add(seq)
+            reference.append(seq)
+        elif op == "abort" and reference:
+            seq = reference.pop(rng.randrange(len(reference)))
+            sched.finish(seq)
+            assert seq.status is SequenceStatus.FINISHED
+        elif op == "admit":
+            out = sched.schedule()
+            expected = min(reference, key=lambda s: (s.priority, s.arrival), default=None)
+            assert [s.seq for s in out.scheduled] == ([expected] if expected is not None else [])
+            if expected is not None:
+                reference.remove(expected)
+                sched.finish(expected)
+        assert sched.waiting == sorted(reference, key=lambda s: (s.priority, s.arrival))
+        assert sched.num_waiting == len(reference) and sched.num_running == 0
+        assert sched.has_unfinished() == bool(reference)
+    sched.cache.check(holders(sched))
+
+
+def test_aborted_waiting_requests_are_not_kept_alive() -> None:
+    """Aborting leaves no reference to the request behind (its tokens can be freed at once), for
+    10,000 waiting requests aborted in a random order, and a later add and admission still work."""
+    sched = make_scheduler(max_num_seqs=1)
+    seqs = [make_seq(8) for _ in range(10_000)]
+    for s in seqs:
+        sched.add(s)
+    refs = [weakref.ref(s) for s in seqs]
+    order = list(range(len(seqs)))
+    random.Random(3).shuffle(order)
+    for i in order:
+        sched.finish(seqs[i])
+    del seqs, s
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+    assert sched.num_waiting == 0 and not sched.has_unfinished() and sched.waiting == []
+    late = make_seq(4)
+    sched.add(late)
+    assert [s.seq for s in sched.schedule().scheduled] == [late]
+    sched.cache.check(holders(sched))
+
+
+def test_long_prefill_threshold_caps_each_prompt_per_step() -> None:
+    """With long_prefill_token_threshold 10 and budget 64, two long prompts beside three decodes
+    each take at most 10 tokens a step; the decodes still run every step, first."""
+    sched = Scheduler(SchedulerConfig(16, 64, long_prefill_token_threshold=10), CacheManager(256, 4, 16))
+    short = [make_seq(3, max_tokens=50) for _ in range(3)]
+    for s in short:
+        sched.add(s)
+    advance(sched, sched.schedule())
+    long = [make_seq(45, max_tokens=2), make_seq(30, max_tokens=2)]
+    for s in long:
+        sched.add(s)
+    chunks: dict[int, list[int]] = {id(s): [] for s in long}
+    for _ in range(5):
+        running_before = {id(s) for s in sched.running}
+        out = sched.schedule()
+        check_step(sched, out, running_before)
+        assert [(s.seq, s.num_tokens) for s in out.scheduled[:3]] == [(s, 1) for s in short]
+        for item in out.scheduled[3:]:
+            if item.seq.num_computed_tokens < len(item.seq.prompt_token_ids):  # a prompt chunk
+                chunks[id(item.seq)].append(item.num_tokens)
+        advance(sched, out)
+    assert chunks == {id(long[0]): [10, 10, 10, 10, 5], id(long[1]): [10, 10, 10]}

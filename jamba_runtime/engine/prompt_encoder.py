@@ -1,0 +1,144 @@
+"""Tokenize a prompt only as far as the length check needs: a text that cannot fit the context is
+refused after tokenizing a bounded part of it (none of it, or prefixes of about `limit` tokens, or
+fewer than `limit * max_token_chars` characters where no prefix can be cut), whatever its length.
+
+Two bounds decide without the whole text's tokens, and both are exact (a text that fits is never
+refused). They come from the tokenizer's vocab, read once, on the first text longer than the limit:
+
+- Characters: no token covers more than `max_token_chars` characters, so a text of at least
+  `limit * max_token_chars` characters has at least `limit` tokens. It is refused untokenized.
+- Prefix: when no token of the vocab runs from a non-space character into a whitespace character
+  (byte-level BPE and SentencePiece-style vocabs: a token may start with a space, not end in one
+  after a word), a text cut just before such a place tokenizes as the first tokens of the whole
+  text, so a prefix that alone has `limit` tokens proves the text has as many. Prefixes grow
+  geometrically until one reaches the limit or the text is whole.
+
+The argument assumes the tokenizer's normalizer never shortens text and its pre-tokenizer splits
+by character classes (true of Jamba's and of byte-level tokenizers); a vocab with a token that
+crosses from a word into whitespace only loses the prefix bound.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+
+from jamba_runtime.errors import ContextLengthError
+from jamba_runtime.tokenizer.tokenizer import Tokenizer
+
+# A place to cut: a non-space character, then whitespace (Python's `\s` is `str.isspace`).
+_CUT = re.compile(r"\S(?=\s)")
+# A vocab token that crosses such a place.
+_CROSSES = re.compile(r"\S\s")
+_FIRST_WINDOW = 1024  # characters searched back for a cut, doubled until one is found
+
+
+@dataclass(frozen=True)
+class VocabBounds:
+    """What the vocab says about how much text one token covers.
+
+    Attributes:
+        max_token_chars: most characters of text one token can stand for.
+        cuts_at_whitespace: no token covers a non-space character followed by whitespace, so a
+            text cut there tokenizes as a prefix of the whole text's tokens.
+    """
+
+    max_token_chars: int
+    cuts_at_whitespace: bool
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> VocabBounds:
+        """Read every token of `tokenizer` (its string and its decoded text: a SentencePiece
+        piece's `▁` is one character of text, a byte-level token's string has a symbol per byte)."""
+        longest, crosses = 1, False
+        for i in range(tokenizer.vocab_size):
+            piece = tokenizer.id_to_token(i)
+            if piece is None:
+                continue
+            text = tokenizer.decode([i], skip_special_tokens=False)
+            longest = max(longest, len(piece), len(text))
+            crosses = crosses or _CROSSES.search(text) is not None
+        return cls(longest, not crosses)
+
+
+class PromptEncoder:
+    """Encodes prompt text for a context of `limit` tokens, refusing what cannot fit early.
+
+    Thread-safe: the vocab is read once, under a lock; encoding keeps no state.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._bounds: VocabBounds | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def bounds(self) -> VocabBounds:
+        """The vocab's `VocabBounds` (read on first use)."""
+        with self._lock:
+            if self._bounds is None:
+                self._bounds = VocabBounds.of(self.tokenizer)
+            return self._bounds
+
+    def encode(self, text: str, limit: int, add_special_tokens: bool = True) -> list[int]:
+        """The token ids of `text`, as `Tokenizer.encode` gives them, when there are fewer than
+        `limit`.
+
+        Raises `ContextLengthError` when `text` has `limit` tokens or more; for a text longer than
+        `limit` characters it is found on a bounded part of the text (see the module docstring),
+        and the message gives the count found so far ("at least").
+        """
+        if len(text) > limit:
+            self._refuse_early(text, limit, add_special_tokens)
+        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        if len(ids) >= limit:
+            raise ContextLengthError(
+                f"prompt has {len(ids):,} tokens, limit {limit:,} including at least one new token: "
+                "shorten it or raise max_model_len"
+            )
+        return ids
+
+    def _refuse_early(self, text: str, limit: int, add_special_tokens: bool) -> None:
+        """Raise `ContextLengthError` if a bound shows `text` has `limit` tokens or more; return
+        when the whole text must be tokenized to know."""
+        bounds = self.bounds
+        if len(text) >= limit * bounds.max_token_chars:
+            raise ContextLengthError(
+                f"prompt has at least {len(text) // bounds.max_token_chars:,} tokens ({len(text):,} "
+                f"characters, at most {bounds.max_token_chars} per token), limit {limit:,} including "
+                "at least one new token: shorten it or raise max_model_len"
+            )
+        if not bounds.cuts_at_whitespace:
+            return
+        size = limit  # a character is at least part of a token: the first prefix may already do
+        while size < len(text):
+            cut = _last_cut(text, size)
+            if cut is None:
+                return
+            count = len(self.tokenizer.encode(text[:cut], add_special_tokens=add_special_tokens))
+            if count >= limit:
+                raise ContextLengthError(
+                    f"prompt has at least {count:,} tokens (in its first {cut:,} of {len(text):,} "
+                    f"characters), limit {limit:,} including at least one new token: shorten it or "
+                    "raise max_model_len"
+                )
+            # Aim a little past the limit at the density seen so far; at least double, so the
+            # prefixes cost at most about twice the last one.
+            size = max(2 * size, cut * min(8, -(-5 * limit // (4 * max(count, 1)))))
+
+
+def _last_cut(text: str, end: int) -> int | None:
+    """The last position at or before `end` where a non-space character is followed by
+    whitespace (the cut keeps that character); None when there is none."""
+    window = _FIRST_WINDOW
+    while True:
+        start = max(0, end - window)
+        last = None
+        for match in _CUT.finditer(text, start, end + 1):
+            last = match
+        if last is not None:
+            return last.end()
+        if start == 0:
+            return None
+        window *= 2
