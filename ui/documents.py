@@ -21,6 +21,7 @@ from jamba_stack.retrieval.embeddings import Embedder, make_embedder
 from jamba_stack.retrieval.errors import IngestLockedError, PathNotAllowedError
 from jamba_stack.retrieval.ingest import IngestReport, Manifest, ingest, rebuild_bm25, try_lock
 from jamba_stack.retrieval.loaders import SUPPORTED_SUFFIXES, resolve_within
+from jamba_stack.retrieval.raft.pipeline import is_internal_collection
 from jamba_stack.retrieval.store import Store, check_collection_name
 from jamba_stack.ui.errors import UnsupportedFileTypeError, UploadTooLargeError
 
@@ -142,12 +143,15 @@ class CollectionInfo:
     sources: tuple[SourceInfo, ...]
 
 
-def list_collections(settings: Settings) -> list[CollectionInfo]:
+def list_collections(settings: Settings, include_internal: bool = False) -> list[CollectionInfo]:
     """Every collection in the store with its chunk count and the files ingested into it (from the
-    ingest manifest in the data dir). Raises `StoreUnavailableError`."""
+    ingest manifest in the data dir); the RAFT builder's own corpus collections only with
+    `include_internal`. Raises `StoreUnavailableError`."""
     store = Store(settings.data_dir, settings.chroma_url)
     out = []
     for name in store.list_collections():
+        if not include_internal and is_internal_collection(name):
+            continue
         try:
             col = store.open(name)
         except Exception:  # noqa: BLE001 - a collection another tool made with an odd name

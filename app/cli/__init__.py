@@ -14,6 +14,7 @@ import sys
 import typer
 
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.logs import quiet_library_logs
 
 app = typer.Typer(
     help="jamba-stack: a local Jamba runtime with RAG and agents.",
@@ -26,6 +27,7 @@ app = typer.Typer(
 def main() -> None:
     """Console entry point: typed errors print one clear line, no traceback, and exit 2 (a
     problem the user can fix) or 1 (a failure of ours, such as the engine loop dying)."""
+    quiet_library_logs()
     try:
         app()
     except JambaStackError as e:

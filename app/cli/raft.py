@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.cli.data import note_new_data_dir, require_store, with_location
 from jamba_stack.app.cli.options import (
     ApiKey,
     ChatModelOpt,
@@ -143,6 +144,7 @@ def generate_cmd(
             docs, embedder=embedder, collection=collection, chunk_tokens=chunk_tokens,
             overlap_tokens=overlap_tokens, chunking=chunking, semantic_percentile=semantic_percentile,
         )  # fmt: skip
+        note_new_data_dir(s)
         teacher = Teacher(open_chat_model(s, api_key, served_model), grammar=grammar, temperature=temperature)
         summary, report = run_generation(
             corpus, out, teacher, cfg, data_dir=s.data_dir, chroma_url=s.chroma_url,
@@ -229,7 +231,7 @@ def eval_cmd(
             retriever = _eval_retriever(data, s)
             result["rag"] = rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
     except (JambaStackError, ValueError, OSError, KeyError) as e:
-        fail(e)
+        fail(with_location(e, s))
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=1))
 
 
@@ -251,6 +253,7 @@ def _eval_retriever(data: Path, s: Settings) -> Any:
     from jamba_stack.retrieval.search import open_retriever
 
     meta = json.loads((data / "summary.json").read_text())
+    require_store(s, meta["collection"])
     return open_retriever(
         meta["collection"], data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=meta["embedder"]
     )

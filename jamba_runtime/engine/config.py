@@ -5,6 +5,7 @@ made."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,14 @@ class EngineConfig:
     cuda_graphs: bool = True
     kv_cache_dtype: str = "auto"
     mamba_ssm_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise InvalidRequestError(f"max_num_seqs={self.max_num_seqs} is invalid: it must be >= 1")
+        if self.cache_memory_gb is not None and not math.isfinite(self.cache_memory_gb):
+            raise InvalidRequestError(
+                f"cache_memory_gb={self.cache_memory_gb} is invalid: give a size in GiB"
+            )
 
 
 @dataclass(frozen=True)
