@@ -22,6 +22,7 @@ ENV_PREFIX = "JAMBA_STACK_"
 ENV_FILE = ".env"
 DEFAULT_DATA_DIR = Path("data")
 DTYPES = ("float32", "bfloat16", "float16")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
         embedder: the embedder spec for ingest and search (`jamba_stack.retrieval.embeddings.make_embedder`).
         max_upload_mb: the largest file the web app's Documents page accepts.
         request_timeout_s: how long the web app's request to the server may take.
+        ui_allowed_hosts: Host names, comma-separated, the web app answers besides the loopback
+            names (localhost, 127.0.0.1, ::1), e.g. the name of a reverse proxy in front of it;
+            its websocket refuses any other Host (no DNS rebinding).
 
     Example:
         >>> Settings(data_dir="/srv/jamba").tiny_model_dir
@@ -84,6 +88,7 @@ class Settings(BaseSettings):
     embedder: str = "minilm"
     max_upload_mb: float = Field(default=20.0, gt=0, allow_inf_nan=False)
     request_timeout_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    ui_allowed_hosts: str = ""
 
     @field_validator("data_dir")
     @classmethod
@@ -120,6 +125,12 @@ class Settings(BaseSettings):
         if value not in DTYPES:
             raise ValueError(f"is not supported: use {', '.join(DTYPES)}")
         return value
+
+    @property
+    def web_app_hosts(self) -> list[str]:
+        """The Host names the web app accepts: loopback, then `ui_allowed_hosts`."""
+        extra = [h.strip() for h in self.ui_allowed_hosts.split(",") if h.strip()]
+        return list(dict.fromkeys([*LOOPBACK_HOSTS, *extra]))
 
     @property
     def tiny_model_dir(self) -> Path:

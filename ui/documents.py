@@ -170,6 +170,52 @@ def list_collections(settings: Settings, include_internal: bool = False) -> list
     return out
 
 
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What became of one uploaded file: ingested, or skipped (with the reason; the file is then
+    removed from the upload folder, so nothing unusable lingers there or feeds the RAFT builder)."""
+
+    name: str
+    ingested: bool
+    reason: str = ""
+
+
+def upload_outcomes(paths: Sequence[Path], reports: Sequence[IngestReport]) -> list[UploadOutcome]:
+    """One outcome per file of `ingest_files(paths)`; removes the files that were skipped."""
+    out = []
+    for path, report in zip(paths, reports, strict=True):
+        usable = report.files_new + report.files_changed + report.files_unchanged
+        if usable:
+            out.append(UploadOutcome(path.name, True))
+            continue
+        reasons = [s.reason for s in report.skipped] or ["no text found in it"]
+        path.unlink(missing_ok=True)
+        out.append(UploadOutcome(path.name, False, "; ".join(reasons)))
+    return out
+
+
+def stray_uploads(settings: Settings, info: CollectionInfo) -> list[Path]:
+    """Files in the collection's upload folder that are not in the collection (left by an upload
+    that was never ingested): listed on the Documents page with a delete button."""
+    folder = settings.uploads_dir / info.name
+    if not folder.is_dir():
+        return []
+    known = {s.source for s in info.sources}
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and str(p.resolve()) not in known
+    )
+
+
+def delete_stray_upload(settings: Settings, collection: str, name: str) -> None:
+    """Remove one file from the collection's upload folder (never a path outside it)."""
+    folder = collection_uploads_dir(settings, collection).resolve()
+    path = folder / sanitize_filename(name)
+    if path.parent == folder and path.is_file() and not path.is_symlink():
+        path.unlink()
+
+
 def delete_source(settings: Settings, collection: str, source: str) -> int:
     """Delete every chunk of `source` from `collection`, forget it in the manifest, rebuild BM25,
     and remove the uploaded file when it lies in the upload folder. Returns the chunks deleted.

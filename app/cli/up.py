@@ -209,6 +209,20 @@ def check_ports_free(ports: dict[str, int]) -> None:
                 ) from None
 
 
+def web_app_command(settings: Settings, address: str, port: int) -> list[str]:
+    """`streamlit run` on the web app as `up`, `jamba-stack ui` and the compose image start it:
+    headless, no usage statistics, the upload limit of the settings, and a Host allow-list (the
+    loopback names and `ui_allowed_hosts`) so its websocket refuses a forged Host (DNS rebinding)."""
+    ui = [sys.executable, "-m", "streamlit", "run", str(web_app_file())]
+    ui += ["--server.headless", "true", "--server.address", address, "--server.port", str(port)]
+    ui += ["--server.maxUploadSize", str(max(1, math.ceil(settings.max_upload_mb)))]
+    ui += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    ui += ["--server.enableCORS", "true", "--server.enableXsrfProtection", "true"]
+    for host in settings.web_app_hosts:
+        ui += ["--server.allowedHosts", host]
+    return ui
+
+
 def stack_services(
     settings: Settings, api_port: int, ui_port: int, log_dir: Path, serve_args: list[str] | None = None
 ) -> tuple[Service, Service]:
@@ -234,10 +248,7 @@ def stack_services(
     env = {**os.environ, "JAMBA_STACK_DATA_DIR": data_dir}
     server = Service("API server", serve, api_url + API_HEALTH_PATH, log_dir / "server.log", env)
     server.stop_signal = signal.SIGINT  # uvicorn drains on SIGINT, then the engine shuts down
-    ui = [sys.executable, "-m", "streamlit", "run", str(web_app_file())]
-    ui += ["--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(ui_port)]
-    ui += ["--server.maxUploadSize", str(max(1, math.ceil(settings.max_upload_mb)))]
-    ui += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    ui = web_app_command(settings, "127.0.0.1", ui_port)
     ui_env = {**env, "JAMBA_STACK_SERVER_URL": api_url}
     app = Service(
         "web app", ui, f"http://127.0.0.1:{ui_port}{STREAMLIT_HEALTH_PATH}", log_dir / "ui.log", ui_env
@@ -332,3 +343,22 @@ def up_cmd(
     check_ports_free({"--port": port, "--ui-port": ui_port})
     server, app = stack_services(settings, port, ui_port, settings.data_dir / "logs")
     raise typer.Exit(run_stack(server, app, start_timeout, echo=typer.echo))
+
+
+def ui_cmd(
+    data_dir: DataDir = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; 0.0.0.0 in a container that publishes the port.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="The web app's port.")] = 8501,
+) -> None:
+    """Run the web app alone (Streamlit, in the foreground), as `up` starts it: headless, no usage
+    statistics, Host allow-list (loopback names and JAMBA_STACK_UI_ALLOWED_HOSTS). It chats with
+    JAMBA_STACK_SERVER_URL when set, else loads the model in its own process."""
+    settings = load_settings(data_dir=data_dir)
+    if not 1 <= port <= 65535:
+        raise InvalidOptionError(f"--port {port} is not a TCP port: use 1-65535")
+    command = web_app_command(settings, host, port)
+    env = {**os.environ, "JAMBA_STACK_DATA_DIR": str(settings.data_dir)}
+    # exec: Streamlit takes this process over, so signals (docker stop, Ctrl-C) reach it directly.
+    os.execve(command[0], command, env)

@@ -30,8 +30,9 @@ SKIP_DOWNLOADS = {"checkpoint.json", "questions.jsonl"}
 
 
 def corpus_choices(s: Settings) -> dict[str, list[Path]]:
-    """{label: files} for each upload folder with files the loaders read, and each collection whose
-    ingested files still exist (`list_collections` leaves RAFT's own collections out)."""
+    """{label: files} for each upload folder with files the loaders read (the Documents page keeps
+    no file it could not ingest), and each collection whose ingested files still exist
+    (`list_collections` leaves RAFT's own collections out)."""
     out: dict[str, list[Path]] = {}
     if s.uploads_dir.is_dir():
         for folder in sorted(p for p in s.uploads_dir.iterdir() if p.is_dir()):
