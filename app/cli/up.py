@@ -358,6 +358,14 @@ def ui_cmd(
     settings = load_settings(data_dir=data_dir)
     if not 1 <= port <= 65535:
         raise InvalidOptionError(f"--port {port} is not a TCP port: use 1-65535")
+    try:
+        if not host.strip():  # Streamlit would read an empty address as every interface
+            raise OSError("empty")
+        socket.getaddrinfo(host, port)
+    except (OSError, UnicodeError):
+        raise InvalidOptionError(
+            f"--host {host!r} is not an address of this machine: use 127.0.0.1, or 0.0.0.0 in a container"
+        ) from None
     command = web_app_command(settings, host, port)
     env = {**os.environ, "JAMBA_STACK_DATA_DIR": str(settings.data_dir)}
     # exec: Streamlit takes this process over, so signals (docker stop, Ctrl-C) reach it directly.

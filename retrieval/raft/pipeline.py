@@ -109,6 +109,8 @@ def run_generation(
     `out/summary.json` is written last: until then the folder is not a finished set."""
     if not 0.0 <= eval_fraction < 1.0:
         raise RaftError(f"eval_fraction={eval_fraction} is invalid: use 0 <= fraction < 1")
+    if out.exists() and not out.is_dir():
+        raise RaftError(f"the output {out} is a file: name a folder for the set (it is made if missing)")
     has_datasets = importlib.util.find_spec("datasets") is not None
     if hf and not has_datasets:
         raise OptionalDependencyError(

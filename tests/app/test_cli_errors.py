@@ -91,7 +91,7 @@ def test_a_bad_dotenv_breaks_no_command_with_a_traceback(tmp_path: Path, command
 # ---- every option of every command, fed bad values -------------------------------------------------
 
 runner = CliRunner()
-BLOCKING = {("serve",), ("up",)}  # they serve until stopped: run as processes below
+BLOCKING = {("serve",), ("up",), ("ui",)}  # they serve until stopped: run as processes below
 
 
 def _commands(
@@ -107,17 +107,34 @@ def _commands(
 COMMANDS = dict(_commands(typer.main.get_command(app)))
 
 
+# Amounts of work: a huge value is a valid request that only takes long (the huge integer is for
+# overflows elsewhere), so these get the negative one only.
+WORK = {
+    "max_tokens",
+    "question_max_tokens",
+    "steps",
+    "epochs",
+    "retries",
+    "questions_per_chunk",
+    "limit",
+    "max_len",
+    "start_timeout",
+}
+
+
 def bad_values(param: object, a_file: Path, a_folder: Path) -> list[str]:
-    """Values of the option's type that a user can type and the command cannot use."""
+    """Values of the option's type that a user can type and the command may not be able to use
+    (a path that does not exist sits beside `a_file`, so nothing is made outside the test's
+    folder)."""
     annotation = str(param.type_descriptor.annotation)  # type: ignore[attr-defined]
     if "bool" in annotation:
         return []
     if "int" in annotation:
-        return ["-1", "99999999999999999999"]
+        return ["-1"] if param.name in WORK else ["-1", "99999999999999999999"]  # type: ignore[attr-defined]
     if "float" in annotation:
         return ["-1", "nan"]
     if "Path" in annotation:
-        return ["/nonexistent/x", str(a_file), str(a_folder)]
+        return [str(a_file.parent / "missing" / "x"), str(a_file), str(a_folder)]
     return ["", "bogus"]
 
 
@@ -221,22 +238,22 @@ def test_every_option_of_every_command_takes_bad_values_without_a_traceback(worl
         for param in COMMANDS[command].params:  # type: ignore[attr-defined]
             for value in bad_values(param, world["file"], world["docs"]):
                 if problem := ends_cleanly(command, with_value(args, param, value)):
+                    print(problem, flush=True)  # seen at once with -s, on a long run
                     failures.append(problem)
     assert not failures, "\n\n".join(failures)
 
 
-def _serve_or_fail(args: list[str], cwd: Path) -> str:
+def _serve_or_fail(args: list[str], health_url: str, cwd: Path) -> str:
     """Run a blocking command as a process: it must either exit without a traceback, or serve
     (its health check answers); either way it is stopped. Returns the failure or ""."""
-    port = next(args[i + 1] for i, a in enumerate(args) if a in ("--port",))
     log = cwd / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([EXE, *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                if httpx.get(health_url, timeout=1).status_code == 200:
                     return ""
             except httpx.TransportError:
                 pass
@@ -255,15 +272,25 @@ def _serve_or_fail(args: list[str], cwd: Path) -> str:
     return ""
 
 
-def test_serve_and_up_take_bad_values_without_a_traceback(world: dict[str, Path], tmp_path: Path) -> None:
+def test_serve_up_and_ui_take_bad_values_without_a_traceback(world: dict[str, Path], tmp_path: Path) -> None:
     failures = []
     for command in sorted(BLOCKING):
         for param in COMMANDS[command].params:  # type: ignore[attr-defined]
+            # `up` reads --model and --data-dir through the same settings as `serve` (fed them
+            # here); its values that pass would start the whole stack for nothing
+            if command == ("up",) and param.name in ("model", "data_dir"):  # type: ignore[attr-defined]
+                continue
             for value in bad_values(param, world["file"], world["docs"]):
                 port = str(free_port())
-                args = [*command, "--model", str(world["model"]), "--data-dir", str(world["data"])]
-                args += ["--port", port] + (["--ui-port", str(free_port())] if command == ("up",) else [])
-                failures.append(_serve_or_fail(with_value(args, param, value), tmp_path))
+                args = [*command, "--data-dir", str(world["data"]), "--port", port]
+                health = f"http://127.0.0.1:{port}/health"
+                if command != ("ui",):
+                    args += ["--model", str(world["model"])]
+                if command == ("up",):
+                    args += ["--ui-port", str(free_port())]
+                if command == ("ui",):
+                    health = f"http://127.0.0.1:{port}/_stcore/health"
+                failures.append(_serve_or_fail(with_value(args, param, value), health, tmp_path))
     assert not any(failures), "\n\n".join(f for f in failures if f)
 
 
@@ -295,3 +322,23 @@ def test_no_library_debug_or_pdf_lines_reach_the_terminal(tmp_path: Path) -> Non
     assert "skipped" in out.stdout and "broken.pdf" in out.stdout  # reported once, by ingest
     for noise in ("DEBUG:bm25s", "bm25s:", "pypdf", "invalid pdf header", "EOF marker"):
         assert noise not in out.stderr, out.stderr
+
+
+def test_raft_generate_with_no_surviving_row_is_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text(NOTES)
+    args = [
+        "raft",
+        "generate",
+        "--docs",
+        str(docs),
+        "--out",
+        str(tmp_path / "set"),
+        "--model",
+        str(tiny_model_dir),
+    ]
+    args += ["--max-chunks", "1", "--questions-per-chunk", "1", "--max-tokens", "6", "--retries", "0", "-q"]
+    line = one_line_error(run(*args, "--data-dir", str(tmp_path / "data"), cwd=tmp_path))
+    assert line.startswith("error: no row passed verification") and "max tokens" in line, line
+    assert not (tmp_path / "set" / "chat.jsonl").exists()

@@ -77,7 +77,8 @@ def _up(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def other_server(tmp_path: Path):  # noqa: ANN201 - (port, process)
-    """Another HTTP server on a loopback port: it answers any GET with 200, /health included."""
+    """Another HTTP server on a loopback port; its /health answers 200 (a file of that name)."""
+    (tmp_path / "health").write_text("ok")
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],

@@ -57,6 +57,11 @@ def train(
         raise UIError(f"LoRA rank {r} and steps {steps} are invalid: use rank >= 1 and steps >= 1")
     if not Path(base, "config.json").is_file():
         raise UIError(f"base model {base!r} is not a local checkpoint directory: give one with config.json")
+    hidden = json.loads(Path(base, "config.json").read_text()).get("hidden_size")
+    if isinstance(hidden, int) and r > hidden:
+        raise UIError(
+            f"LoRA rank {r} is over the model's hidden size {hidden}: use a rank from 1 to {hidden}"
+        )
     cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, steps=steps, max_len=max_len)
     bar = st.progress(0.0, text=f"Training: 0/{steps} steps")
     chart = st.empty()  # redrawn each step (this Streamlit has no add_rows)
