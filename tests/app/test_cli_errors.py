@@ -122,6 +122,11 @@ WORK = {
 }
 
 
+# Options every command reads through the one `load_settings` (and so one validation): fed their
+# bad values on the first command that has them, not again on every other.
+SHARED_SETTINGS = {"data_dir", "device", "dtype", "chroma_url", "api_key"}
+
+
 def bad_values(param: object, a_file: Path, a_folder: Path) -> list[str]:
     """Values of the option's type that a user can type and the command may not be able to use
     (a path that does not exist sits beside `a_file`, so nothing is made outside the test's
@@ -232,10 +237,14 @@ def ends_cleanly(command: tuple[str, ...], args: list[str]) -> str:
 def test_every_option_of_every_command_takes_bad_values_without_a_traceback(world: dict[str, Path]) -> None:
     base = baselines(world)
     assert set(base) | BLOCKING == set(COMMANDS), "a new command needs a baseline here"
-    failures = []
+    failures, shared_done = [], set()
     for command, args in base.items():
         assert ends_cleanly(command, args) == "", command
         for param in COMMANDS[command].params:  # type: ignore[attr-defined]
+            if param.name in shared_done:  # type: ignore[attr-defined]
+                continue
+            if param.name in SHARED_SETTINGS:  # type: ignore[attr-defined]
+                shared_done.add(param.name)  # type: ignore[attr-defined]
             for value in bad_values(param, world["file"], world["docs"]):
                 if problem := ends_cleanly(command, with_value(args, param, value)):
                     print(problem, flush=True)  # seen at once with -s, on a long run
@@ -276,9 +285,10 @@ def test_serve_up_and_ui_take_bad_values_without_a_traceback(world: dict[str, Pa
     failures = []
     for command in sorted(BLOCKING):
         for param in COMMANDS[command].params:  # type: ignore[attr-defined]
-            # `up` reads --model and --data-dir through the same settings as `serve` (fed them
-            # here); its values that pass would start the whole stack for nothing
-            if command == ("up",) and param.name in ("model", "data_dir"):  # type: ignore[attr-defined]
+            # The shared settings were fed above; `up` reads --model as `serve` does, and a value
+            # of it that passes would start the whole stack for nothing
+            name = param.name  # type: ignore[attr-defined]
+            if name in SHARED_SETTINGS or (command == ("up",) and name == "model"):
                 continue
             for value in bad_values(param, world["file"], world["docs"]):
                 port = str(free_port())
