@@ -1,8 +1,13 @@
 """The jamba-stack web app: `streamlit run ui/app.py` (or `jamba-stack up`).
 
 Pages live in `ui/views/` and are wired here with `st.navigation`. What the app talks to comes
-from settings (`jamba_stack.ui.backend.Settings`): `JAMBA_STACK_SERVER_URL` for an API server, else the
-model in this process; `JAMBA_STACK_DATA_DIR`; `JAMBA_STACK_CHROMA_URL`.
+from settings (`jamba_stack.app.settings.Settings`): `JAMBA_STACK_SERVER_URL` for an API server,
+else the model in this process; `JAMBA_STACK_DATA_DIR`; `JAMBA_STACK_CHROMA_URL`. A bad setting
+shows one error and nothing else.
+
+Private by design: the favicon is a file of this package (Streamlit would fetch an emoji or icon
+favicon from a fonts host), and `.streamlit/config.toml` at the repository root keeps the
+stand-alone `streamlit run` on loopback, without usage statistics, with a Host allow-list.
 """
 
 from __future__ import annotations
@@ -11,12 +16,23 @@ from pathlib import Path
 
 import streamlit as st
 
+from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.logs import quiet_library_logs
 from jamba_stack.ui import session
 from jamba_stack.ui.backend import resolve_backend
 
-VIEWS = Path(__file__).parent / "views"
+HERE = Path(__file__).parent
+VIEWS = HERE / "views"
+FAVICON = HERE / "assets" / "favicon.png"
 
-st.set_page_config(page_title="jamba-stack", page_icon=":material/hub:", layout="wide")
+quiet_library_logs()
+st.set_page_config(page_title="jamba-stack", page_icon=str(FAVICON), layout="wide")
+
+try:
+    settings = session.settings()
+except JambaStackError as exc:  # a bad JAMBA_STACK_* value or .env: every page needs the settings
+    st.error(f"Could not read the settings: {exc}", icon="\u274c")
+    st.stop()
 
 pages = {
     "Use": [
@@ -33,7 +49,6 @@ pages = {
 }
 nav = st.navigation(pages)
 
-settings = session.settings()
 backend = resolve_backend(settings)
 with st.sidebar:
     st.caption(f"Model: {backend.label}")

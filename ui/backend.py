@@ -14,6 +14,7 @@ from typing import Literal
 
 from jamba_stack.app.settings import Settings
 from jamba_stack.chat import ChatModel, chat_model, resolve_model_path
+from jamba_stack.retrieval.raft.pipeline import is_finished_set
 
 Mode = Literal["server", "in-process"]
 
@@ -25,11 +26,12 @@ RANDOM_WEIGHTS_NOTICE = (
 
 
 def list_raft_sets(settings: Settings) -> list[Path]:
-    """The RAFT builder's generated sets (folders with a `chat.jsonl`), newest first."""
+    """The RAFT builder's finished sets (exports and `summary.json`; a run that failed or is still
+    running is left out), newest first."""
     root = settings.raft_sets_dir
     if not root.is_dir():
         return []
-    sets = [p for p in root.iterdir() if (p / "chat.jsonl").is_file()]
+    sets = [p for p in root.iterdir() if is_finished_set(p)]
     return sorted(sets, key=lambda p: p.stat().st_mtime, reverse=True)
 
 

@@ -21,6 +21,7 @@ from jamba_stack.retrieval.embeddings import Embedder, make_embedder
 from jamba_stack.retrieval.errors import IngestLockedError, PathNotAllowedError
 from jamba_stack.retrieval.ingest import IngestReport, Manifest, ingest, rebuild_bm25, try_lock
 from jamba_stack.retrieval.loaders import SUPPORTED_SUFFIXES, resolve_within
+from jamba_stack.retrieval.raft.pipeline import is_internal_collection
 from jamba_stack.retrieval.store import Store, check_collection_name
 from jamba_stack.ui.errors import UnsupportedFileTypeError, UploadTooLargeError
 
@@ -142,12 +143,15 @@ class CollectionInfo:
     sources: tuple[SourceInfo, ...]
 
 
-def list_collections(settings: Settings) -> list[CollectionInfo]:
+def list_collections(settings: Settings, include_internal: bool = False) -> list[CollectionInfo]:
     """Every collection in the store with its chunk count and the files ingested into it (from the
-    ingest manifest in the data dir). Raises `StoreUnavailableError`."""
+    ingest manifest in the data dir); the RAFT builder's own corpus collections only with
+    `include_internal`. Raises `StoreUnavailableError`."""
     store = Store(settings.data_dir, settings.chroma_url)
     out = []
     for name in store.list_collections():
+        if not include_internal and is_internal_collection(name):
+            continue
         try:
             col = store.open(name)
         except Exception:  # noqa: BLE001 - a collection another tool made with an odd name
@@ -164,6 +168,52 @@ def list_collections(settings: Settings) -> list[CollectionInfo]:
                 manifest.close()
         out.append(CollectionInfo(name, col.count(), tuple(sources)))
     return out
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What became of one uploaded file: ingested, or skipped (with the reason; the file is then
+    removed from the upload folder, so nothing unusable lingers there or feeds the RAFT builder)."""
+
+    name: str
+    ingested: bool
+    reason: str = ""
+
+
+def upload_outcomes(paths: Sequence[Path], reports: Sequence[IngestReport]) -> list[UploadOutcome]:
+    """One outcome per file of `ingest_files(paths)`; removes the files that were skipped."""
+    out = []
+    for path, report in zip(paths, reports, strict=True):
+        usable = report.files_new + report.files_changed + report.files_unchanged
+        if usable:
+            out.append(UploadOutcome(path.name, True))
+            continue
+        reasons = [s.reason for s in report.skipped] or ["no text found in it"]
+        path.unlink(missing_ok=True)
+        out.append(UploadOutcome(path.name, False, "; ".join(reasons)))
+    return out
+
+
+def stray_uploads(settings: Settings, info: CollectionInfo) -> list[Path]:
+    """Files in the collection's upload folder that are not in the collection (left by an upload
+    that was never ingested): listed on the Documents page with a delete button."""
+    folder = settings.uploads_dir / info.name
+    if not folder.is_dir():
+        return []
+    known = {s.source for s in info.sources}
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and str(p.resolve()) not in known
+    )
+
+
+def delete_stray_upload(settings: Settings, collection: str, name: str) -> None:
+    """Remove one file from the collection's upload folder (never a path outside it)."""
+    folder = collection_uploads_dir(settings, collection).resolve()
+    path = folder / sanitize_filename(name)
+    if path.parent == folder and path.is_file() and not path.is_symlink():
+        path.unlink()
 
 
 def delete_source(settings: Settings, collection: str, source: str) -> int:

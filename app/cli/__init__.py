@@ -4,7 +4,7 @@ model.py      model make-tiny, generate, chat, demo
 serve.py      serve (the OpenAI-compatible API server)
 retrieval.py  ingest, search, ask
 raft.py       raft generate / eval / train
-up.py         up (the API server and the web app, supervised)
+up.py         up (the API server and the web app, supervised), ui (the web app alone)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import typer
 
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.logs import quiet_library_logs
 
 app = typer.Typer(
     help="jamba-stack: a local Jamba runtime with RAG and agents.",
@@ -26,6 +27,7 @@ app = typer.Typer(
 def main() -> None:
     """Console entry point: typed errors print one clear line, no traceback, and exit 2 (a
     problem the user can fix) or 1 (a failure of ours, such as the engine loop dying)."""
+    quiet_library_logs()
     try:
         app()
     except JambaStackError as e:
@@ -44,6 +46,7 @@ def _register() -> None:
     app.command("ask", help=retrieval.ask_cmd.__doc__)(retrieval.ask_cmd)
     app.add_typer(raft.raft_app, name="raft")
     app.command("up", help=up.up_cmd.__doc__)(up.up_cmd)
+    app.command("ui", help=up.ui_cmd.__doc__)(up.ui_cmd)
 
 
 _register()

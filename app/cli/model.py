@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from jamba_stack.app.cli.options import DataDir, DeviceOpt, DtypeOpt, ModelOpt, model_path, settings
+from jamba_stack.app.cli.options import (
+    DataDir,
+    DeviceOpt,
+    DtypeOpt,
+    InvalidOptionError,
+    ModelOpt,
+    fail,
+    model_path,
+    settings,
+)
 
 model_app = typer.Typer(
     help="Make and inspect model checkpoints.", no_args_is_help=True, rich_markup_mode=None
@@ -46,10 +55,18 @@ def make_tiny(
     locally built tokenizer and chat template. For tests and offline runs; its text is gibberish."""
     from jamba_runtime.tiny import make_tiny_model
 
+    if directory.exists() and not directory.is_dir():
+        fail(InvalidOptionError(f"{directory} is a file: name a folder to write the checkpoint into"))
     if (directory / "model.safetensors").exists() and not force:
-        typer.echo(f"error: {directory} already holds a checkpoint; pass --force to overwrite it", err=True)
-        raise typer.Exit(2)
-    make_tiny_model(directory, seed=seed)
+        fail(InvalidOptionError(f"{directory} already holds a checkpoint: pass --force to overwrite it"))
+    if not 0 <= seed < 2**63:
+        fail(InvalidOptionError(f"--seed={seed} is invalid: use 0 <= seed < 2**63"))
+    try:
+        make_tiny_model(directory, seed=seed)
+    except OSError as e:
+        fail(
+            InvalidOptionError(f"cannot write {directory}: {e.strerror or e}: choose a folder you can write")
+        )
     typer.echo(f"wrote tiny random Jamba to {directory}")
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from jamba_runtime.errors import JambaStackError
 from jamba_stack.app.settings import Settings, load_settings
 from jamba_stack.chat import ChatModel, chat_model, resolve_model_path
 
@@ -60,6 +61,14 @@ EmbedderOpt = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class InvalidOptionError(JambaStackError):
+    """A command-line option whose value parses but cannot be used (a negative size, an absolute
+    glob, ...)."""
+
+    http_status = 400
+    code = "invalid_option"
 
 
 def fail(e: Exception) -> NoReturn:

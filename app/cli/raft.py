@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.cli.data import note_new_data_dir, require_store, with_location
 from jamba_stack.app.cli.options import (
     ApiKey,
     ChatModelOpt,
@@ -16,6 +18,7 @@ from jamba_stack.app.cli.options import (
     DataDir,
     DeviceOpt,
     DtypeOpt,
+    InvalidOptionError,
     Quiet,
     ServedModel,
     fail,
@@ -143,6 +146,7 @@ def generate_cmd(
             docs, embedder=embedder, collection=collection, chunk_tokens=chunk_tokens,
             overlap_tokens=overlap_tokens, chunking=chunking, semantic_percentile=semantic_percentile,
         )  # fmt: skip
+        note_new_data_dir(s)
         teacher = Teacher(open_chat_model(s, api_key, served_model), grammar=grammar, temperature=temperature)
         summary, report = run_generation(
             corpus, out, teacher, cfg, data_dir=s.data_dir, chroma_url=s.chroma_url,
@@ -229,7 +233,7 @@ def eval_cmd(
             retriever = _eval_retriever(data, s)
             result["rag"] = rag_scores(chat, rows, retriever, ks, max_tokens=max_tokens, progress=progress)
     except (JambaStackError, ValueError, OSError, KeyError) as e:
-        fail(e)
+        fail(with_location(e, s))
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=1))
 
 
@@ -251,6 +255,7 @@ def _eval_retriever(data: Path, s: Settings) -> Any:
     from jamba_stack.retrieval.search import open_retriever
 
     meta = json.loads((data / "summary.json").read_text())
+    require_store(s, meta["collection"])
     return open_retriever(
         meta["collection"], data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=meta["embedder"]
     )
@@ -293,7 +298,7 @@ def train_cmd(
     alpha: Annotated[int, typer.Option("--alpha", help="LoRA alpha (scale alpha/r).")] = 32,
     max_len: Annotated[int, typer.Option("--max-len", help="Tokens per example (documents trimmed).")] = 2048,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same run.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = None,
     merge_to: Annotated[
         Path | None, typer.Option("--merge-to", help="Also write base + adapter merged as a checkpoint here.")
     ] = None,
@@ -304,20 +309,66 @@ def train_cmd(
     """LoRA fine-tuning on the chat export (loss on the assistant turn only); saves the adapter."""
     from jamba_stack.retrieval.raft.train import TrainConfig, train_lora, write_merged_checkpoint
 
-    s = settings(data_dir=data_dir)
+    s = settings(data_dir=data_dir, device=device)
     try:
         base = model or s.model
         if not base or base.startswith(("http://", "https://")):
             raise typer.BadParameter("--model must be a local checkpoint directory to train")
+        _check_train_options(Path(base), out, merge_to, steps, epochs, lr, r, alpha, max_len, seed)
         cfg = TrainConfig(r=r, alpha=alpha, lr=lr, steps=steps, epochs=epochs, max_len=max_len, seed=seed)
-        result = train_lora(Path(base), data, out, cfg, device=device, progress=not quiet and not as_json)
+        result = train_lora(Path(base), data, out, cfg, device=s.device, progress=not quiet and not as_json)
         if merge_to is not None:
             write_merged_checkpoint(Path(base), out, merge_to)
     except (JambaStackError, ValueError) as e:
         fail(e)
+    if not result.losses:
+        fail(InvalidOptionError(f"no training step ran: {data} has no train rows; generate more rows"))
     report = result.__dict__ | {"merged": str(merge_to) if merge_to else None}
     if as_json:
         typer.echo(json.dumps(report))
     else:
         first, last = result.losses[0], result.losses[-1]
         typer.echo(f"{len(result.losses)} steps, loss {first:.4f} -> {last:.4f}; adapter in {out}")
+
+
+def _check_train_options(
+    base: Path,
+    out: Path,
+    merge_to: Path | None,
+    steps: int,
+    epochs: int,
+    lr: float,
+    r: int,
+    alpha: int,
+    max_len: int,
+    seed: int,
+) -> None:
+    """`raft train`'s options, checked before the model loads. Raises `InvalidOptionError`."""
+    problems = []
+    if steps < 0:
+        problems.append(f"--steps {steps}: use 0 (then --epochs) or more")
+    if epochs < 1:
+        problems.append(f"--epochs {epochs}: use 1 or more")
+    if not math.isfinite(lr) or lr <= 0:
+        problems.append(f"--lr {lr}: use a learning rate above 0, e.g. 2e-4")
+    hidden = _hidden_size(base)
+    if r < 1 or (hidden is not None and r > hidden):
+        problems.append(f"--r {r}: use a LoRA rank from 1 to the model's hidden size ({hidden or '?'})")
+    if not 1 <= alpha < 2**31:
+        problems.append(f"--alpha {alpha}: use 1 or more, e.g. twice --r")
+    if not 16 <= max_len < 2**31:
+        problems.append(f"--max-len {max_len}: use at least 16 tokens per example")
+    if not 0 <= seed < 2**63:
+        problems.append(f"--seed {seed}: use 0 <= seed < 2**63")
+    for flag, folder in (("--out", out), ("--merge-to", merge_to)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            problems.append(f"{flag} {folder} is a file: name a folder (it is made if missing)")
+    if problems:
+        raise InvalidOptionError("; ".join(problems))
+
+
+def _hidden_size(base: Path) -> int | None:
+    try:
+        return int(json.loads((base / "config.json").read_text())["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the loader says what is wrong with the checkpoint

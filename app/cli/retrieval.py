@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +11,14 @@ from typing import Annotated, Any
 import typer
 
 from jamba_runtime.errors import JambaStackError
+from jamba_stack.app.cli.data import (
+    NothingUsableError,
+    note_new_data_dir,
+    nothing_usable_message,
+    require_store,
+    store_location,
+    with_location,
+)
 from jamba_stack.app.cli.options import (
     ApiKey,
     AsJson,
@@ -20,6 +29,7 @@ from jamba_stack.app.cli.options import (
     DeviceOpt,
     DtypeOpt,
     EmbedderOpt,
+    InvalidOptionError,
     Quiet,
     fail,
     open_chat_model,
@@ -52,11 +62,21 @@ def ingest_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Ingest PATH into a collection: load, chunk, embed, store in Chroma and BM25. Unchanged files
-    are skipped; changed files have only their changed chunks re-embedded."""
+    are skipped; changed files have only their changed chunks re-embedded. Exits 2, naming what
+    was skipped and why, when PATH holds nothing usable (no collection is left behind)."""
     from jamba_stack.retrieval.ingest import ingest
+    from jamba_stack.retrieval.store import Store
 
     s = settings(data_dir=data_dir, chroma_url=chroma_url)
     try:
+        if not math.isfinite(max_file_mb) or max_file_mb <= 0:
+            raise InvalidOptionError(f"--max-file-mb={max_file_mb} is invalid: use a size in MB above 0")
+        if glob is not None and (not glob or Path(glob).is_absolute()):
+            raise InvalidOptionError(
+                f"--glob={glob!r} is invalid: use a pattern relative to PATH, e.g. '**/*.md'"
+            )
+        note_new_data_dir(s)
+        existed = collection in Store(s.data_dir, s.chroma_url).list_collections()
         report = ingest(
             path,
             collection,
@@ -71,9 +91,19 @@ def ingest_cmd(
             prune=prune,
             progress=not quiet and not as_json,
         )
+        if report.files_new + report.files_changed + report.files_unchanged == 0:
+            if not existed and report.chunks_total == 0:  # an empty collection would only mislead search
+                Store(s.data_dir, s.chroma_url).delete_collection(collection)
+            if as_json:
+                typer.echo(json.dumps(report.to_json() | {"error": "nothing_usable"}, indent=2))
+            else:
+                typer.echo(report.summary(), err=True)
+            raise NothingUsableError(nothing_usable_message(path, glob, report, existed))
     except (JambaStackError, ValueError) as e:
         fail(e)
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+    if not as_json:
+        typer.echo(f"store: {store_location(s)}")
 
 
 def _parse_filter(filters: str | None) -> dict[str, Any] | None:
@@ -155,6 +185,7 @@ def search_cmd(
             raise InvalidQueryError("pass a query, or --queries FILE.jsonl, not both (and not neither)")
         where = _parse_filter(filters)
         batch = _read_queries(queries) if queries is not None else None
+        require_store(s, collection)
         retriever = open_retriever(
             collection,
             data_dir=s.data_dir,
@@ -163,6 +194,11 @@ def search_cmd(
             reranker=rerank,
             fusion=fusion,
         )
+        if retriever.collection.count() == 0:
+            raise InvalidQueryError(
+                f"collection {collection!r} is empty (0 chunks, in {store_location(s)}): ingest files into it "
+                f"first (jamba-stack ingest PATH --collection {collection})"
+            )
         opts: dict[str, Any] = {"mode": mode, "filters": where, "mmr": mmr, "unique_docs": unique_docs}
         if batch is None:
             hits = retriever.search(query or "", k, **opts)
@@ -172,6 +208,8 @@ def search_cmd(
                 for h in hits:
                     where_s = h.source + (f" p.{h.metadata['page']}" if "page" in h.metadata else "")
                     typer.echo(f"{h.rank:>3}  {h.score:.4f}  {h.doc_id}  {where_s}\n     {h.text[:200]!r}")
+                if not hits:
+                    typer.echo("no hits (a --filter that matches no chunk leaves nothing to rank)", err=True)
             return
         # One query's error (too long, empty) is reported on its line; the batch goes on.
         from tqdm.auto import tqdm
@@ -183,7 +221,7 @@ def search_cmd(
                 out = {"query_id": qid, "results": [], "error": str(e)}
             typer.echo(json.dumps(out, ensure_ascii=False))
     except (JambaStackError, ValueError) as e:
-        fail(e)
+        fail(with_location(e, s))
 
 
 def ask_cmd(
@@ -231,6 +269,7 @@ def ask_cmd(
             )
         from jamba_stack.retrieval.search import open_retriever
 
+        require_store(s, collection)
         retriever = open_retriever(
             collection, data_dir=s.data_dir, chroma_url=s.chroma_url, embedder=embedder
         )
@@ -259,7 +298,7 @@ def ask_cmd(
         assert answer is not None, "ask_stream ends with the Answer"
         _print_sources(answer)
     except (JambaStackError, ValueError) as e:
-        fail(e)
+        fail(with_location(e, s))
 
 
 def _print_sources(answer) -> None:  # noqa: ANN001 - jamba_stack.retrieval.rag.Answer

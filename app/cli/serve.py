@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from jamba_stack.app.cli.options import DataDir, DeviceOpt, DtypeOpt, ModelOpt, model_path, settings
+from jamba_stack.app.cli.options import (
+    DataDir,
+    DeviceOpt,
+    DtypeOpt,
+    InvalidOptionError,
+    ModelOpt,
+    fail,
+    model_path,
+    settings,
+)
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 def serve(
@@ -148,6 +159,9 @@ def serve(
     docs/server.md."""
     from jamba_runtime import AsyncLLM, EngineArgs, EngineConfig
     from jamba_stack.app.server.app import serve as run_server
+
+    if log_level not in LOG_LEVELS:
+        fail(InvalidOptionError(f"--log-level {log_level!r} is invalid: use one of {', '.join(LOG_LEVELS)}"))
 
     s = settings(
         data_dir=data_dir,

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ import httpx
 import typer
 
 from jamba_runtime.errors import JambaStackError
-from jamba_stack.app.cli.options import DataDir, DeviceOpt, DtypeOpt, ModelOpt
+from jamba_stack.app.cli.options import DataDir, DeviceOpt, DtypeOpt, InvalidOptionError, ModelOpt
 from jamba_stack.app.settings import Settings, load_settings
 
 
@@ -72,6 +73,9 @@ class Service:
         # A log file, not a pipe: nobody reads a pipe while we wait, and a full pipe blocks the child.
         with self.log.open("ab") as out:
             self.log_start = out.tell()
+            # Runs append to one file: a header tells them apart for a person reading it.
+            out.write(f"--- {self.name}, started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+            out.flush()
             self.proc = subprocess.Popen(
                 self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
@@ -115,25 +119,108 @@ _ERROR_LINE = re.compile(r"error|exception|critical|traceback", re.IGNORECASE)
 
 
 def wait_healthy(service: Service, timeout_s: float) -> None:
-    """Poll the service's health URL until it answers 200. Raises `StackStartError` when the
-    child exits or `timeout_s` passes, with the end of its log."""
+    """Poll the service's health URL until it answers 200 from the service's own child process
+    (not another server on the port). Raises `StackStartError` when the child exits, another
+    process answers, or `timeout_s` passes, with the end of this run's log."""
     deadline = time.monotonic() + timeout_s
+    port = httpx.URL(service.health_url).port
     while time.monotonic() < deadline:
         if not service.alive():
             raise StackStartError(
-                f"{service.name} {service.exit_reason()} before it was ready; its log ({service.log}) "
-                f"ends:\n{service.log_tail()}"
+                f"{service.name} {service.exit_reason()} before it was ready; this run's log "
+                f"({service.log}) ends:\n{service.log_tail()}"
             )
         try:
-            if httpx.get(service.health_url, timeout=2).status_code == 200:
-                return
+            answered = httpx.get(service.health_url, timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
+            answered = False
+        if answered:
+            assert service.proc is not None and port is not None
+            owners = listener_pids(port)
+            if owners is None or service.proc.pid in owners:  # None: /proc cannot say (not Linux)
+                return
+            who = f"pid {', '.join(map(str, sorted(owners)))}" if owners else "a process"
+            raise StackStartError(
+                f"another process ({who}) answers on port {port}, not the {service.name} this run "
+                "started: stop it, or choose another port (--port / --ui-port)"
+            )
         time.sleep(0.25)
     raise StackStartError(
-        f"{service.name} did not answer {service.health_url} within {timeout_s:.0f} s: see {service.log} "
-        "(raise --start-timeout for a large model)"
+        f"{service.name} did not answer {service.health_url} within {timeout_s:.0f} s (raise "
+        f"--start-timeout for a large model); this run's log ({service.log}) ends:\n{service.log_tail()}"
     )
+
+
+def listener_pids(port: int) -> set[int] | None:
+    """The pids of the processes holding the socket that listens on TCP `port` (IPv4 or IPv6),
+    from Linux's /proc: the socket's inode in /proc/net/tcp*, then the processes whose fds point
+    at it (a child that inherited the socket holds it too). Empty when nothing listens; None where
+    /proc cannot say (another OS, or a listener of another user's)."""
+    inodes: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    # local_address is ADDR:PORT in hex; state 0A is LISTEN
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+    except OSError:
+        return None
+    if not inodes:
+        return set()
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    pids: set[int] = set()
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in wanted for fd in (pid_dir / "fd").iterdir()):
+                pids.add(int(pid_dir.name))
+        except OSError:  # a process that ended, or one we may not look into
+            continue
+    return pids or None
+
+
+class PortInUseError(JambaStackError):
+    """A port `up` was asked to use is already taken on 127.0.0.1."""
+
+    http_status = 409
+    code = "port_in_use"
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    """Raise `PortInUseError` for the first of `ports` ({flag: port}) that cannot be bound on
+    127.0.0.1, or when two are the same; binds as the servers do (SO_REUSEADDR), then lets go."""
+    if len(set(ports.values())) < len(ports):
+        flags = " and ".join(f"{flag} {port}" for flag, port in ports.items())
+        raise PortInUseError(f"{flags}: the two services need two ports; choose different ones")
+    for flag, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as e:
+                owners = listener_pids(port)
+                who = f" by pid {', '.join(map(str, sorted(owners)))}" if owners else ""
+                raise PortInUseError(
+                    f"port {port} on 127.0.0.1 is in use{who} ({e.strerror or e}): stop what holds it, or "
+                    f"pass {flag} with a free port"
+                ) from None
+
+
+def web_app_command(settings: Settings, address: str, port: int) -> list[str]:
+    """`streamlit run` on the web app as `up`, `jamba-stack ui` and the compose image start it:
+    headless, no usage statistics, the upload limit of the settings, and a Host allow-list (the
+    loopback names and `ui_allowed_hosts`) so its websocket refuses a forged Host (DNS rebinding)."""
+    ui = [sys.executable, "-m", "streamlit", "run", str(web_app_file())]
+    ui += ["--server.headless", "true", "--server.address", address, "--server.port", str(port)]
+    ui += ["--server.maxUploadSize", str(max(1, math.ceil(settings.max_upload_mb)))]
+    ui += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    ui += ["--server.enableCORS", "true", "--server.enableXsrfProtection", "true"]
+    for host in settings.web_app_hosts:
+        ui += ["--server.allowedHosts", host]
+    return ui
 
 
 def stack_services(
@@ -161,10 +248,7 @@ def stack_services(
     env = {**os.environ, "JAMBA_STACK_DATA_DIR": data_dir}
     server = Service("API server", serve, api_url + API_HEALTH_PATH, log_dir / "server.log", env)
     server.stop_signal = signal.SIGINT  # uvicorn drains on SIGINT, then the engine shuts down
-    ui = [sys.executable, "-m", "streamlit", "run", str(web_app_file())]
-    ui += ["--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(ui_port)]
-    ui += ["--server.maxUploadSize", str(max(1, math.ceil(settings.max_upload_mb)))]
-    ui += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    ui = web_app_command(settings, "127.0.0.1", ui_port)
     ui_env = {**env, "JAMBA_STACK_SERVER_URL": api_url}
     app = Service(
         "web app", ui, f"http://127.0.0.1:{ui_port}{STREAMLIT_HEALTH_PATH}", log_dir / "ui.log", ui_env
@@ -251,5 +335,38 @@ def up_cmd(
             "pass --model DIR or set JAMBA_STACK_MODEL for real answers.",
             err=True,
         )
+    for flag, value in (("--port", port), ("--ui-port", ui_port)):
+        if not 1 <= value <= 65535:
+            raise InvalidOptionError(f"{flag} {value} is not a TCP port: use 1-65535")
+    if not math.isfinite(start_timeout) or start_timeout <= 0:
+        raise InvalidOptionError(f"--start-timeout {start_timeout} is invalid: use seconds above 0")
+    check_ports_free({"--port": port, "--ui-port": ui_port})
     server, app = stack_services(settings, port, ui_port, settings.data_dir / "logs")
     raise typer.Exit(run_stack(server, app, start_timeout, echo=typer.echo))
+
+
+def ui_cmd(
+    data_dir: DataDir = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; 0.0.0.0 in a container that publishes the port.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="The web app's port.")] = 8501,
+) -> None:
+    """Run the web app alone (Streamlit, in the foreground), as `up` starts it: headless, no usage
+    statistics, Host allow-list (loopback names and JAMBA_STACK_UI_ALLOWED_HOSTS). It chats with
+    JAMBA_STACK_SERVER_URL when set, else loads the model in its own process."""
+    settings = load_settings(data_dir=data_dir)
+    if not 1 <= port <= 65535:
+        raise InvalidOptionError(f"--port {port} is not a TCP port: use 1-65535")
+    try:
+        if not host.strip():  # Streamlit would read an empty address as every interface
+            raise OSError("empty")
+        socket.getaddrinfo(host, port)
+    except (OSError, UnicodeError):
+        raise InvalidOptionError(
+            f"--host {host!r} is not an address of this machine: use 127.0.0.1, or 0.0.0.0 in a container"
+        ) from None
+    command = web_app_command(settings, host, port)
+    env = {**os.environ, "JAMBA_STACK_DATA_DIR": str(settings.data_dir)}
+    # exec: Streamlit takes this process over, so signals (docker stop, Ctrl-C) reach it directly.
+    os.execve(command[0], command, env)

@@ -5,6 +5,7 @@ made."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,12 @@ class EngineConfig:
             raise InvalidRequestError(
                 f"long_prefill_token_threshold={self.long_prefill_token_threshold} is invalid: give 0 "
                 "(no cap), a positive token count, or None (the device's default)"
+            )
+        if self.max_num_seqs < 1:
+            raise InvalidRequestError(f"max_num_seqs={self.max_num_seqs} is invalid: it must be >= 1")
+        if self.cache_memory_gb is not None and not math.isfinite(self.cache_memory_gb):
+            raise InvalidRequestError(
+                f"cache_memory_gb={self.cache_memory_gb} is invalid: give a size in GiB"
             )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 _RATE_WINDOW_S = 10.0  # generation tokens/s is measured over this trailing window
@@ -61,10 +62,12 @@ class RequestStats:
 
     @property
     def tokens_per_s(self) -> float:
-        """Tokens sampled per second over the window (the tokens of its first step excluded: they
-        were made before the window's span began)."""
-        recent = list(self._recent)
-        span = recent[-1][0] - recent[0][0] if len(recent) > 1 else 0.0
+        """Tokens sampled per second over the window that ends now (the tokens of its first step
+        excluded: they were made before the window's span began). Steps are read against the
+        clock, not trimmed only by the next step: an idle engine decays to 0 within one window."""
+        now = time.monotonic()
+        recent = [(t, n) for t, n in list(self._recent) if now - t <= _RATE_WINDOW_S]
+        span = now - recent[0][0] if recent else 0.0
         return sum(n for _, n in recent[1:]) / span if span > 0 else 0.0
 
     @property

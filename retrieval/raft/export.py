@@ -30,10 +30,11 @@ def split_rows(
     rows: list[dict[str, Any]], eval_fraction: float, seed: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows into train and eval: `ceil(n * eval_fraction)` rows (at least one when there are two or
-    more rows and the fraction is above 0) chosen by a generator seeded with `seed`; order kept."""
+    more rows and the fraction is above 0, and never the last row train has) chosen by a generator
+    seeded with `seed`; order kept. A split may be empty (fraction 0, one row, no rows)."""
     n = len(rows)
     n_eval = 0 if eval_fraction <= 0 else max(1 if n >= 2 else 0, math.ceil(n * eval_fraction))
-    n_eval = min(n_eval, n)
+    n_eval = min(n_eval, max(n - 1, 0))
     ids = sorted(r["id"] for r in rows)
     eval_ids = set(random.Random(f"split/{seed}").sample(ids, n_eval))
     return {
@@ -157,6 +158,8 @@ def export_all(
 
 
 def save_hf_dataset(path: Path, chats: dict[str, list[dict[str, Any]]]) -> None:
+    """Save the chat rows as a `datasets.DatasetDict` of the splits (`load_from_disk(path)`);
+    an empty split is saved with its columns and no rows."""
     try:
         import datasets
     except ImportError as e:
@@ -185,7 +188,21 @@ def save_hf_dataset(path: Path, chats: dict[str, list[dict[str, Any]]]) -> None:
             ),
         }
     )
+    # Columns, not rows: `from_list([])` finds no keys to match the features ("Keys mismatch"), and
+    # an empty split (eval fraction 0, a one-row set) is a valid split.
     dd = datasets.DatasetDict(
-        {s: datasets.Dataset.from_list(rows, features=features) for s, rows in chats.items()}
+        {
+            s: datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+            for s, rows in chats.items()
+        }
     )
-    dd.save_to_disk(str(path))
+    # A few small shards: `datasets`' own progress bars would only be noise around ours.
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        # One shard per split: `datasets` saves an empty split as zero shards, which
+        # `load_from_disk` cannot read back (IndexError); a RAFT set is far below a shard's size.
+        dd.save_to_disk(str(path), num_shards={s: 1 for s in dd})
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()

@@ -24,6 +24,11 @@ def test_make_tiny_then_generate(tmp_path: Path) -> None:
     }
     again = run("model", "make-tiny", str(model))
     assert again.returncode == 2 and "--force" in again.stderr
+    (tmp_path / "a-file").write_text("x")
+    onto_file = run("model", "make-tiny", str(tmp_path / "a-file"))
+    assert (
+        onto_file.returncode == 2 and "is a file" in onto_file.stderr and "Traceback" not in onto_file.stderr
+    )
 
     first = run("generate", "--model", str(model), "Hello there", "--max-tokens", "12", "--temperature", "0")
     second = run("generate", "--model", str(model), "Hello there", "--max-tokens", "12", "--temperature", "0")
@@ -59,7 +64,7 @@ def test_demo_makes_the_tiny_model_in_the_data_dir(tmp_path: Path) -> None:
     [
         (("generate", "--model", "/definitely/not/here", "hi"), "does not exist"),
         (("generate", "--temperature", "-1", "hi"), "temperature=-1.0 is invalid"),
-        (("generate", "--dtype", "int4", "hi"), "dtype 'int4' is not supported"),
+        (("generate", "--dtype", "int4", "hi"), "--dtype='int4' is not supported"),
         (("serve", "--kv-cache-dtype", "int4", "--port", "0"), "kv_cache_dtype 'int4' is not supported"),
         (
             ("serve", "--mamba-ssm-dtype", "float16", "--port", "0"),

@@ -24,4 +24,4 @@ def test_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(var, raising=False)
     (tmp_path / ".env").write_text("JAMBA_STACK_API_KEY=secret\nJAMBA_STACK_DATA_DIR=dotenv-data\n")
     s = load_settings()
-    assert s.api_key == "secret" and s.data_dir == Path("dotenv-data")
+    assert s.api_key == "secret" and s.data_dir == tmp_path / "dotenv-data"  # made absolute

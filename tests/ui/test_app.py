@@ -233,3 +233,121 @@ def test_agents_page_runs_a_goal_and_shows_tool_calls_denials_and_the_end(ui_env
     at.button(key="ag_run").click().run()
     (message,) = errors(at)
     assert message.startswith("Could not run the agent: goal=' ' is empty")
+
+
+def test_skipped_uploads_are_named_not_kept_and_not_counted(ui_env: Path) -> None:
+    at = app()
+    fake_pdf = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8  # binary data named .pdf
+    upload(
+        at,
+        [
+            ("empty.md", b"", "text/markdown"),
+            ("scan.pdf", fake_pdf, "application/pdf"),
+            ("ok.txt", b"Glaciers carve valleys over thousands of years.", "text/plain"),
+        ],
+    )
+    assert not errors(at)
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("Skipped empty.md: ") and w.endswith("It was not kept.") for w in warnings), (
+        warnings
+    )
+    assert any(w.startswith("Skipped scan.pdf: ") and "PDF" in w for w in warnings), warnings
+    successes = [s.value for s in at.success]
+    assert len(successes) == 1 and successes[0].startswith("Ingested 1 of 3 file(s) into 'docs'"), successes
+    folder = ui_env / "uploads" / "docs"
+    assert sorted(p.name for p in folder.iterdir()) == ["ok.txt"]  # nothing unusable stays behind
+
+    upload(at, [("blank.txt", b"", "text/plain")], "docs")  # only a bad file: no success at all
+    assert not at.success
+    assert any(e.startswith("Nothing was ingested into 'docs'") for e in errors(at))
+    assert sorted(p.name for p in folder.iterdir()) == ["ok.txt"]
+
+    # A file in the upload folder that never reached the collection is listed, with a delete button
+    (folder / "stray.md").write_text("never ingested")
+    at.switch_page("views/documents.py").run()
+    assert any("stray.md" in w.value and "not in the collection" in w.value for w in at.warning)
+    at.button(key="doc_strays_docs").click().run()
+    assert not errors(at)
+    assert sorted(p.name for p in folder.iterdir()) == ["ok.txt"]
+
+
+def test_internal_raft_collections_stay_out_of_lists_and_pickers(ui_env: Path) -> None:
+    from jamba_stack.retrieval.ingest import ingest
+
+    notes = ui_env.parent / "notes.md"
+    notes.write_bytes(NOTES)
+    for name in ("raft-0123456789abcdef", "handbook"):  # RAFT's corpus collection, and a person's
+        ingest(notes, name, data_dir=ui_env, embedder="minilm-fp32")
+    at = app()
+    assert at.selectbox(key="chat_collection").options == ["handbook"]
+    at.switch_page("views/documents.py").run()
+    assert [e.label.split(" \u00b7 ")[0] for e in at.expander] == ["handbook"]
+    at.switch_page("views/agents.py").run()
+    at.multiselect(key="ag_tools").set_value(["calculator", "search"]).run()
+    assert at.selectbox(key="ag_collection").options == ["handbook"]
+
+
+def test_agent_run_survives_a_rerun(ui_env: Path) -> None:
+    at = app()
+    at.switch_page("views/agents.py").run()
+    at.radio(key="ag_choice").set_value("first")
+    at.button(key="ag_run").click().run()
+    assert not errors(at)
+    before = [m.value for m in at.markdown]
+    assert "**Tool call** `calculator`" in before and at.get("download_button")
+    at.number_input(key="ag_steps").set_value(4).run()  # any widget reruns the page, as a download did
+    assert not errors(at)
+    after = [m.value for m in at.markdown]
+    assert "**Tool call** `calculator`" in after and any(m.startswith("**Finished** (") for m in after)
+    assert at.get("download_button")
+
+
+def test_use_for_chat_under_a_server_says_only_what_is_true(
+    ui_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = ui_env / "raft" / "adapters" / "a1"
+    (adapter / "merged").mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "merged" / "config.json").write_text("{}")
+    monkeypatch.setenv("JAMBA_STACK_SERVER_URL", f"http://127.0.0.1:{free_port()}")
+    at = app()
+    at.session_state["model_override"] = str(adapter / "merged")  # set before the server was configured
+    at.switch_page("views/finetune.py").run()
+    assert at.button(key="ft_use").disabled
+    assert not at.success  # no "Chat uses ..." while the server's model answers
+    assert any("serve this adapter's merged checkpoint" in i.value for i in at.info)
+
+
+def test_an_empty_answer_is_said_not_shown_as_an_empty_bubble(ui_env: Path) -> None:
+    at = app()
+    upload(at, [("ok.txt", b"Glaciers carve valleys over thousands of years.", "text/plain")])
+    at.switch_page("views/chat.py").run()
+    turn = {"role": "assistant", "content": "", "citations": [], "uncited": True, "finish_reason": "stop"}
+    at.session_state["chat_history"] = {"docs": [{"role": "user", "content": "What carves valleys?"}, turn]}
+    at.run()
+    assert len(at.chat_message) == 2
+    assert any(i.value.startswith("The model returned an empty answer") for i in at.chat_message[1].info)
+
+
+def test_raw_playground_output_wraps(ui_env: Path) -> None:
+    at = app()
+    at.switch_page("views/playground.py").run()
+    at.button(key="pg_run").click().run()
+    assert not errors(at)
+    assert at.code[0].proto.wrap_lines
+
+
+def test_tokens_per_second_decays_to_zero_when_idle(ui_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jamba_runtime.engine import metrics
+
+    at = app()
+    at.switch_page("views/playground.py").run()
+    at.button(key="pg_run").click().run()  # a burst of tokens on the in-process engine
+    at.switch_page("views/runtime.py").run()
+    busy = {m.label: m.value for m in at.metric}["Tokens/s (last 10 s)"]
+    assert float(busy.replace(",", "")) > 0, busy
+    # No step has run since; once the burst is older than the window, the rate is 0 (the window is
+    # shrunk rather than the test made to wait 10 s).
+    monkeypatch.setattr(metrics, "_RATE_WINDOW_S", 1e-3)
+    at.run()
+    assert {m.label: m.value for m in at.metric}["Tokens/s (last 10 s)"] == "0.0"

@@ -1,20 +1,23 @@
 """End to end in headless Chromium: the three compose services as plain processes on loopback
-(`chroma run`, `jamba-stack serve` with the tiny model, `streamlit run ui/app.py` pointed at
-both, as docker-compose.yml wires them); upload a document, ask, see the answer with a citation
-that opens to its chunk. Screenshots land in the test's tmp dir (printed at the end).
+(`chroma run`, `jamba-stack serve` with the tiny model, `streamlit run ui/app.py` from the
+repository root pointed at both); upload a document, ask, see the answer with a citation that
+opens to its chunk; run an agent and download its trace (the run stays on the page); and the page
+never contacts a host other than the app's own. The stand-alone app listens on loopback only and
+refuses a forged Host. Screenshots land in the test's tmp dir (printed at the end).
 
 Needs Debian's `chromium` and the `playwright` package (its driver only: the browser is
 Debian's); skips with the reason when either is missing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process
+from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process, websocket_status
 
 from jamba_stack.app.cli.up import STREAMLIT_HEALTH_PATH
 
@@ -45,15 +48,10 @@ def stack(
         "runtime", serve, f"http://127.0.0.1:{port}", "/health", work / "runtime.log", clean_env()
     )
     ui_port = free_port()
+    # The documented stand-alone start, from the repository root: .streamlit/config.toml supplies
+    # the address, the Host allow-list and no usage statistics (headless: no browser to open here).
     ui_args = [str(BIN / "streamlit"), "run", "ui/app.py", "--server.headless", "true"]
-    ui_args += [
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(ui_port),
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    ui_args += ["--server.port", str(ui_port)]
     env = clean_env(
         JAMBA_STACK_SERVER_URL=runtime.url,
         JAMBA_STACK_CHROMA_URL=chroma_server.url,
@@ -111,3 +109,69 @@ def test_upload_ask_and_open_a_citation_in_chromium(stack: dict[str, Proc], tmp_
         "3-answer.png",
         "4-citation-open.png",
     ]
+
+
+def listen_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port` (Linux /proc/net/tcp*), as hex."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            addr, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:
+                found.add(addr)
+    return found
+
+
+def test_stand_alone_app_is_loopback_only_and_refuses_a_forged_host(stack: dict[str, Proc]) -> None:
+    port = int(stack["ui"].url.rsplit(":", 1)[1])
+    assert listen_addresses(port) == {"0100007F"}  # 127.0.0.1 only, from .streamlit/config.toml
+    here = f"127.0.0.1:{port}"
+    assert websocket_status(port, here, f"http://{here}").endswith(" 101 Switching Protocols")
+    forged = f"rebind.attacker.example:{port}"
+    assert websocket_status(port, forged, f"http://{forged}").endswith(" 403 Forbidden")
+
+
+def test_no_outside_request_and_an_agent_run_outlives_its_download(
+    stack: dict[str, Proc], tmp_path: Path
+) -> None:
+    from urllib.parse import urlparse
+
+    hosts: set[str] = set()
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.on("request", lambda r: hosts.add(urlparse(r.url).hostname or "") if "://" in r.url else None)
+        page.set_default_timeout(180_000)
+        expect = playwright_api.expect
+        expect.set_options(timeout=180_000)
+        page.goto(stack["ui"].url)
+        expect(page.get_by_role("link", name="Agents", exact=True)).to_be_visible()
+        page.wait_for_load_state("networkidle")
+
+        page.get_by_role("link", name="Agents", exact=True).click()
+        page.get_by_text("A tool call on the first step, then the model decides").click()
+        page.get_by_role("button", name="Run", exact=True).click()
+        download = page.get_by_role("button", name="Download trace (JSON)")
+        expect(download).to_be_visible()
+        expect(page.get_by_text("Final answer")).to_be_visible()
+        with page.expect_download() as got:
+            download.click()
+        trace = json.loads(Path(got.value.path()).read_text())
+        assert trace and trace[-1]["type"] == "final"
+        page.wait_for_timeout(2000)  # a rerun, had the click caused one, would have cleared the run by now
+        expect(page.get_by_text("Final answer")).to_be_visible()
+        expect(page.get_by_text("Tool call").first).to_be_visible()
+        page.screenshot(path=tmp_path / "agent-after-download.png", full_page=True)
+
+        page.get_by_role("link", name="Playground", exact=True).click()
+        page.get_by_role("button", name="Run", exact=True).click()
+        code = page.get_by_test_id("stCode").first
+        expect(code).to_be_visible()
+        styles = code.locator("pre, code").evaluate_all("els => els.map(e => getComputedStyle(e).whiteSpace)")
+        assert any(w in ("pre-wrap", "break-spaces") for w in styles), styles  # lines wrap
+        page.get_by_role("link", name="Runtime", exact=True).click()
+        expect(page.get_by_text("Tokens/s (last 10 s)")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        browser.close()
+    assert hosts == {"127.0.0.1"}, f"the page contacted {hosts - {'127.0.0.1'}}"

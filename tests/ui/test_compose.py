@@ -1,5 +1,7 @@
-"""docker-compose.yml: valid under the compose-spec JSON schema, and every service's command,
-port and healthcheck agree with what the CLI, the server, Streamlit and Chroma really do.
+"""docker-compose.yml (and its CPU override, docker-compose.cpu.yml): valid under the compose-spec
+JSON schema, and every service's command, port and healthcheck agree with what the CLI, the
+server, Streamlit and Chroma really do; the images pin torch and chromadb, copy every package, and
+give the web app what its Fine-tune page needs.
 
 No Docker engine here: each service's command runs as a plain process on a free loopback port
 (the container port swapped for it), and its healthcheck command runs against it.
@@ -30,12 +32,14 @@ import jsonschema
 import pytest
 import typer
 import yaml
-from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process
+from ui_procs import BIN, REPO, Proc, clean_env, free_port, start_process, websocket_status
 
 from jamba_stack.app.cli.up import API_HEALTH_PATH, STREAMLIT_HEALTH_PATH
 from jamba_stack.app.settings import Settings
 
 COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_CPU = REPO / "docker-compose.cpu.yml"
+CONSTRAINTS = REPO / "docker" / "constraints.txt"
 ENV_EXAMPLE = REPO / ".env.example"
 SCHEMA_WHEEL = "docker-compose==1.29.2"
 SCHEMA_MEMBER = "compose/config/compose_spec.json"
@@ -72,8 +76,48 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
-def load(env: dict[str, str] | None = None) -> dict[str, Any]:
-    return yaml.safe_load(interpolate(COMPOSE.read_text(), env_example() if env is None else env))
+class Reset(dict):
+    """A mapping tagged `!reset` (compose 2.24+): merged, it removes the key from the base file."""
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: Reset(loader.construct_mapping(node)))
+
+
+def load(env: dict[str, str] | None = None, path: Path = COMPOSE) -> dict[str, Any]:
+    text = interpolate(path.read_text(), env_example() if env is None else env)
+    return yaml.load(text, Loader=_ComposeLoader)  # noqa: S506 - safe loader plus the !reset tag
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file: mappings merge key by key, `!reset` removes the key,
+    anything else replaces."""
+    if isinstance(override, dict) and isinstance(base, dict):
+        out = dict(base)
+        for key, value in override.items():
+            if isinstance(value, Reset):
+                out.pop(key, None)
+            else:
+                out[key] = merge(base.get(key), value)
+        return out
+    return override
+
+
+def load_cpu() -> dict[str, Any]:
+    """docker-compose.yml with docker-compose.cpu.yml over it, as `-f ... -f ...` runs them."""
+    return merge(load(), load(path=COMPOSE_CPU))
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.strip()] = version.strip()
+    return pins
 
 
 def container_port(service: dict[str, Any]) -> int:
@@ -135,6 +179,9 @@ def test_compose_file_is_valid_under_the_compose_spec_schema(compose_schema: dic
     raw = yaml.safe_load(COMPOSE.read_text())
     assert not list(validator.iter_errors(raw))
     assert not list(validator.iter_errors(load()))
+    # The CPU override alone and merged over the base file
+    assert not list(validator.iter_errors(load(path=COMPOSE_CPU)))
+    assert not list(validator.iter_errors(load_cpu()))
     broken = copy.deepcopy(load())
     broken["services"]["ui"]["depends_on"]["runtime"]["condition"] = "service_ready"
     broken["services"]["chroma"]["helthcheck"] = broken["services"]["chroma"].pop("healthcheck")
@@ -169,8 +216,12 @@ def test_services_images_volumes_and_env_are_wired() -> None:
         assert json.loads(cmd) == services[name]["command"]
         (probe,) = re.findall(r"^\s+CMD (\[.*\])$", dockerfile, re.M)
         assert ["CMD", *json.loads(probe)] == services[name]["healthcheck"]["test"]
-    assert re.search(r"^FROM nvidia/cuda:", (REPO / runtime["build"]["dockerfile"]).read_text(), re.M)
-    assert ".[gpu]" in (REPO / runtime["build"]["dockerfile"]).read_text()
+    runtime_file = (REPO / runtime["build"]["dockerfile"]).read_text()
+    assert (
+        re.search(r"^ARG BASE_IMAGE=nvidia/cuda:", runtime_file, re.M)
+        and "FROM ${BASE_IMAGE}" in runtime_file
+    )
+    assert re.search(r"^ARG EXTRAS=\[gpu\]", runtime_file, re.M) and '".${EXTRAS}"' in runtime_file
     assert re.search(r"^FROM python:3\.11-slim", (REPO / ui["build"]["dockerfile"]).read_text(), re.M)
     # The UI reaches the others by service name and their container ports.
     assert ui["environment"]["JAMBA_STACK_SERVER_URL"] == f"http://runtime:{container_port(runtime)}"
@@ -246,27 +297,92 @@ def test_chroma_healthcheck_passes_against_chroma_run_and_fails_without_it(chrom
 @pytest.mark.skipif(
     not (BIN / "streamlit").exists(), reason="streamlit is not installed (pip install -e '.[ui]')"
 )
-def test_ui_command_runs_streamlit_on_the_app_and_passes_its_healthcheck(
+def test_ui_command_runs_the_web_app_refuses_a_forged_host_and_passes_its_healthcheck(
     runtime_process: Proc, chroma_server: Proc, tmp_path: Path
 ) -> None:
+    from jamba_stack.app.cli import app
+
     ui = load()["services"]["ui"]
     command = ui["command"]
     port = container_port(ui)
-    assert command[:2] == ["streamlit", "run"] and (REPO / command[2]).is_file()
-    assert int(option(command, "--server.port")) == port and option(command, "--server.address") == "0.0.0.0"
+    assert command[:2] == ["jamba-stack", "ui"]
+    params = typer.main.get_command(app).commands["ui"].make_context("ui", list(command[2:])).params
+    assert params["port"] == port and params["host"] == "0.0.0.0"
     assert healthcheck_http(ui) == (port, STREAMLIT_HEALTH_PATH)
     real_port = free_port()
-    args = [str(BIN / "streamlit"), *command[1:]]
-    args = with_option(with_option(args, "--server.port", str(real_port)), "--server.address", "127.0.0.1")
+    args = [
+        str(BIN / command[0]),
+        *with_option(with_option(command[1:], "--port", str(real_port)), "--host", "127.0.0.1"),
+    ]
     env = clean_env(
         JAMBA_STACK_SERVER_URL=runtime_process.url,
         JAMBA_STACK_CHROMA_URL=chroma_server.url,
         JAMBA_STACK_DATA_DIR=str(tmp_path / "data"),
+        JAMBA_STACK_UI_ALLOWED_HOSTS="ui.example.internal",
     )
     url = f"http://127.0.0.1:{real_port}"
-    p = start_process("ui", args, url, STREAMLIT_HEALTH_PATH, tmp_path / "ui.log", env, cwd=REPO)
+    p = start_process("ui", args, url, STREAMLIT_HEALTH_PATH, tmp_path / "ui.log", env, cwd=tmp_path)
     try:
         assert run_healthcheck(ui, port, real_port) == 0
         assert "<title>" in httpx.get(url, timeout=10).text  # the app's page is served
+        here = f"127.0.0.1:{real_port}"
+        assert websocket_status(real_port, here, f"http://{here}").endswith(" 101 Switching Protocols")
+        assert websocket_status(
+            real_port, f"localhost:{real_port}", f"http://localhost:{real_port}"
+        ).endswith(" 101 Switching Protocols")
+        configured = f"ui.example.internal:{real_port}"  # JAMBA_STACK_UI_ALLOWED_HOSTS
+        assert websocket_status(real_port, configured, f"http://{configured}").endswith(
+            " 101 Switching Protocols"
+        )
+        # DNS rebinding: a page on another name that resolves to this machine
+        forged = f"rebind.attacker.example:{real_port}"
+        assert websocket_status(real_port, forged, f"http://{forged}").endswith(" 403 Forbidden")
     finally:
         p.stop(signal.SIGTERM)
+
+
+# ---- the CPU variant ---------------------------------------------------------------------------------
+def test_cpu_override_drops_the_gpu_reservation_and_builds_for_cpu() -> None:
+    base, cpu = load()["services"]["runtime"], load_cpu()["services"]["runtime"]
+    assert base["deploy"]["resources"]["reservations"]["devices"]  # the GPU file asks for a GPU
+    assert "deploy" not in cpu, "a CPU-only host cannot satisfy a GPU reservation"
+    assert (
+        cpu["environment"]["JAMBA_STACK_DEVICE"] == "cpu"
+        and cpu["environment"]["JAMBA_STACK_DTYPE"] == "float32"
+    )
+    assert cpu["environment"]["JAMBA_STACK_MODEL"] == base["environment"]["JAMBA_STACK_MODEL"]  # merged
+    args = cpu["build"]["args"]
+    assert (
+        args["TORCH_INDEX"].endswith("/whl/cpu") and args["EXTRAS"] == "" and "cuda" not in args["BASE_IMAGE"]
+    )
+    assert cpu["build"]["dockerfile"] == base["build"]["dockerfile"] and cpu["image"] != base["image"]
+    dockerfile = (REPO / cpu["build"]["dockerfile"]).read_text()
+    declared = set(re.findall(r"^ARG (\w+)=", dockerfile, re.M))
+    assert set(args) <= declared, f"build args the Dockerfile does not declare: {set(args) - declared}"
+    # .env selects the CPU file by COMPOSE_FILE, a line .env.example documents
+    assert "# COMPOSE_FILE=docker-compose.yml:docker-compose.cpu.yml" in ENV_EXAMPLE.read_text()
+
+
+# ---- images: pins, packages, extras ------------------------------------------------------------------
+def test_images_pin_torch_and_chromadb_and_copy_every_package() -> None:
+    pins = constraints()
+    assert pins["torch"] == importlib.metadata.version("torch").split("+")[0]
+    assert pins["chromadb"] == importlib.metadata.version("chromadb")
+    chroma_image = load()["services"]["chroma"]["image"]
+    assert chroma_image == f"chromadb/chroma:{pins['chromadb']}", "client = server version"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    folders = {"jamba_runtime", *pyproject["tool"]["setuptools"]["package-dir"].values()}
+    for name in ("Dockerfile.runtime", "Dockerfile.ui"):
+        dockerfile = (REPO / "docker" / name).read_text()
+        installs = re.findall(r"^RUN pip install (.*)$", dockerfile, re.M)
+        assert installs and all("-c docker/constraints.txt" in line for line in installs), installs
+        copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.M))
+        assert folders <= copied, f"{name} does not copy {folders - copied}"
+        allowed = (REPO / "docker" / f"{name}.dockerignore").read_text()
+        for folder in folders:
+            assert f"!{folder}/**" in allowed, f"{name}.dockerignore leaves {folder}/ out of the context"
+        assert "!docker/constraints.txt" in allowed
+    # The web app's image installs `.[ui]`, which must train (Fine-tune) and export (RAFT builder).
+    ui_extra = " ".join(pyproject["project"]["optional-dependencies"]["ui"])
+    assert "peft" in ui_extra and "datasets" in ui_extra and "streamlit" in ui_extra
+    assert '".[ui]"' in (REPO / "docker" / "Dockerfile.ui").read_text()

@@ -121,3 +121,50 @@ def test_generate_train_evaluate_and_load_adapter(ui_env: Path) -> None:
     merged = ui_env / "raft" / "adapters" / "raft-set-lora" / "merged"
     assert at.session_state[MODEL_OVERRIDE_KEY] == str(merged)
     assert any(str(merged) in c.value for c in at.sidebar.caption)  # the app now runs that model
+
+
+def test_a_run_without_surviving_rows_is_one_error_and_lists_no_set(ui_env: Path) -> None:
+    from jamba_stack.retrieval.store import Store
+
+    put_notes(ui_env)
+    at = app()
+    at.switch_page("views/raft.py").run()
+    at.number_input(key="raft_qpc").set_value(1)
+    at.number_input(key="raft_max_chunks").set_value(1)
+    at.number_input(key="raft_max_tokens").set_value(8)  # too few tokens for a quote and an <ANSWER>
+    at.number_input(key="raft_eval").set_value(0.0)
+    at.button(key="raft_generate").click().run()
+    (message,) = errors(at)
+    # 8 tokens hold neither a question in JSON nor a quoted answer: either way, one line that says so
+    assert message.startswith(
+        (
+            "Could not generate the RAFT set: no row passed",
+            "Could not generate the RAFT set: no question was made",
+        )
+    ), message
+    assert "Keys mismatch" not in message and not at.success
+    assert any("No generated sets yet" in i.value for i in at.info)  # nothing half-written is listed
+    assert not (ui_env / "raft" / "sets" / "raft-set" / "summary.json").exists()
+    assert Store(ui_env).list_collections() == []  # the corpus collection made for the run is gone
+    at.switch_page("views/finetune.py").run()
+    assert any("No generated set" in e for e in errors(at))
+
+
+def test_eval_fraction_zero_exports_an_empty_eval_split(ui_env: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    put_notes(ui_env)
+    at = app()
+    at.switch_page("views/raft.py").run()
+    at.number_input(key="raft_qpc").set_value(1)
+    at.number_input(key="raft_distractors").set_value(1)
+    at.number_input(key="raft_max_tokens").set_value(40)
+    at.number_input(key="raft_chunk_tokens").set_value(24)
+    at.number_input(key="raft_max_chunks").set_value(2)
+    at.number_input(key="raft_eval").set_value(0.0)
+    at.button(key="raft_generate").click().run()
+    assert not errors(at)
+    out = ui_env / "raft" / "sets" / "raft-set"
+    dd = datasets.load_from_disk(str(out / "hf_dataset"))
+    assert dd["eval"].num_rows == 0 and dd["train"].num_rows >= 1
+    assert (out / "chat.eval.jsonl").read_text() == ""
+    assert at.selectbox(key="raft_set").value == "raft-set"

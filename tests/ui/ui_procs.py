@@ -3,6 +3,7 @@ wait for its health check (as docker-compose.yml wires the services), stop it.""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -76,3 +77,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAMBA_STACK_")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **extra)
     return env
+
+
+def websocket_status(port: int, host: str, origin: str) -> str:
+    """The status line Streamlit answers a websocket upgrade of its app stream with."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request.encode())
+        return sock.recv(256).decode(errors="replace").split("\r\n")[0]

@@ -1,6 +1,9 @@
 """Agents: define an agent (instructions, tools, policy), run a goal, and watch its steps live
 (model turns, tool calls with arguments, results, denials) up to the final answer; the trace
-downloads as JSON. Built on the `agents` SDK (`Agent.stream`)."""
+downloads as JSON. Built on the `agents` SDK (`Agent.stream`).
+
+The last run (its steps, answer and trace) is kept in the session: the download button, like any
+widget, reruns the page, and the run must still be there afterwards."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from jamba_stack.ui import session
 from jamba_stack.ui.documents import list_collections
 
 DENIED_REASON = "denied by the policy set on the Agents page"
+LAST_RUN_KEY = "ag_last_run"
 TOOL_CHOICES = {
     "auto": "The model decides",
     "first": "A tool call on the first step, then the model decides",
@@ -53,6 +57,33 @@ def render_event(event: TraceEvent) -> None:
             f"**Finished** ({data.get('stop_reason')}) after {data.get('steps')} steps and "
             f"{data.get('tool_calls')} tool calls"
         )
+
+
+def render_last_run(run: dict[str, Any]) -> None:
+    """The kept run: its steps (unless this script run just drew them live), the final answer and
+    the trace download."""
+    if not run.pop("live", False):
+        with st.status(f"{run['agent']} finished: {run['goal']}", state="complete", expanded=True):
+            for event in run["events"]:
+                render_event(event)
+    result = run["result"]
+    if result is None:
+        return
+    st.subheader("Final answer")
+    if result.final_output is None:
+        st.info(f"No answer: the run stopped at a limit ({result.stop_reason}).")
+    elif not str(result.final_output).strip():
+        st.info("The model's final answer was empty.")
+    else:
+        st.markdown(str(result.final_output))
+    st.download_button(
+        "Download trace (JSON)",
+        result.trace_json(indent=2),
+        file_name=f"{run['agent']}-trace.json",
+        mime="application/json",
+        key="ag_trace",
+        on_click="ignore",  # a download changes nothing on the page
+    )
 
 
 settings = session.settings()
@@ -108,24 +139,21 @@ if st.button("Run", type="primary", key="ag_run"):
             else "auto",
             model_options={"max_tokens": int(max_tokens), "temperature": 0.0},
         )
-        final: TraceEvent | None = None
+        events: list[TraceEvent] = []
         with st.status(f"Running {agent.name}...", expanded=True) as status:
             for event in agent.stream(goal):
                 render_event(event)
-                if event.type == "final":
-                    final = event
-            status.update(label=f"{agent.name} finished", state="complete")
-        if final is not None and final.result is not None:
-            result = final.result
-            st.subheader("Final answer")
-            if result.final_output is None:
-                st.info(f"No answer: the run stopped at a limit ({result.stop_reason}).")
-            else:
-                st.markdown(str(result.final_output))
-            st.download_button(
-                "Download trace (JSON)",
-                result.trace_json(indent=2),
-                file_name=f"{agent.name}-trace.json",
-                mime="application/json",
-                key="ag_trace",
-            )
+                events.append(event)
+            status.update(label=f"{agent.name} finished: {goal}", state="complete")
+        final = next((e for e in reversed(events) if e.type == "final" and e.result is not None), None)
+        st.session_state[LAST_RUN_KEY] = {
+            "agent": agent.name,
+            "goal": goal,
+            "events": events,
+            "result": final.result if final is not None else None,
+            "live": True,  # drawn by this script run already
+        }
+
+
+if last := st.session_state.get(LAST_RUN_KEY):
+    render_last_run(last)

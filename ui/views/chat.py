@@ -35,10 +35,25 @@ def render_citations(citations: list[dict[str, Any]], uncited: bool) -> None:
             st.text(c["text"])
 
 
+EMPTY_ANSWER = "The model returned an empty answer"
+
+
+def empty_answer_note(finish_reason: str | None) -> str:
+    """What the page says instead of an empty bubble."""
+    why = {
+        "length": ": it stopped at the token limit before writing any text (raise Max answer tokens)",
+        "stop": ": it ended its turn at once (a random-weight test model often does; try another question)",
+    }.get(finish_reason or "", f" (finish_reason {finish_reason})" if finish_reason else "")
+    return EMPTY_ANSWER + why + "."
+
+
 def render_history(history: list[dict[str, Any]]) -> None:
     for turn in history:
         with st.chat_message(turn["role"]):
-            st.markdown(turn["content"])
+            if turn["role"] == "assistant" and not turn["content"].strip():
+                st.info(empty_answer_note(turn.get("finish_reason")))
+            else:
+                st.markdown(turn["content"])
             if turn["role"] == "assistant":
                 render_citations(turn.get("citations", []), turn.get("uncited", False))
 
@@ -66,15 +81,18 @@ def answer(settings: Any, collection: str, question: str, k: int, max_tokens: in
 
         st.write_stream(text_pieces())
         final = result[0]
+        if not final.text.strip():
+            st.info(empty_answer_note(final.finish_reason))
         citations = [{**c.to_json(), "doc_id": c.doc_id} for c in final.citations]
         render_citations(citations, final.uncited)
-        if final.finish_reason == "length":
+        if final.finish_reason == "length" and final.text.strip():
             st.caption("The answer stopped at the token limit: raise Max answer tokens for a longer one.")
         return {
             "role": "assistant",
             "content": final.text,
             "citations": citations,
             "uncited": final.uncited,
+            "finish_reason": final.finish_reason,
         }
     return None
 

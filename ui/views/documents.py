@@ -13,9 +13,12 @@ from jamba_stack.ui import session
 from jamba_stack.ui.documents import (
     ALLOWED_SUFFIXES,
     delete_source,
+    delete_stray_upload,
     ingest_files,
     list_collections,
     save_upload,
+    stray_uploads,
+    upload_outcomes,
 )
 
 settings = session.settings()
@@ -64,15 +67,23 @@ if st.button("Ingest", type="primary", disabled=not uploads, key="doc_ingest"):
                 settings, collection.strip(), saved, session.embedder(settings), on_progress=on_progress
             )
             bar.progress(1.0, text="Done")
-            for report in reports:
-                for skipped in report.skipped:
-                    st.warning(f"Skipped {Path(skipped.path).name}: {skipped.reason}")
+            outcomes = upload_outcomes(saved, reports)
+            for skipped in (o for o in outcomes if not o.ingested):
+                st.warning(f"Skipped {skipped.name}: {skipped.reason}. It was not kept.")
+            ingested = [o for o in outcomes if o.ingested]
             added = sum(r.chunks_added for r in reports)
             total = reports[-1].chunks_total if reports else 0
-            st.success(
-                f"Ingested {len(saved)} file(s) into {collection.strip()!r}: {added} chunks added, "
-                f"{total} in the collection."
-            )
+            if ingested:
+                st.success(
+                    f"Ingested {len(ingested)} of {len(outcomes)} file(s) into {collection.strip()!r}: "
+                    f"{added} chunks added, {total} in the collection."
+                )
+            else:
+                st.error(
+                    f"Nothing was ingested into {collection.strip()!r}: no uploaded file had text to read "
+                    "(see above). Upload files with text.",
+                    icon="\u274c",
+                )
             with session.shows_errors("list the collections"):
                 collections = list_collections(settings)
 
@@ -84,6 +95,17 @@ for info in collections:
     with st.expander(
         f"{info.name} \u00b7 {info.chunks} chunks \u00b7 {len(info.sources)} files", expanded=True
     ):
+        strays = stray_uploads(settings, info)
+        if strays:
+            st.warning(
+                f"{len(strays)} uploaded file(s) in this collection's folder are not in the collection "
+                f"(never ingested): {', '.join(p.name for p in strays)}."
+            )
+            if st.button("Delete files not in the collection", key=f"doc_strays_{info.name}"):
+                for stray in strays:
+                    delete_stray_upload(settings, info.name, stray.name)
+                st.session_state["doc_flash"] = f"Deleted {len(strays)} file(s) not in {info.name!r}."
+                st.rerun()
         if not info.sources:
             st.caption("No files recorded for this collection in this data dir.")
             continue

@@ -57,6 +57,11 @@ def train(
         raise UIError(f"LoRA rank {r} and steps {steps} are invalid: use rank >= 1 and steps >= 1")
     if not Path(base, "config.json").is_file():
         raise UIError(f"base model {base!r} is not a local checkpoint directory: give one with config.json")
+    hidden = json.loads(Path(base, "config.json").read_text()).get("hidden_size")
+    if isinstance(hidden, int) and r > hidden:
+        raise UIError(
+            f"LoRA rank {r} is over the model's hidden size {hidden}: use a rank from 1 to {hidden}"
+        )
     cfg = TrainConfig(r=r, alpha=2 * r, lr=lr, steps=steps, max_len=max_len)
     bar = st.progress(0.0, text=f"Training: 0/{steps} steps")
     chart = st.empty()  # redrawn each step (this Streamlit has no add_rows)
@@ -199,20 +204,25 @@ else:
             evaluate(
                 settings, data, adapter, str(meta["base"]), [int(k) for k in ks], int(limit), int(eval_tokens)
             )
-    if b2.button("Use for chat", key="ft_use"):
+    # With a server the chat model is the server's: a session cannot swap it, so the button is off
+    # and says how to serve the adapter instead.
+    on_server = bool(settings.server_url)
+    serve_hint = (
+        f"The app chats with the server at {settings.server_url}: serve this adapter's merged checkpoint "
+        f"there (jamba-stack serve --model {adapter / MERGED}, or jamba-stack up --model ...)."
+    )
+    if b2.button("Use for chat", key="ft_use", disabled=on_server, help=serve_hint if on_server else None):
         if (adapter / MERGED / "config.json").is_file():
             st.session_state[session.MODEL_OVERRIDE_KEY] = str(adapter / MERGED)
             st.rerun()
         st.error(f"{adapter.name} has no merged checkpoint: train it again on this page.", icon="\u274c")
-    override = st.session_state.get(session.MODEL_OVERRIDE_KEY)
+    override = None if on_server else st.session_state.get(session.MODEL_OVERRIDE_KEY)
     if b3.button("Back to the configured model", disabled=not override, key="ft_unuse"):
         st.session_state.pop(session.MODEL_OVERRIDE_KEY, None)
         st.rerun()
-    if override:
-        if settings.server_url:
-            st.warning(
-                "The app talks to a server: serve the merged checkpoint there with `jamba-stack serve --model`."
-            )
+    if on_server:
+        st.info(serve_hint)
+    elif override:
         st.success(f"Chat uses {Path(override).parent.name} (merged checkpoint {override}).")
     if (adapter / "eval.json").is_file():
         st.markdown(f"**Evaluation of {adapter.name}** (base + RAG vs fine-tuned + RAG)")

@@ -114,7 +114,10 @@ if st.button("Run", type="primary", key="pg_run"):
         left, right = st.columns(2)
         with left:
             st.markdown("**Raw output**")
-            st.code(reply.content or "", language="json")
+            if reply.content:
+                st.code(reply.content, language="json", wrap_lines=True)  # one long JSON line otherwise
+            else:
+                st.caption("The model returned no text.")
             st.caption(
                 f"finish_reason: {reply.finish_reason} \u00b7 {reply.usage.prompt_tokens} prompt + "
                 f"{reply.usage.completion_tokens} completion tokens"

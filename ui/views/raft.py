@@ -30,8 +30,9 @@ SKIP_DOWNLOADS = {"checkpoint.json", "questions.jsonl"}
 
 
 def corpus_choices(s: Settings) -> dict[str, list[Path]]:
-    """{label: files} for each upload folder with files the loaders read, and each collection whose
-    ingested files still exist (RAFT's own `raft-*` collections left out)."""
+    """{label: files} for each upload folder with files the loaders read (the Documents page keeps
+    no file it could not ingest), and each collection whose ingested files still exist
+    (`list_collections` leaves RAFT's own collections out)."""
     out: dict[str, list[Path]] = {}
     if s.uploads_dir.is_dir():
         for folder in sorted(p for p in s.uploads_dir.iterdir() if p.is_dir()):
@@ -42,7 +43,7 @@ def corpus_choices(s: Settings) -> dict[str, list[Path]]:
                 out[f"Uploaded files: {folder.name}"] = files
     for info in list_collections(s):
         files = [Path(src.source) for src in info.sources if Path(src.source).is_file()]
-        if files and not info.name.startswith("raft-"):
+        if files:
             out[f"Collection: {info.name}"] = files
     return out
 
@@ -170,8 +171,6 @@ else:
                 f"{report['rows']} rows ({report['oracle_rows']} with the oracle, P realised "
                 f"{report['p_realised']:.2f}) in {out.name}: splits {report['splits']}."
             )
-            if not report["rows"]:
-                st.warning("No row passed verification: try more questions per chunk or a larger budget.")
 
 # ---- preview and downloads ---------------------------------------------------------------------------
 st.subheader("Generated sets")
