@@ -155,6 +155,8 @@ class IngestReport:
     token_vectors: int = 0
     """Chunks whose token vectors this run stored (new chunks, and older ones that lacked them)."""
     token_codec: str = ""
+    token_bytes: int = 0
+    """Bytes of the collection's stored token ids and codes at the end of the run."""
     embedder: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -173,7 +175,10 @@ class IngestReport:
             f"{self.documents} documents parsed; {t:.1f} s",
         ]
         if self.token_codec:
-            lines.append(f"token vectors ({self.token_codec}): {self.token_vectors} chunks stored")
+            lines.append(
+                f"token vectors ({self.token_codec}): {self.token_vectors} chunks stored this run, "
+                f"{self.token_bytes / 1e6:.1f} MB in all"
+            )
         lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -243,7 +248,7 @@ def ingest(
         if chunker is None:
             chunker = Chunker(embedder.token_counter(), chunk_tokens or embedder.chunk_tokens, overlap_tokens)
         tokens = _open_tokens(col, embedder, token_vectors)
-        report.token_codec = tokens.codec.name if tokens is not None else ""
+        report.token_codec = tokens.target.name if tokens is not None else ""
         report.seconds["open"] = time.perf_counter() - t0
         plans, reached = _plan(top, glob, root, max_bytes, manifest, col, chunker, report, progress)
         stale_sources = _stale_sources(top, glob, manifest, reached) if prune and top.is_dir() else []
@@ -279,6 +284,11 @@ def ingest(
             t = time.perf_counter()
             # A run killed in here leaves counts that differ, which the next run's sync sees.
             report.token_vectors += sync_tokens(tokens, col, embedder, chunk_ids, progress)
+            report.token_bytes = tokens.stats().bytes
+            if tokens.codec is not tokens.target:
+                report.token_codec += (
+                    f" (kept as {tokens.codec.name} until the collection has {tokens.fit_tokens} tokens)"
+                )
             report.seconds["tokens"] = time.perf_counter() - t
             tokens.close()
         report.chunks_total = col.count()
