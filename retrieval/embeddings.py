@@ -18,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +32,44 @@ from jamba_stack.retrieval.onnx_build import ParallelSession, cpu_count
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_EMBEDDER = "minilm"
+_WORDISH = re.compile(r"\w")
+
+
+@dataclass(frozen=True)
+class TokenVectors:
+    """The content tokens of one text, as the model read it: `ids` (n_tokens,) int32 vocabulary
+    ids and `vecs` (n_tokens, dim) float32 unit rows (the last hidden state), in text order.
+    Special tokens and punctuation are left out; a text with no content token keeps its first
+    token ([CLS]) so every text has one row."""
+
+    ids: np.ndarray
+    vecs: np.ndarray
+
+
+def content_token_mask(tokenizer: Any) -> np.ndarray:
+    """Per vocabulary id of a `tokenizers.Tokenizer`, whether MaxSim uses it: not a special token
+    ([CLS], [SEP], [PAD], [unused0]) and holding a word character (punctuation carries no match)."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    mask = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    for tok, i in vocab.items():
+        mask[i] = not (tok.startswith("[") and tok.endswith("]")) and bool(_WORDISH.search(tok))
+    return mask
+
+
+def split_tokens(
+    hidden: np.ndarray, ids: np.ndarray, mask: np.ndarray, content: np.ndarray
+) -> list[TokenVectors]:
+    """`TokenVectors` of each row of a padded batch: `hidden` (batch, seq, dim), `ids` and
+    `mask` (batch, seq); `content` from `content_token_mask`."""
+    out = []
+    for b in range(len(ids)):
+        keep = np.flatnonzero(mask[b].astype(bool) & content[np.minimum(ids[b], len(content) - 1)])
+        if not len(keep):
+            keep = np.array([0])
+        v = hidden[b, keep].astype(np.float32)  # (n_tokens, dim)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        out.append(TokenVectors(ids[b, keep].astype(np.int32), v))
+    return out
 
 
 def default_model_dir() -> Path:
@@ -109,6 +150,23 @@ class Embedder(ABC):
         backend may embed queries more precisely than documents)."""
         return self.embed_documents(texts)
 
+    supports_tokens: bool = False
+    """Whether `embed_batch_tokens` works (a local model whose hidden states we can read)."""
+
+    def embed_batch_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        """`embed_batch`'s vectors and each text's `TokenVectors`, from one model pass (what
+        ingest stores for the MaxSim rerank). Raises `EmbedderUnavailableError` where
+        `supports_tokens` is False."""
+        raise EmbedderUnavailableError(
+            f"embedder {self.name!r} ({type(self).__name__}) gives no token vectors: use a local "
+            "minilm/onnx/st embedder for the MaxSim rerank"
+        )
+
+    def embed_query_tokens(self, text: str) -> tuple[np.ndarray, TokenVectors]:
+        """`embed_query`'s vector and the query's `TokenVectors`, from one model pass."""
+        vecs, toks = self.embed_batch_tokens([text])
+        return vecs[0], toks[0]
+
 
 def _normalize(v: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(v, axis=1, keepdims=True)
@@ -166,6 +224,7 @@ class SentenceTransformerEmbedder(Embedder):
         self.max_tokens = int(self.model.max_seq_length or 512)
         self.batch_size = batch_size or (256 if on_gpu else 32)
         self._tokenizer = getattr(self.model.tokenizer, "backend_tokenizer", None)
+        self._content: np.ndarray | None = None
 
     def token_counter(self) -> TokenCounter:
         return HFTokenCounter(self._tokenizer) if self._tokenizer is not None else RegexTokenCounter()
@@ -173,6 +232,31 @@ class SentenceTransformerEmbedder(Embedder):
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         v = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
         return _normalize(np.asarray(v, dtype=np.float32))
+
+    @property
+    def supports_tokens(self) -> bool:  # type: ignore[override]
+        return self._tokenizer is not None
+
+    def embed_batch_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        if self._tokenizer is None:
+            return super().embed_batch_tokens(texts)
+        import torch
+
+        if self._content is None:
+            self._content = content_token_mask(self._tokenizer)
+        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize  # renamed in 6.x
+        features = {
+            k: v.to(self.model.device)  # the model may be on a GPU
+            for k, v in prepare(texts).items()
+            if isinstance(v, torch.Tensor)
+        }
+        with torch.no_grad():
+            out = self.model(features)  # the modules' pipeline: token_embeddings, then pooling
+        pooled = out["sentence_embedding"].float().cpu().numpy()
+        hidden = out["token_embeddings"].float().cpu().numpy()  # (batch, seq, dim)
+        ids = features["input_ids"].cpu().numpy()
+        mask = features["attention_mask"].cpu().numpy()
+        return _normalize(pooled), split_tokens(hidden, ids, mask, self._content)
 
 
 def _read_json(path: Path) -> dict:
@@ -245,6 +329,7 @@ class OnnxEmbedder(Embedder):
         self._batch_tokenizer = Tokenizer.from_file(str(tok_file))  # truncates, never pads
         self._batch_tokenizer.enable_truncation(self.max_tokens)
         self._batch_tokenizer.no_padding()
+        self._content = content_token_mask(self._batch_tokenizer)
 
         onnx_path, self._fp32_path, fused = self._ensure_onnx(Path(cache_dir), quantize)
         self.backend = ("onnx-int8" if quantize else "onnx-fp32") + ("-fused" if fused else "")
@@ -295,22 +380,36 @@ class OnnxEmbedder(Embedder):
             ob.quantize_int8(src, target, recipe)
         return target, src, fused
 
+    supports_tokens = True
+
     def embed_batch(self, texts: list[str]) -> np.ndarray:
-        return self._embed(texts, self.session)
+        return self._embed(texts, self.session)[0]
+
+    def embed_batch_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        """Documents' vectors and token vectors from the document graph (int8 by default)."""
+        vecs, toks = self._embed(texts, self.session, tokens=True)
+        assert toks is not None
+        return vecs, toks
+
+    def embed_query_tokens(self, text: str) -> tuple[np.ndarray, TokenVectors]:
+        """The query's vector and token vectors from the float32 graph (see `embed_query`)."""
+        vecs, toks = self._embed([text], self._queries(), tokens=True)
+        assert toks is not None
+        return vecs[0], toks[0]
 
     def embed_query(self, text: str) -> np.ndarray:
         """The query's vector from the float32 graph even when documents are int8: a query is
         short, so float32 costs nothing noticeable, and it halves the quantization error in the
         query-document score (SciFact TRAIN split, dense nDCG@10: float32 PyTorch 0.6602, int8
         queries and documents 0.6552, float32 queries + int8 documents 0.6584)."""
-        return self._embed([text], self._queries())[0]
+        return self._embed([text], self._queries())[0][0]
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         for i in range(0, len(texts), self.batch_size):
             idx = order[i : i + self.batch_size]
-            out[idx] = self._embed([texts[j] for j in idx], self._queries())
+            out[idx] = self._embed([texts[j] for j in idx], self._queries())[0]
         return out
 
     def _queries(self) -> ParallelSession:
@@ -318,13 +417,17 @@ class OnnxEmbedder(Embedder):
             self._query_session = ParallelSession(self._fp32_path, self.threads, self.sub_batch)
         return self._query_session
 
-    def _embed(self, texts: list[str], session: ParallelSession) -> np.ndarray:
+    def _embed(
+        self, texts: list[str], session: ParallelSession, *, tokens: bool = False
+    ) -> tuple[np.ndarray, list[TokenVectors] | None]:
+        """Pooled unit vectors (len(texts), dim) and, with `tokens`, each text's `TokenVectors`
+        from the same pass."""
         enc = self._batch_tokenizer.encode_batch(texts)
         # Longest first, then model calls of `sub_batch` texts padded to their own longest.
         order = sorted(range(len(enc)), key=lambda i: -len(enc[i].ids))
         groups = [order[i : i + self.sub_batch] for i in range(0, len(order), self.sub_batch)]
 
-        def one(group: list[int]) -> tuple[list[int], np.ndarray]:
+        def one(group: list[int]) -> tuple[list[int], np.ndarray, list[TokenVectors]]:
             width = max(len(enc[i].ids) for i in group)
             ids = np.full((len(group), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(group), width), dtype=np.int64)
@@ -332,15 +435,20 @@ class OnnxEmbedder(Embedder):
                 ids[r, : len(enc[i].ids)] = enc[i].ids
                 mask[r, : len(enc[i].ids)] = 1
             hidden = session.run_one(ids, mask)  # (group, seq, dim)
+            toks = split_tokens(hidden, ids, mask, self._content) if tokens else []
             if self.pooling == "cls":
-                return group, hidden[:, 0]
+                return group, hidden[:, 0], toks
             m = mask[..., None].astype(np.float32)
-            return group, (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            return group, (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9), toks
 
         v = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for group, pooled in session.map(one, groups):
+        out: list[TokenVectors | None] = [None] * len(texts)
+        for group, pooled, toks in session.map(one, groups):
             v[group] = pooled
-        return _normalize(v) if self.normalize else v
+            for i, t in zip(group, toks, strict=False):
+                out[i] = t
+        v = _normalize(v) if self.normalize else v
+        return v, ([t for t in out if t is not None] if tokens else None)
 
 
 class OpenAIEmbedder(Embedder):

@@ -35,14 +35,18 @@ from jamba_stack.retrieval.embeddings import Embedder, make_embedder
 from jamba_stack.retrieval.errors import IngestLockedError
 from jamba_stack.retrieval.loaders import (
     DEFAULT_MAX_BYTES,
+    Document,
+    Found,
     SkipFile,
     Skipped,
+    display_path,
     file_sha256,
-    iter_files,
     load_file,
     resolve_within,
+    walk,
 )
 from jamba_stack.retrieval.store import Store, StoreCollection
+from jamba_stack.retrieval.token_store import DEFAULT_CODEC, STORE_FILE, TokenStore
 
 EMBED_SLICE = 1024
 """Chunks embedded and written per step: a kill loses at most this much embedding work."""
@@ -85,8 +89,9 @@ def rebuild_bm25(col: StoreCollection, *, save: bool = True) -> BM25Index:
 
 
 class Manifest:
-    """source path -> (content sha256, chunk count), in SQLite (each write is atomic). Bound to one
-    Chroma collection id: a collection deleted and made again starts an empty manifest."""
+    """source path -> (content sha256, chunk count, the path the folder walk reached it by), in
+    SQLite (each write is atomic). Bound to one Chroma collection id: a collection deleted and
+    made again starts an empty manifest."""
 
     def __init__(self, path: Path, collection_id: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +101,8 @@ class Manifest:
             "CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, sha256 TEXT, n_chunks INTEGER, ingested REAL)"
         )
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        if "path" not in {r[1] for r in self.db.execute("PRAGMA table_info(files)")}:
+            self.db.execute("ALTER TABLE files ADD COLUMN path TEXT")  # NULL: reached as itself
         row = self.db.execute("SELECT value FROM meta WHERE key='collection_id'").fetchone()
         if row is None or row[0] != collection_id:
             self.db.execute("DELETE FROM files")
@@ -105,10 +112,18 @@ class Manifest:
         row = self.db.execute("SELECT sha256, n_chunks FROM files WHERE source=?", (source,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def put(self, source: str, sha256: str, n_chunks: int) -> None:
+    def put(self, source: str, sha256: str, n_chunks: int, path: str | None = None) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (source, sha256, n_chunks, time.time())
+            "INSERT OR REPLACE INTO files (source, sha256, n_chunks, ingested, path) VALUES (?, ?, ?, ?, ?)",
+            (source, sha256, n_chunks, time.time(), path),
         )
+
+    def set_path(self, source: str, path: str | None) -> None:
+        self.db.execute("UPDATE files SET path=? WHERE source=?", (path, source))
+
+    def paths(self) -> dict[str, str]:
+        """source -> the path a walk reached it by (the source itself where that is its own path)."""
+        return {r[0]: r[1] or r[0] for r in self.db.execute("SELECT source, path FROM files")}
 
     def remove(self, source: str) -> None:
         self.db.execute("DELETE FROM files WHERE source=?", (source,))
@@ -137,6 +152,11 @@ class IngestReport:
     chunks_kept: int = 0
     chunks_total: int = 0
     bm25_total: int = 0
+    token_vectors: int = 0
+    """Chunks whose token vectors this run stored (new chunks, and older ones that lacked them)."""
+    token_codec: str = ""
+    token_bytes: int = 0
+    """Bytes of the collection's stored token ids and codes at the end of the run."""
     embedder: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -154,6 +174,11 @@ class IngestReport:
             f"chunks: {self.chunks_added} added, {self.chunks_deleted} deleted, {self.chunks_kept} kept; "
             f"{self.documents} documents parsed; {t:.1f} s",
         ]
+        if self.token_codec:
+            lines.append(
+                f"token vectors ({self.token_codec}): {self.token_vectors} chunks stored this run, "
+                f"{self.token_bytes / 1e6:.1f} MB in all"
+            )
         lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -186,17 +211,23 @@ def ingest(
     progress: bool = False,
     on_write: Callable[[int], None] | None = None,
     embed_slice: int = EMBED_SLICE,
+    token_vectors: str | None = DEFAULT_CODEC,
 ) -> IngestReport:
     """Ingest a file or a folder (files matching `glob`, default every supported type, recursively)
     into `collection`, creating it if needed.
 
-    `root`: paths outside it are refused (`PathNotAllowedError`). `prune`: chunks of files that
-    were ingested from this folder before and are gone now are deleted. `chunk_tokens`: default
+    `root`: `path` outside it is refused (`PathNotAllowedError`), and links in the folder that
+    lead outside it are skipped; default: the folder itself (a file `path` may be anywhere).
+    `prune`: chunks of files that were ingested from this folder before and that its walk no
+    longer reaches (deleted, or reached through a link that is gone) are deleted. `chunk_tokens`: default
     the embedder's window (no truncation). `chunker`: anything with `chunk_many(documents)` in
     place of the token `Chunker` (e.g. `SemanticChunker`); keep one chunker per collection, since
     unchanged files are not chunked again. `embed_slice`: chunks embedded per write (a kill loses
     at most that much work). `on_write(n)` is called after each slice of `n` chunks
-    reaches Chroma (progress in a UI). Raises `PathNotAllowedError`, `SourceNotFoundError`,
+    reaches Chroma (progress in a UI). `token_vectors`: the codec the chunks' token vectors are
+    kept in for the MaxSim rerank (`jamba_stack.retrieval.token_store`), fixed at the first ingest
+    of a collection; None or "none" keeps none (and drops a store kept before); an embedder
+    without token vectors (an API) keeps none either. Raises `PathNotAllowedError`, `SourceNotFoundError`,
     `EmbedderMismatchError`, `IngestLockedError`, `StoreUnavailableError`; bad files are skipped
     and listed in the report.
     """
@@ -216,14 +247,16 @@ def ingest(
         manifest = Manifest(col.state_dir / "manifest.sqlite", col.id)
         if chunker is None:
             chunker = Chunker(embedder.token_counter(), chunk_tokens or embedder.chunk_tokens, overlap_tokens)
+        tokens = _open_tokens(col, embedder, token_vectors)
+        report.token_codec = tokens.target.name if tokens is not None else ""
         report.seconds["open"] = time.perf_counter() - t0
-        plans = _plan(top, glob, root, max_bytes, manifest, col, chunker, report, progress)
-        stale_sources = _stale_sources(top, glob, manifest, report) if prune and top.is_dir() else []
+        plans, reached = _plan(top, glob, root, max_bytes, manifest, col, chunker, report, progress)
+        stale_sources = _stale_sources(top, glob, manifest, reached) if prune and top.is_dir() else []
         changes = any(p.add or p.stale or not p.new for p in plans) or bool(stale_sources)
         if changes or dirty_mark(col).exists() or not (bm25_dir(col) / "CURRENT").exists():
             dirty_mark(col).touch()
         t = time.perf_counter()
-        _write(plans, col, embedder, report, progress, on_write, embed_slice)
+        _write(plans, col, embedder, tokens, report, progress, on_write, embed_slice)
         report.seconds["embed_write"] = time.perf_counter() - t
         t = time.perf_counter()
         for plan in plans:
@@ -231,7 +264,7 @@ def ingest(
                 col.delete(plan.stale)
             if plan.keep and not plan.new:  # e.g. chunk_index and mtime moved; no re-embedding
                 col.update_metadata([c.id for c in plan.keep], [c.metadata for c in plan.keep])
-            manifest.put(plan.source, plan.sha256, len(plan.chunks))
+            manifest.put(plan.source, plan.sha256, len(plan.chunks), reached.get(plan.source))
             report.chunks_deleted += len(plan.stale)
         for source in stale_sources:
             report.chunks_deleted += col.delete_source(source)
@@ -239,17 +272,74 @@ def ingest(
             report.files_removed += 1
         report.seconds["finalize"] = time.perf_counter() - t
         t = time.perf_counter()
+        chunk_ids: list[str] | None = None
         if dirty_mark(col).exists():
-            report.bm25_total = len(rebuild_bm25(col))
+            idx = rebuild_bm25(col)
+            chunk_ids = idx.ids
         else:
             idx = BM25Index.load(bm25_dir(col))
-            report.bm25_total = len(idx) if idx is not None else 0
+        report.bm25_total = len(idx) if idx is not None else 0
         report.seconds["bm25"] = time.perf_counter() - t
+        if tokens is not None:
+            t = time.perf_counter()
+            # A run killed in here leaves counts that differ, which the next run's sync sees.
+            report.token_vectors += sync_tokens(tokens, col, embedder, chunk_ids, progress)
+            report.token_bytes = tokens.stats().bytes
+            if tokens.codec is not tokens.target:
+                report.token_codec += (
+                    f" (kept as {tokens.codec.name} until the collection has {tokens.fit_tokens} tokens)"
+                )
+            report.seconds["tokens"] = time.perf_counter() - t
+            tokens.close()
         report.chunks_total = col.count()
         manifest.close()
     finally:
         lock.close()
     return report
+
+
+def _open_tokens(col: StoreCollection, embedder: Embedder, codec: str | None) -> TokenStore | None:
+    if codec is None or codec == "none" or not embedder.supports_tokens:
+        (col.state_dir / STORE_FILE).unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            (col.state_dir / (STORE_FILE + suffix)).unlink(missing_ok=True)
+        return None
+    return TokenStore.open(col.state_dir, embedder.dim, codec)
+
+
+def sync_tokens(
+    tokens: TokenStore,
+    col: StoreCollection,
+    embedder: Embedder,
+    chunk_ids: list[str] | None = None,
+    progress: bool = False,
+) -> int:
+    """Make `tokens` hold exactly the chunks in `col`: rows of chunks gone are deleted, chunks
+    without a row (ingested before token vectors were kept, or written by a run killed between
+    the two writes) are encoded and stored. `chunk_ids`: the collection's ids where the caller
+    has them. Returns how many chunks were encoded."""
+    from tqdm.auto import tqdm
+
+    if chunk_ids is None:
+        if tokens.count() == col.count():
+            return 0
+        chunk_ids = [i for page, _, _ in col.iter_all() for i in page]
+    have = tokens.ids()
+    want = set(chunk_ids)
+    if have - want:
+        tokens.delete(have - want)
+    missing = [i for i in chunk_ids if i not in have]
+    with tqdm(
+        total=len(missing), desc="token vectors", unit="chunk", disable=not progress or not missing
+    ) as bar:
+        for s in range(0, len(missing), EMBED_SLICE):
+            part = [c for c, _ in col.get(missing[s : s + EMBED_SLICE])]
+            for b in range(0, len(part), embedder.batch_size):
+                batch = part[b : b + embedder.batch_size]
+                _, toks = embedder.embed_batch_tokens([c.text for c in batch])
+                tokens.put([c.id for c in batch], toks)
+                bar.update(len(batch))
+    return len(missing)
 
 
 def _plan(
@@ -262,40 +352,54 @@ def _plan(
     chunker: ChunkerLike,
     report: IngestReport,
     progress: bool,
-) -> list[_FilePlan]:
+) -> tuple[list[_FilePlan], dict[str, str | None]]:
+    """The plan of each new or changed file, and every file the walk reached: source -> the path
+    it was reached by where that differs from the source (a link), else None."""
     from tqdm.auto import tqdm
 
     t = time.perf_counter()
     plans: list[_FilePlan] = []
-    files = list(iter_files(top, glob, Path(root) if root is not None else None))
+    reached: dict[str, str | None] = {}
+    files = list(walk(top, glob, Path(root) if root is not None else None))
+    known = manifest.paths()
     load_s = chunk_s = 0.0
     for f in tqdm(files, desc="reading", unit="file", disable=not progress or len(files) < 2, leave=False):
         if isinstance(f, Skipped):
             report.skipped.append(f)
             continue
+        assert isinstance(f, Found)
         report.files_seen += 1
-        source = str(f)
+        source = str(f.file)
+        via = str(f.path) if f.path != f.file else None
+        reached[source] = via
+        if source in known and known[source] != (via or source):
+            manifest.set_path(source, via)
         try:
-            sha = file_sha256(f)
+            sha = file_sha256(f.file)
         except OSError as e:
-            report.skipped.append(Skipped(source, f"unreadable: {e.strerror or e}"))
+            report.skipped.append(Skipped(display_path(f.path), f"unreadable: {e.strerror or e}"))
             continue
         old = manifest.get(source)
         if old is not None and old[0] == sha:
             report.files_unchanged += 1
             continue
         tl = time.perf_counter()
+        chunks: list[Chunk] = []
         try:
-            docs, skipped = load_file(f, max_bytes)
+            docs, skipped = load_file(f.file, max_bytes)
+            load_s += time.perf_counter() - tl
+            _check_unicode(docs)
+            tc = time.perf_counter()
+            chunks = [c for cs in chunker.chunk_many(docs) for c in cs]
+            chunk_s += time.perf_counter() - tc
+            report.documents += len(docs)
+            report.skipped.extend(skipped)
         except SkipFile as e:
-            report.skipped.append(Skipped(source, str(e)))
-            docs, skipped = [], []
-        load_s += time.perf_counter() - tl
-        report.skipped.extend(skipped)
-        report.documents += len(docs)
-        tc = time.perf_counter()
-        chunks = [c for cs in chunker.chunk_many(docs) for c in cs]
-        chunk_s += time.perf_counter() - tc
+            report.skipped.append(Skipped(display_path(f.path), str(e)))
+            chunks = []
+        except Exception as e:  # noqa: BLE001 - one file's parser or chunker failing must not stop the batch
+            report.skipped.append(Skipped(display_path(f.path), f"cannot be read ({type(e).__name__}: {e})"))
+            chunks = []
         existing = set(col.ids_where({"source": source}))
         if not chunks and not existing and old is None:
             continue  # skipped and never ingested: nothing to record
@@ -318,18 +422,34 @@ def _plan(
     report.seconds["plan"] = time.perf_counter() - t
     report.seconds["load"] = load_s
     report.seconds["chunk"] = chunk_s
-    return plans
+    return plans, reached
 
 
-def _stale_sources(top: Path, glob: str | None, manifest: Manifest, report: IngestReport) -> list[str]:
-    """Files ingested from `top` before (matching the same glob) that no longer exist."""
-    prefix = str(top).rstrip("/") + "/"
+def _check_unicode(docs: list[Document]) -> None:
+    """Raise `SkipFile` where a document holds text the tokenizer and the store cannot take (a
+    lone surrogate, which a JSON escape such as \\ud800 can produce)."""
+    for d in docs:
+        for value in (d.text, d.context, *(v for v in d.metadata.values() if isinstance(v, str))):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise SkipFile(
+                    f"holds text that is not valid Unicode ({e.reason} at character {e.start}): fix the file"
+                ) from e
+
+
+def _stale_sources(
+    top: Path, glob: str | None, manifest: Manifest, reached: dict[str, str | None]
+) -> list[str]:
+    """Files ingested through `top` before (their path under it, matching the same glob) that
+    this walk did not reach: deleted, renamed, or reached through a link that is gone or now
+    leads outside the root."""
     out = []
-    for source in manifest.sources():
-        if not source.startswith(prefix) or Path(source).exists():
+    for source, path in manifest.paths().items():
+        if source in reached or not Path(path).is_relative_to(top):
             continue
-        rel = Path(source).relative_to(top)
-        if glob is None or rel.match(glob) or Path(source).match(glob):
+        rel = Path(path).relative_to(top)
+        if glob is None or rel.match(glob) or Path(path).match(glob):
             out.append(source)
     return out
 
@@ -338,12 +458,14 @@ def _write(
     plans: list[_FilePlan],
     col: StoreCollection,
     embedder: Embedder,
+    tokens: TokenStore | None,
     report: IngestReport,
     progress: bool,
     on_write: Callable[[int], None] | None,
     embed_slice: int,
 ) -> None:
-    """Embed every chunk to add, longest first, and upsert slice by slice."""
+    """Embed every chunk to add, longest first, and upsert slice by slice; with `tokens`, each
+    batch's token vectors (from the same model pass) are stored before its slice reaches Chroma."""
     from tqdm.auto import tqdm
 
     todo = [c for p in plans for c in p.add]
@@ -357,10 +479,14 @@ def _write(
             part = [todo[i] for i in order[s : s + embed_slice]]
             vecs = np.zeros((len(part), embedder.dim), dtype=np.float32)
             for b in range(0, len(part), embedder.batch_size):
-                vecs[b : b + embedder.batch_size] = embedder.embed_batch(
-                    [c.text for c in part[b : b + embedder.batch_size]]
-                )
-                bar.update(min(embedder.batch_size, len(part) - b))
+                batch = part[b : b + embedder.batch_size]
+                if tokens is None:
+                    vecs[b : b + len(batch)] = embedder.embed_batch([c.text for c in batch])
+                else:
+                    vecs[b : b + len(batch)], toks = embedder.embed_batch_tokens([c.text for c in batch])
+                    tokens.put([c.id for c in batch], toks)
+                    report.token_vectors += len(batch)
+                bar.update(len(batch))
             col.upsert([c.id for c in part], vecs, [c.text for c in part], [c.metadata for c in part])
             report.chunks_added += len(part)
             if on_write is not None:

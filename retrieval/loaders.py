@@ -3,14 +3,18 @@
 
 A file that cannot be used (empty, binary, oversized, encrypted, malformed) raises `SkipFile` with
 the reason; `load_path` turns those into `Skipped` rows of its report, so one bad file never stops
-a batch. Paths outside the allowed root raise `PathNotAllowedError`.
+a batch. Paths outside the allowed root raise `PathNotAllowedError`. A folder is walked by `walk`:
+links that lead outside the root (by default the folder itself), second paths to a file already
+found, names that are not valid UTF-8, broken links and link loops come back as `Skipped`, named.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +72,19 @@ class LoadReport:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+def display_path(path: str | Path) -> str:
+    """`path` as printable text: bytes of a name that is not valid UTF-8 shown as `\\xff`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _utf8_name(path: Path) -> bool:
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def resolve_within(path: str | Path, root: str | Path | None) -> Path:
     """`path` resolved (symlinks and `..` followed); raises `PathNotAllowedError` if it is not inside
     `root` and `SourceNotFoundError` if it does not exist. `root=None` allows any path."""
@@ -77,33 +94,86 @@ def resolve_within(path: str | Path, root: str | Path | None) -> Path:
         root_r = Path(root).expanduser().resolve()
         if not resolved.is_relative_to(root_r):
             raise PathNotAllowedError(
-                f"{str(path)!r} resolves to {resolved}, outside the allowed root {root_r}: "
-                "move the files under the root or pass a wider --root"
+                f"{display_path(path)!r} resolves to {display_path(resolved)}, outside the allowed root "
+                f"{display_path(root_r)}: move the files under the root or pass a wider --root"
             )
     if not resolved.exists():
-        raise SourceNotFoundError(f"{str(path)!r} does not exist: check the path")
+        raise SourceNotFoundError(f"{display_path(path)!r} does not exist: check the path")
     return resolved
 
 
-def iter_files(path: Path, glob: str | None = None, root: Path | None = None) -> Iterator[Path | Skipped]:
+@dataclass(frozen=True)
+class Found:
+    """A file `walk` yields: `path` as reached under the walked folder (through links, if any)
+    and `file`, the resolved path it is read from (the document's `source`)."""
+
+    path: Path
+    file: Path
+
+
+def walk(path: Path, glob: str | None = None, root: Path | None = None) -> Iterator[Found | Skipped]:
     """The files under `path` (itself if a file) matching `glob` (default: every supported type,
-    recursively), sorted; hidden files and folders are left out. Links that lead outside `root`
-    come back as `Skipped`."""
+    recursively), sorted, each file once; hidden files and folders are left out, and folders
+    reached through links are not entered.
+
+    `root` (default: `path` when it is a folder) bounds where links may lead. Come back as
+    `Skipped`, named: a link leading outside `root`, a second path to a file already found (a
+    link to it: the file is read once, through its own path where it has one), a name that is not
+    valid UTF-8, a broken link or link loop, and anything that is not a regular file."""
     if path.is_file():
-        yield path
+        yield Found(path, path.resolve())
         return
-    root_r = root.resolve() if root is not None else None
+    root_r = (root if root is not None else path).resolve()
+    by_file: dict[Path, list[Path]] = {}
     for p in sorted(path.glob(glob or "**/*")):
         rel = p.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+        if any(part.startswith(".") for part in rel.parts) or p.is_dir():
             continue
         if glob is None and p.suffix.lower() not in SUPPORTED_SUFFIXES:
             continue
-        r = p.resolve()
-        if root_r is not None and not r.is_relative_to(root_r):
-            yield Skipped(str(p), f"links outside the allowed root {root_r}")
+        name = display_path(p)
+        if not _utf8_name(p):
+            yield Skipped(name, "the file name is not valid UTF-8: rename the file (e.g. convmv -t utf-8)")
             continue
-        yield r
+        try:
+            r = p.resolve(strict=True)
+        except (OSError, RuntimeError) as e:  # RuntimeError: a link loop (Python < 3.13)
+            loop = isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP
+            what = "a link loop" if loop else "a broken link"
+            target = os.readlink(p) if p.is_symlink() else "?"
+            yield Skipped(name, f"{what} (points to {display_path(target)}): fix or remove the link")
+            continue
+        if not r.is_file():
+            yield Skipped(name, "not a regular file (a pipe, socket or device): nothing to read")
+            continue
+        if not r.is_relative_to(root_r):
+            yield Skipped(
+                name,
+                f"a link to {display_path(r)}, outside the allowed root {display_path(root_r)}: "
+                "pass --root with a folder that holds both to ingest it",
+            )
+            continue
+        if not _utf8_name(r):
+            yield Skipped(
+                name, f"links to {display_path(r)}, whose name is not valid UTF-8: rename that file"
+            )
+            continue
+        by_file.setdefault(r, []).append(p)
+    for r, paths in sorted(by_file.items(), key=lambda kv: kv[1][0]):
+        # The file's own path where the walk reached it, else the first link to it.
+        own = next((p for p in paths if not p.is_symlink()), paths[0])
+        yield Found(own, r)
+        for p in paths:
+            if p != own:
+                yield Skipped(
+                    display_path(p), f"a link to {display_path(own)}, which is ingested once, as itself"
+                )
+
+
+def iter_files(path: Path, glob: str | None = None, root: Path | None = None) -> Iterator[Path | Skipped]:
+    """`walk`'s files as their resolved paths, and what it skipped."""
+    for f in walk(path, glob, root):
+        yield f.file if isinstance(f, Found) else f
 
 
 def file_sha256(path: Path) -> str:
@@ -288,6 +358,13 @@ def _record(obj: object, path: Path, where: str, base: dict[str, MetaValue]) -> 
     meta["doc_id"] = str(doc_id) if doc_id is not None else where
     if title:
         meta["title"] = title
+    for value in (text, title, *(v for v in meta.values() if isinstance(v, str))):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a JSON escape such as \\ud800 makes a lone surrogate
+            raise SkipFile(
+                f"{where}: text that is not valid Unicode ({e.reason} at character {e.start})"
+            ) from e
     return Document(text if text.strip() else title, meta, context=title.strip())
 
 

@@ -299,7 +299,7 @@ def retrieve(
         spec = "maxsim"
     if rerank is None and spec == "maxsim" and not supports_maxsim(retriever.embedder):
         spec = None  # the default quietly steps aside for an embedder without token vectors
-    reranker = make_reranker(spec or None, retriever.embedder)  # type: ignore[arg-type]
+    reranker = make_reranker(spec or None, retriever.embedder, retriever.tokens)  # type: ignore[arg-type]
     return retriever.search(question, k, filters=dict(filters) if filters else None, rerank=reranker or False)
 
 

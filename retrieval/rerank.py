@@ -10,7 +10,9 @@ Built in:
 - `MaxSimReranker`: late interaction (ColBERT's MaxSim) over the token embeddings of the
   embedder that built the collection (all-MiniLM-L6-v2 by default), so it works offline with
   nothing more to install. Query tokens are weighted by their IDF among the candidates; the score
-  is blended with the fused first-stage score (`alpha`).
+  is blended with the fused first-stage score (`alpha`). With the collection's `TokenStore` (kept
+  by ingest) it reads the candidates' token vectors instead of encoding them: the query is the
+  only text it runs through the model.
 
 `make_reranker(spec)` builds one from the CLI's `--rerank` value.
 """
@@ -18,16 +20,16 @@ Built in:
 from __future__ import annotations
 
 import dataclasses
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from jamba_stack.retrieval.embeddings import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
+from jamba_stack.retrieval.embeddings import Embedder, TokenVectors
 from jamba_stack.retrieval.errors import RerankerUnavailableError
 from jamba_stack.retrieval.hits import Hit
+from jamba_stack.retrieval.token_store import TokenStore
 
 # Chosen on the SciFact train split (all 809 queries; bench/retrieval/scifact.py --rerank --rerank-tune), over
 # candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF, with the
@@ -37,13 +39,15 @@ from jamba_stack.retrieval.hits import Hit
 MAXSIM_ALPHA = 0.5
 RERANK_CANDIDATES = 30
 MAXSIM_WEIGHTING = "idf"
-_WORDISH = re.compile(r"\w")
 
 
 class Reranker(ABC):
     """Re-scores (query, passage) pairs; higher is more relevant."""
 
     name: str = "reranker"
+    wants_query_tokens: bool = False
+    """Whether `rerank` uses the query's `TokenVectors` (the caller may pass the ones it made
+    with the query's vector, saving a model pass)."""
 
     @abstractmethod
     def score(self, query: str, texts: list[str]) -> np.ndarray:
@@ -51,14 +55,22 @@ class Reranker(ABC):
 
         Called with a non-empty query and 1+ texts; raises on model failure (no retries)."""
 
-    def rerank(self, query: str, candidates: Sequence[Hit], top_k: int | None = None) -> list[Hit]:
+    def rerank(
+        self,
+        query: str,
+        candidates: Sequence[Hit],
+        top_k: int | None = None,
+        *,
+        query_tokens: TokenVectors | None = None,
+    ) -> list[Hit]:
         """`candidates` reordered by `score` (best first, ties keep their first-stage order),
         cut to `top_k`, with ranks renumbered from 1 and `score` set to the reranker's score; each
-        hit's metadata gains `first_stage_score` and `first_stage_rank`."""
+        hit's metadata gains `first_stage_score` and `first_stage_rank`. `query_tokens`: the
+        query's `TokenVectors` where the caller has them (see `wants_query_tokens`)."""
         hits = list(candidates)
         if not hits:
             return []
-        scores = self._final_scores(query, hits)
+        scores = self._final_scores(query, hits, query_tokens)
         order = np.argsort(-scores, kind="stable")[: top_k or len(hits)]
         out = []
         for rank, i in enumerate(order, start=1):
@@ -67,7 +79,7 @@ class Reranker(ABC):
             out.append(dataclasses.replace(h, rank=rank, score=float(scores[i]), metadata=meta))
         return out
 
-    def _final_scores(self, query: str, hits: list[Hit]) -> np.ndarray:
+    def _final_scores(self, query: str, hits: list[Hit], query_tokens: TokenVectors | None) -> np.ndarray:
         return np.asarray(self.score(query, [h.text for h in hits]), dtype=np.float32)
 
 
@@ -112,15 +124,6 @@ class CrossEncoderReranker(Reranker):
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenVectors:
-    """The content tokens of one text: `ids` (n_tokens,) int64 vocabulary ids and `vecs`
-    (n_tokens, dim) float32 unit rows, in text order."""
-
-    ids: np.ndarray
-    vecs: np.ndarray
-
-
 class MaxSimReranker(Reranker):
     """Late interaction over a bi-encoder's token embeddings: for each query token, the best cosine
     similarity to any passage token, averaged over the query's tokens (ColBERT's MaxSim; special
@@ -138,9 +141,13 @@ class MaxSimReranker(Reranker):
     over the candidates; `score` (what `Retriever` calls, with no first-stage scores) is MaxSim alone.
 
     `embedder`: an `OnnxEmbedder` or `SentenceTransformerEmbedder` (the one the collection was
-    built with is already loaded: pass `retriever.embedder`). Raises `RerankerUnavailableError`
-    for an embedder that exposes no token embeddings (e.g. an OpenAI endpoint), `ValueError` for an
+    built with is already loaded: pass `retriever.embedder`). `tokens`: the collection's
+    `TokenStore`; `rerank` then reads the candidates' token vectors from it by chunk id (encoding
+    only those it lacks) and scores in its codec's space. Raises `RerankerUnavailableError` for an
+    embedder that exposes no token embeddings (e.g. an OpenAI endpoint), `ValueError` for an
     `alpha` outside [0, 1] or an unknown `weighting`."""
+
+    wants_query_tokens = True
 
     def __init__(
         self,
@@ -149,6 +156,7 @@ class MaxSimReranker(Reranker):
         alpha: float = MAXSIM_ALPHA,
         weighting: str = MAXSIM_WEIGHTING,
         batch_size: int = 16,
+        tokens: TokenStore | None = None,
     ) -> None:
         if not supports_maxsim(embedder):
             raise RerankerUnavailableError(
@@ -164,6 +172,7 @@ class MaxSimReranker(Reranker):
         self.alpha = alpha
         self.weighting = weighting
         self.batch_size = batch_size
+        self.tokens = tokens
         self.name = f"maxsim:{embedder.name}"
 
     def token_embeddings(self, texts: list[str]) -> list[np.ndarray]:
@@ -172,43 +181,11 @@ class MaxSimReranker(Reranker):
         return [t.vecs for t in self.token_vectors(texts)]
 
     def token_vectors(self, texts: list[str]) -> list[TokenVectors]:
-        """Per text, its content tokens' ids and unit vectors (see `token_embeddings`)."""
+        """Per text, its content tokens' ids and unit vectors (see `token_embeddings`), from the
+        embedder's document graph."""
         out: list[TokenVectors] = []
         for i in range(0, len(texts), self.batch_size):
-            out += self._batch(texts[i : i + self.batch_size])
-        return out
-
-    def _batch(self, texts: list[str]) -> list[TokenVectors]:
-        e = self.embedder
-        if isinstance(e, OnnxEmbedder):
-            enc = e.tokenizer.encode_batch(texts)
-            ids = np.array([x.ids for x in enc], dtype=np.int64)  # (batch, seq)
-            mask = np.array([x.attention_mask for x in enc], dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            hidden = e.session.run(None, {k: v for k, v in feeds.items() if k in e._inputs})[0]
-            toks = [x.tokens for x in enc]
-        else:
-            import torch
-
-            tok = e.model.tokenizer(
-                texts, padding=True, truncation=True, max_length=e.max_tokens, return_tensors="pt"
-            )
-            feeds = {k: v.to(e.model.device) for k, v in tok.items()}  # the model may be on a GPU
-            with torch.no_grad():
-                hidden = e.model[0].auto_model(**feeds).last_hidden_state.float().cpu().numpy()
-            mask = tok["attention_mask"].numpy()
-            ids = tok["input_ids"].numpy().astype(np.int64)
-            toks = [e.model.tokenizer.convert_ids_to_tokens(row) for row in tok["input_ids"]]
-        out = []
-        for b in range(len(texts)):
-            keep = [
-                j
-                for j, t in enumerate(toks[b])
-                if mask[b, j] and not (t.startswith("[") and t.endswith("]")) and _WORDISH.search(t)
-            ] or [0]
-            v = hidden[b, keep].astype(np.float32)  # (n_tokens, dim)
-            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-            out.append(TokenVectors(ids[b, keep].copy(), v))
+            out += self.embedder.embed_batch_tokens(texts[i : i + self.batch_size])[1]
         return out
 
     @staticmethod
@@ -244,18 +221,34 @@ class MaxSimReranker(Reranker):
         return self.maxsim(query.vecs, [p.vecs for p in passages], weights)
 
     def score(self, query: str, texts: list[str]) -> np.ndarray:
-        q = self.token_vectors([query])[0]
+        q = self.embedder.embed_query_tokens(query)[1]
         return self.score_vectors(q, self.token_vectors(texts))
 
-    def _final_scores(self, query: str, hits: list[Hit]) -> np.ndarray:
-        ms = self.score(query, [h.text for h in hits])
+    def stored_vectors(self, hits: list[Hit]) -> list[TokenVectors]:
+        """The hits' token vectors in the store codec's space: read by chunk id, and encoded (then
+        passed through the codec) for the chunks the store lacks."""
+        assert self.tokens is not None
+        got = self.tokens.get([h.chunk_id for h in hits])
+        lacking = [h for h in hits if h.chunk_id not in got]
+        if lacking:
+            for h, t in zip(lacking, self.token_vectors([h.text for h in lacking]), strict=True):
+                got[h.chunk_id] = TokenVectors(t.ids, self.tokens.codec.roundtrip(t.vecs))
+        return [got[h.chunk_id] for h in hits]
+
+    def _final_scores(self, query: str, hits: list[Hit], query_tokens: TokenVectors | None) -> np.ndarray:
+        q = query_tokens if query_tokens is not None else self.embedder.embed_query_tokens(query)[1]
+        if self.tokens is None:
+            ms = self.score_vectors(q, self.token_vectors([h.text for h in hits]))
+        else:
+            q = TokenVectors(q.ids, self.tokens.codec.query(q.vecs))
+            ms = self.score_vectors(q, self.stored_vectors(hits))
         first = np.asarray([h.score for h in hits], dtype=np.float32)
         return blend(ms, first, self.alpha)
 
 
 def supports_maxsim(embedder: Embedder) -> bool:
     """Whether `MaxSimReranker` can use `embedder` (it needs the model's token vectors)."""
-    return isinstance(embedder, OnnxEmbedder | SentenceTransformerEmbedder)
+    return embedder.supports_tokens
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -268,11 +261,14 @@ def blend(rerank_scores: np.ndarray, first_stage: np.ndarray, alpha: float) -> n
     return (alpha * _minmax(rerank_scores) + (1 - alpha) * _minmax(first_stage)).astype(np.float32)
 
 
-def make_reranker(spec: str | Reranker | None, embedder: Embedder | None = None) -> Reranker | None:
+def make_reranker(
+    spec: str | Reranker | None, embedder: Embedder | None = None, tokens: TokenStore | None = None
+) -> Reranker | None:
     """A reranker from a spec: None / "" / "none" -> None; "maxsim" -> `MaxSimReranker` over
-    `embedder`; "maxsim:ALPHA" sets its blend weight and "maxsim:ALPHA:none" (or ":idf") its
-    query-token weighting; anything else -> `CrossEncoderReranker(spec)` (a local folder or cached
-    hub id). A `Reranker` passes through.
+    `embedder` (reading the collection's stored token vectors from `tokens` where given);
+    "maxsim:ALPHA" sets its blend weight and "maxsim:ALPHA:none" (or ":idf") its query-token
+    weighting; anything else -> `CrossEncoderReranker(spec)` (a local folder or cached hub id). A
+    `Reranker` passes through.
     Raises `RerankerUnavailableError`."""
     if spec is None or isinstance(spec, Reranker):
         return spec
@@ -295,5 +291,5 @@ def make_reranker(spec: str | Reranker | None, embedder: Embedder | None = None)
             raise RerankerUnavailableError(
                 f"--rerank {s!r}: use maxsim, maxsim:W or maxsim:W:idf|none with W from 0 to 1"
             )
-        return MaxSimReranker(embedder, alpha=alpha, weighting=weighting)
+        return MaxSimReranker(embedder, alpha=alpha, weighting=weighting, tokens=tokens)
     return CrossEncoderReranker(s)

@@ -27,8 +27,15 @@ from jamba_stack.retrieval.fusion import (
     reciprocal_rank_fusion,
 )
 from jamba_stack.retrieval.hits import Hit
-from jamba_stack.retrieval.rerank import RERANK_CANDIDATES, Reranker, make_reranker
+from jamba_stack.retrieval.rerank import (
+    RERANK_CANDIDATES,
+    MaxSimReranker,
+    Reranker,
+    make_reranker,
+    supports_maxsim,
+)
 from jamba_stack.retrieval.store import Store, StoreCollection, StoredChunk
+from jamba_stack.retrieval.token_store import TokenStore
 
 Mode = Literal["hybrid", "dense", "bm25"]
 Fusion = Literal["convex", "rrf"]
@@ -74,6 +81,7 @@ class Retriever:
         bm25: BM25Index,
         *,
         reranker: Reranker | None = None,
+        tokens: TokenStore | None = None,
         fusion: Fusion = FUSION,
         weights: dict[str, float] | None = None,
         rrf_k: float = RRF_K,
@@ -82,13 +90,15 @@ class Retriever:
         """`fusion`: convex (min-max normalized weighted sum, the default) or rrf; `weights`:
         {"dense": w, "bm25": w} for it (defaults tuned on SciFact train, see `jamba_stack.retrieval.fusion`).
         `reranker`: a `Reranker` (its `rerank` reorders the top max(k, `RERANK_CANDIDATES`)
-        fused hits, seeing their fused scores), used by every search unless it says otherwise."""
+        fused hits, seeing their fused scores), used by every search unless it says otherwise.
+        `tokens`: the collection's stored token vectors, for MaxSim rerankers made from a spec."""
         if fusion not in ("convex", "rrf"):
             raise InvalidQueryError(f"fusion={fusion!r}: use convex or rrf")
         self.collection = collection
         self.embedder = embedder
         self.bm25 = bm25
         self.reranker = reranker
+        self.tokens = tokens
         self.fusion = fusion
         self.rrf_k = rrf_k
         self.weights = dict(weights or (CONVEX_WEIGHTS if fusion == "convex" else RRF_WEIGHTS))
@@ -151,8 +161,14 @@ class Retriever:
         weights: list[float] = []
         scores: dict[str, float] = {}
         qv = None
+        qtok = None
         if mode in ("hybrid", "dense"):
-            qv = query_embedding if query_embedding is not None else self.embedder.embed_query(query)
+            if query_embedding is not None:
+                qv = query_embedding
+            elif reranker is not None and reranker.wants_query_tokens:
+                qv, qtok = self.embedder.embed_query_tokens(query)  # one model pass for both
+            else:
+                qv = self.embedder.embed_query(query)
             dense = self.collection.query(qv, n, where, embeddings=mmr)
             for c, e in dense:
                 known[c.id] = c
@@ -181,7 +197,12 @@ class Retriever:
             order = rankings[0]
 
         # Only the chunks that can reach the answer are fetched (BM25 hits carry no text).
-        pool = len(order) if (reranker or mmr) else (k * 3 if unique_docs else k)
+        if mmr:
+            pool = len(order)
+        elif reranker is not None:
+            pool = max(RERANK_CANDIDATES, k * 3 if unique_docs else k)
+        else:
+            pool = k * 3 if unique_docs else k
         head = order[: max(pool, k)]
         missing = [cid for cid in head if cid not in known or (mmr and cid not in vecs)]
         if missing:
@@ -198,8 +219,8 @@ class Retriever:
             hits = [
                 self._hit(rank, cid, known[cid], scores.get(cid, 0.0)) for rank, cid in enumerate(pool_ids, 1)
             ]
-            reranked = reranker.rerank(query, hits)
-            head = [h.chunk_id for h in reranked]
+            reranked = reranker.rerank(query, hits, query_tokens=qtok)
+            head = [h.chunk_id for h in reranked] + head[len(pool_ids) :]  # the tail keeps its fused order
             scores = {h.chunk_id: h.score for h in reranked}
             known.update(
                 {h.chunk_id: dataclasses.replace(known[h.chunk_id], metadata=h.metadata) for h in reranked}
@@ -276,18 +297,25 @@ def load_bm25(collection: StoreCollection) -> BM25Index:
         lock.close()
 
 
+DEFAULT_SEARCH_RERANK = "auto"
+"""What `search` reranks with unless told: MaxSim over the token vectors ingest stored, where
+the collection has them for every chunk (reading them costs a few milliseconds); else nothing."""
+
+
 def open_retriever(
     collection: str,
     *,
     data_dir: str | Path,
     chroma_url: str = "",
     embedder: Embedder | str | None = None,
-    reranker: str | Path | Reranker | None = None,
+    reranker: str | Path | Reranker | None = DEFAULT_SEARCH_RERANK,
     **kwargs: Any,
 ) -> Retriever:
     """A `Retriever` over an existing collection. `embedder`: an `Embedder`, a spec for
     `make_embedder`, or None for the default. `reranker`: a `Reranker` or a spec for
-    `make_reranker` ("maxsim", "maxsim:W", a cross-encoder folder), used by every search.
+    `make_reranker` ("maxsim", "maxsim:W", a cross-encoder folder, "none"), used by every
+    search; "auto" or None (the default): MaxSim over the stored token vectors where the
+    collection has them for every chunk, else none.
     Raises `CollectionNotFoundError`, `EmbedderMismatchError`, `StoreUnavailableError`,
     `RerankerUnavailableError`."""
     store = Store(data_dir, chroma_url)
@@ -295,8 +323,14 @@ def open_retriever(
     if not isinstance(embedder, Embedder):
         embedder = make_embedder(embedder or "minilm", cache_dir=Path(data_dir) / "models" / "embeddings")
     col = store.open(collection, embedder_name=embedder.name, dim=embedder.dim)
-    rr = make_reranker(str(reranker) if isinstance(reranker, Path) else reranker, embedder)
-    return Retriever(col, embedder, load_bm25(col), reranker=rr, **kwargs)
+    tokens = TokenStore.open_existing(col.state_dir) if supports_maxsim(embedder) else None
+    rr: Reranker | None
+    if reranker is None or reranker == "auto":
+        complete = tokens is not None and tokens.count() == col.count() > 0
+        rr = MaxSimReranker(embedder, tokens=tokens) if complete else None
+    else:
+        rr = make_reranker(str(reranker) if isinstance(reranker, Path) else reranker, embedder, tokens)
+    return Retriever(col, embedder, load_bm25(col), reranker=rr, tokens=tokens, **kwargs)
 
 
 def timed_search(retriever: Retriever, query: str, k: int, **kwargs: Any) -> tuple[list[Hit], float]:

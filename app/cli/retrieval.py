@@ -43,7 +43,10 @@ def ingest_cmd(
     data_dir: DataDir = None,
     chroma_url: ChromaUrl = None,
     root: Annotated[
-        Path | None, typer.Option("--root", help="Refuse paths outside this folder (default: no limit).")
+        Path | None,
+        typer.Option(
+            "--root", help="Refuse paths and links outside this folder (default: the folder ingested)."
+        ),
     ] = None,
     glob: Annotated[
         str | None,
