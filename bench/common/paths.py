@@ -8,8 +8,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
-# The project's shared data sits beside the repository (`../shared/data`).
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The project's shared data sits beside the repository (`../shared/data`); a device run, which
+# carries only the repository, points JAMBA_BENCH_DATA at a carried copy.
+SHARED_DATA = Path(os.environ.get("JAMBA_BENCH_DATA") or REPO.parent / "shared" / "data")
 
 
 def out_dir() -> Path:
