@@ -38,6 +38,7 @@ WHEELS=(
     opentelemetry-proto==1.45.2
     opentelemetry-exporter-otlp-common==0.66b2
     googleapis-common-protos==1.76.0
+    protobuf==7.36.2
     jsonschema==4.26.0
     jsonschema-specifications==2025.9.1
     referencing==0.37.0
