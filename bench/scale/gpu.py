@@ -36,6 +36,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +163,12 @@ def peak_gib(fn: Any) -> tuple[Any, float | None]:
     return out, torch.cuda.max_memory_allocated() / GIB
 
 
-def full_rows(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
+def full_rows(
+    args: argparse.Namespace, hw: dict[str, Any], save: Callable[[dict[str, Any]], None] = lambda _: None
+) -> dict[str, Any]:
     """The shape through `LLM(load_format="dummy")` on `args.tp` GPUs with `args.weights` experts;
-    rank 0's numbers (every rank holds an equal shard and runs every step)."""
+    rank 0's numbers (every rank holds an equal shard and runs every step). `save` gets the results
+    so far after start-up and after each row (a run cut by its time limit keeps its rows)."""
     tp, quant = args.tp, quantization(args)
     directory = model_dir(args.shape, args.layers, args.config)
     cfg = JambaConfig.from_file(directory)
@@ -188,6 +192,9 @@ def full_rows(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
         "max_model_len": llm.max_model_len, "cache_gib": llm.engine.cache.nbytes() / GIB,
     }  # fmt: skip
     log(f"started: {res}")
+    rows: dict[str, Any] = {}
+    res["rows"] = rows
+    save(res)
     acct = accounting(model, cfg)
     if quant is not None:  # accounting() assumes float experts: int8 bytes and float32 scales instead
         h, i = cfg.hidden_size, cfg.intermediate_size
@@ -211,7 +218,6 @@ def full_rows(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
             "floor_ms_per_step": 1e3 * floor, "peak_gib": pk,
         }  # fmt: skip
 
-    rows: dict[str, Any] = {}
     plan = {
         "decode_b1": (1, args.decode_prompt_len, args.decode_tokens),
         "concurrent": (args.concurrent, args.prompt_len, args.new_tokens),
@@ -223,6 +229,7 @@ def full_rows(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - a failing row is recorded, the others still run
             traceback.print_exc()
             rows[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        save(res)
         free_memory()
     for p in [*args.ttft, *([longest] if longest else [])]:
         key = f"ttft_{p}"
@@ -236,8 +243,8 @@ def full_rows(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rows[key] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        save(res)
         free_memory()
-    res["rows"] = rows
     res["llm"] = llm  # closed by main after the JSON is written (a stuck teardown loses no numbers)
     return res
 
@@ -334,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                               "plan": plan.to_dict()}  # fmt: skip
     report["hardware"] = hw = measure_hardware(device, torch.bfloat16 if cuda else torch.float32, quick=True)
     out = out_dir() / f"scale_gpu{args.tag}.json"
+    out.write_text(json.dumps(report, indent=1, default=str))  # the plan, before anything can fail
     if not args.skip_quality:
         tok = RESULTS / "scale-tok"
         write_tiny_tokenizer(tok, vocab_size=MINI_CONFIG["vocab_size"])
@@ -345,9 +353,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"quality: {report['quality_mini8']}")
         out.write_text(json.dumps(report, indent=1, default=str))
     key = f"{config_name(args.config) if args.config else args.shape}_{args.weights}_tp{args.tp}"
+
+    def save(partial: dict[str, Any]) -> None:
+        out.write_text(json.dumps({**report, key: partial}, indent=1, default=str))
+
     llm = None
     try:
-        report[key] = full_rows(args, hw)
+        report[key] = full_rows(args, hw, save)
         llm = report[key].pop("llm")
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
