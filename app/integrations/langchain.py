@@ -38,7 +38,8 @@ class JambaStackRetriever(BaseRetriever):
 
     Fields: `retriever` (a `jamba_stack.retrieval.search.Retriever`), `k` (hits per query), `mode` (hybrid,
     dense or bm25), `filters` (Chroma `where` syntax, applied to both retrievers), `reranker` (a
-    `jamba_stack.retrieval.rerank.Reranker` applied to max(k, 30) candidates, or None). `invoke(query, k=...,
+    `jamba_stack.retrieval.rerank.Reranker` applied to max(k, 30) candidates, or None: the
+    retriever's own default, the rerank `search` runs). `invoke(query, k=...,
     mode=..., filters=...)` overrides the fields for one call, as LangChain's retrievers do. `invoke` raises
     what `Retriever.search` raises (`InvalidQueryError`, `QueryTooLongError`)."""
 
@@ -77,15 +78,8 @@ class JambaStackRetriever(BaseRetriever):
         k = self.k if k is None else k
         mode = mode or self.mode
         filters = self.filters if filters is None else filters
-        if self.reranker is not None:
-            from jamba_stack.retrieval.rerank import RERANK_CANDIDATES
-
-            pool = self.retriever.search(
-                query, max(k, RERANK_CANDIDATES), mode=mode, filters=filters, rerank=False
-            )
-            hits = self.reranker.rerank(query.strip(), pool, top_k=k)
-        else:
-            hits = self.retriever.search(query, k, mode=mode, filters=filters, rerank=False)
+        # reranker None: the retriever's own default (the rerank `search` runs), so both agree
+        hits = self.retriever.search(query, k, mode=mode, filters=filters, rerank=self.reranker)
         return [Document(page_content=h.text, metadata=hit_metadata(h), id=h.chunk_id) for h in hits]
 
     async def _aget_relevant_documents(

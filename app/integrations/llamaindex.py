@@ -31,7 +31,8 @@ class JambaStackLlamaRetriever(BaseRetriever):
     """Hybrid search (dense + BM25, fused; optional rerank) over one jamba-stack collection.
 
     `retriever`: a `jamba_stack.retrieval.search.Retriever`; `k`: hits per query; `mode`: hybrid, dense or
-    bm25; `filters`: Chroma `where` syntax; `reranker`: a `jamba_stack.retrieval.rerank.Reranker` or None.
+    bm25; `filters`: Chroma `where` syntax; `reranker`: a `jamba_stack.retrieval.rerank.Reranker`, or None for the
+    retriever's own default (the rerank `search` runs).
     `retrieve` raises what `Retriever.search` raises (`InvalidQueryError`, `QueryTooLongError`)."""
 
     def __init__(
@@ -68,15 +69,10 @@ class JambaStackLlamaRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str
-        if self.reranker is not None:
-            from jamba_stack.retrieval.rerank import RERANK_CANDIDATES
-
-            pool = self.retriever.search(
-                query, max(self.k, RERANK_CANDIDATES), mode=self.mode, filters=self.filters, rerank=False
-            )
-            hits = self.reranker.rerank(query.strip(), pool, top_k=self.k)
-        else:
-            hits = self.retriever.search(query, self.k, mode=self.mode, filters=self.filters, rerank=False)
+        # reranker None: the retriever's own default (the rerank `search` runs), so both agree
+        hits = self.retriever.search(
+            query, self.k, mode=self.mode, filters=self.filters, rerank=self.reranker
+        )
         return [
             NodeWithScore(node=TextNode(id_=h.chunk_id, text=h.text, metadata=hit_metadata(h)), score=h.score)
             for h in hits
