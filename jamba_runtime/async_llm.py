@@ -34,6 +34,9 @@ from jamba_runtime.llm import LLM, Prompt
 from jamba_runtime.tokenizer.tokenizer import Tokenizer
 
 T = TypeVar("T")
+# Seconds the engine stays idle before it gives its cached GPU memory back: long enough that a
+# closed loop of requests (one finishing, the next arriving) never pays for new allocations.
+IDLE_RELEASE_S = 2.0
 logger = logging.getLogger(__name__)
 
 
@@ -371,13 +374,21 @@ class AsyncLLM:
     # ---- engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         busy = False
+        release_pending = False  # steps ran since the engine last gave its idle memory back
         try:
             while True:
                 with self._cond:
                     while not (self._commands or self._closing or busy):
-                        self._cond.wait()
+                        if not release_pending:
+                            self._cond.wait()
+                        elif not self._cond.wait(IDLE_RELEASE_S):
+                            break
                     self._batch, self._commands = self._commands, deque()
                     closing = self._closing
+                if release_pending and not (self._batch or closing or busy):
+                    self.engine.release_idle_memory()
+                    release_pending = False
+                    continue
                 if self._batch:
                     self._run_commands()
                 if closing:
@@ -391,6 +402,7 @@ class AsyncLLM:
                     for out in self.engine.step():
                         self._route(out)
                     self._hand_out()
+                    release_pending = True
                 busy = self.engine.has_unfinished()
         except BaseException as exc:
             self._fail(exc)

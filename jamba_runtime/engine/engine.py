@@ -295,6 +295,13 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def release_idle_memory(self) -> None:
+        """Give the GPU memory that PyTorch's allocator keeps cached from the last burst back to the
+        device (the cache blocks, slots and CUDA graph pools stay), so an idle server is back at its
+        idle level. `AsyncLLM`'s loop calls this after `IDLE_RELEASE_S` without work; on CPU it does nothing."""
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     # ---- the step --------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         """Schedule and run one step; return what each request got from it."""

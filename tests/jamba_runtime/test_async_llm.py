@@ -286,6 +286,32 @@ def test_idle_loop_does_not_spin(allm: AsyncLLM) -> None:
     assert time.process_time() - cpu < 0.1
 
 
+def test_idle_engine_gives_its_cached_memory_back_once_after_a_pause(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After work the loop calls `release_idle_memory` once the engine has been idle for
+    IDLE_RELEASE_S (not between back-to-back requests, not again while it stays idle)."""
+    import jamba_runtime.async_llm as async_llm
+
+    monkeypatch.setattr(async_llm, "IDLE_RELEASE_S", 0.5)
+    llm = LLM(model=tiny_model_dir, engine=CONFIG)
+    released: list[float] = []
+    llm.engine.release_idle_memory = lambda: released.append(time.monotonic())  # type: ignore[method-assign]
+
+    async def main() -> tuple[float, float]:
+        async with AsyncLLM.from_llm(llm) as allm:
+            await asyncio.sleep(0.8)  # no work yet: nothing to give back
+            assert released == []
+            for _ in range(3):  # back to back, each well inside the pause
+                await allm.generate("x", SamplingParams(max_tokens=2))
+            done = time.monotonic()
+            await asyncio.sleep(1.5)
+            return done, time.monotonic()
+
+    done, end = _run(main())
+    assert len(released) == 1 and done + 0.4 < released[0] < end
+
+
 def test_failing_step_fails_every_stream(tiny_model_dir: Path) -> None:
     llm = LLM(model=tiny_model_dir, engine=CONFIG)
     step, calls = llm.engine.step, []

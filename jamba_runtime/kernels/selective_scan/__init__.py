@@ -26,10 +26,10 @@ from jamba_runtime.kernels.backend import HAS_TRITON, use_triton
 
 # Which prefill kernel runs: "chunked" (associative scan over chunks of time) or "sequential"
 # (time cut into segments run in parallel, each one step after another, the state in registers).
-# Both are kept so that bench/kernels/gpu.py can time each on the GPU. "chunked" stays the default
-# until the segmented sequential kernel has been timed on a GPU (it is checked against the float32
-# reference under Triton's interpreter and compiled for sm_90, not yet run on the hardware).
-SCAN_VARIANT = "chunked"
+# Both are kept so that bench/kernels/prefill_tiles_gpu.py can time each. "sequential" is the default:
+# on an H100 it takes 0.65-0.78x the chunked kernel's time over 8,192 tokens at the Mini shape and
+# 0.94-0.96x the TTFT at 32K-256K (bench/NOTES.md, 2026-12-07).
+SCAN_VARIANT = "sequential"
 SCAN_TILES: tuple[int, int, int] | None = None
 """Override of the chunked scan's (BLOCK_D, BLOCK_T, num_warps), for tile sweeps
 (`bench/kernels/prefill_tiles_gpu.py`); None keeps the defaults chosen from `d_state`."""
