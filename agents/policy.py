@@ -27,7 +27,7 @@ from typing import Any
 
 from jamba_stack.agents.errors import AgentConfigError
 from jamba_stack.agents.tool import Tool
-from jamba_stack.chat.format import ToolCall
+from jamba_stack.chat.tool_calls import ToolCall
 
 Validator = Callable[[dict[str, Any]], "str | bool | None"]
 """Takes the validated arguments; returns None or True to accept, False or a reason to refuse (or

@@ -23,7 +23,7 @@ from jamba_stack.agents.errors import OutputParseError, ToolArgumentsError, Tool
 from jamba_stack.agents.tool import Tool, clean_schema, to_content
 from jamba_stack.agents.tracing import TraceEvent, jsonable, trace_to_json
 from jamba_stack.chat import ChatModel, ChatResponse
-from jamba_stack.chat.format import ToolCall
+from jamba_stack.chat.tool_calls import ToolCall
 
 if TYPE_CHECKING:
     from jamba_stack.agents.agent import Agent

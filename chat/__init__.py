@@ -8,10 +8,11 @@ through it; only this package knows which kind it has.
 """
 
 from jamba_stack.chat.factory import chat_model, is_random_test_model, resolve_model_path
-from jamba_stack.chat.format import InvalidParameterError, ToolCall
+from jamba_stack.chat.format import InvalidParameterError
 from jamba_stack.chat.local import LocalChatModel
 from jamba_stack.chat.model import ChatChunk, ChatModel, ChatOptions, ChatResponse, ModelInfo, Usage
 from jamba_stack.chat.remote import RemoteAPIError, RemoteChatModel
+from jamba_stack.chat.tool_calls import ToolCall
 
 __all__ = [
     "ChatChunk",

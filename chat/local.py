@@ -33,7 +33,6 @@ from typing_extensions import Unpack
 
 from jamba_runtime import LLM, AsyncLLM, SamplingParams
 from jamba_runtime.errors import ContextLengthError, InvalidRequestError, JambaStackError, RequestFailedError
-from jamba_stack.chat.format import ToolCallSplitter
 from jamba_stack.chat.model import (
     ChatChunk,
     ChatModel,
@@ -44,6 +43,7 @@ from jamba_stack.chat.model import (
     Usage,
     response_of,
 )
+from jamba_stack.chat.tool_calls import ToolCallSplitter
 
 
 def local_prompt(llm: LLM, request: ChatRequest) -> tuple[list[int], SamplingParams]:

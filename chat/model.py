@@ -34,7 +34,8 @@ from typing import Any, TypedDict
 from typing_extensions import Unpack
 
 from jamba_runtime.errors import InvalidRequestError, JambaStackError
-from jamba_stack.chat.format import ChatInputs, ToolCall
+from jamba_stack.chat.format import ChatInputs
+from jamba_stack.chat.tool_calls import ToolCall
 
 Messages = Sequence[Mapping[str, Any]]
 CHARS_PER_TOKEN_ESTIMATE = 3

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 
 from jamba_runtime.errors import JambaStackError
-from jamba_stack.chat.format import ToolCall
 from jamba_stack.chat.model import (
     ChatChunk,
     ChatModel,
@@ -27,6 +26,7 @@ from jamba_stack.chat.model import (
     Usage,
     response_of,
 )
+from jamba_stack.chat.tool_calls import ToolCall
 
 
 class RemoteAPIError(JambaStackError):

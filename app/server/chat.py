@@ -37,7 +37,8 @@ from jamba_stack.app.server.serving import (
     usage_dict,
 )
 from jamba_stack.app.server.sse import DONE, SSEResponse, event
-from jamba_stack.chat.format import ChatInputs, InvalidParameterError, ToolCall, ToolCallSplitter
+from jamba_stack.chat.format import ChatInputs, InvalidParameterError
+from jamba_stack.chat.tool_calls import ToolCall, ToolCallSplitter
 
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from jamba_stack.chat import ChatChunk, ChatModel, ChatResponse, Usage
-from jamba_stack.chat.format import ToolCall, new_tool_call_id
+from jamba_stack.chat.tool_calls import ToolCall, new_tool_call_id
 
 Turn = str | list[tuple[str, dict[str, Any]]] | Callable[[Any], ChatResponse]
 

@@ -105,7 +105,7 @@ def test_retrieved_injection_cannot_trigger_a_tool(retriever) -> None:  # noqa: 
     def follow(request):  # noqa: ANN001, ANN202 - a model that obeys text in tool results
         text = request.inputs.messages[-1]["content"]
         from jamba_stack.chat import ChatResponse, Usage
-        from jamba_stack.chat.format import ToolCall
+        from jamba_stack.chat.tool_calls import ToolCall
 
         if "delete_all" in text:
             return ChatResponse(None, (ToolCall("c1", "delete_all", {}),), "tool_calls", Usage(1, 1))

@@ -10,7 +10,7 @@ from scripted import ScriptedModel, calls
 
 from jamba_stack.agents import Agent, AgentConfigError, Policy, tool
 from jamba_stack.chat import ChatResponse, Usage
-from jamba_stack.chat.format import ToolCall
+from jamba_stack.chat.tool_calls import ToolCall
 
 DELETED: list[str] = []
 INJECTION = (
