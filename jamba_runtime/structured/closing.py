@@ -262,9 +262,13 @@ def rollout(
     hints: list[list[int]] = (),  # type: ignore[assignment]
     hint_chars: frozenset[int] = frozenset(),
     unique: UniqueTracker | None = None,
+    stop: int | None = None,
 ) -> list[int] | None:
     """A token path of at most `cap` tokens from `matcher`'s state (on a copy) to the grammar's
     end: it ends with an end-of-sequence token, or where the grammar stops. None if none is found.
+    `stop`: give up once the path is longer than this; what it returns is then what the rollout
+    without `stop` returns, if that is at most `stop` tokens long, else None (the choices are
+    those of a `cap`-token budget either way).
 
     `scratch`: a `(1, ceil(vocab/32))` int32 CPU buffer for the masks. Where a string cannot end
     yet (or, not JSON, the output), the rollout first tries to type one of `hints` (`spec_hints`,
@@ -277,7 +281,8 @@ def rollout(
     words = scratch.numpy()[0].view(np.uint32)  # a view: sees each mask written into `scratch`
     path: list[int] = []
     search_again = 0  # a failed search is not repeated at every step
-    while len(path) < cap:
+    limit = cap if stop is None else min(cap, stop)
+    while len(path) < limit:
         if m.is_stopped():
             return path
         m.unsafe_compute_mask_ptr(scratch.data_ptr(), scratch.numel() * 4)
@@ -310,7 +315,7 @@ def rollout(
             state = table.advance(state, token)
         if unique is not None:
             unique.feed(token)
-    return path if m.is_stopped() else None
+    return path if m.is_stopped() and len(path) <= limit else None
 
 
 def _stuck(table: TokenTable, state: ScanState | None, token: int) -> bool:

@@ -1,16 +1,21 @@
-"""`TokenTable.choose` reads only part of a mask (a few words bit by bit, the head of its order);
-it must pick what reading the whole vocabulary in order picks, with the same random draws."""
+"""Closing-path rollouts do less work than they once did without choosing differently:
+`TokenTable.choose` reads only part of a mask (a few words bit by bit, the head of its order) and
+must pick what reading the whole vocabulary in order picks, with the same random draws; a rollout
+with `stop` gives up early but never returns another path."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jamba_runtime import LLM
+from jamba_runtime import LLM, StructuredOutput
 from jamba_runtime.structured import closing
 from jamba_runtime.structured.closing import ScanState, TokenTable
+from jamba_runtime.structured.matcher import ESTIMATE_CAP
 
 
 def reference_choose(
@@ -62,3 +67,20 @@ def test_choose_matches_the_whole_vocab_reference(
 @pytest.fixture(scope="module")
 def llm(tiny_model_dir) -> LLM:  # noqa: ANN001 - the conftest's path fixture
     return LLM(model=tiny_model_dir)
+
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "data" / "schemas"
+
+
+@pytest.mark.parametrize("name", ["person", "exclusive_bounds", "many_required_fields", "format_email"])
+def test_rollout_stop_gives_the_full_rollout_or_none(llm: LLM, name: str) -> None:
+    """`stop` only gives up early: a path of at most `stop` tokens is the one the rollout without it
+    finds, a longer one (or none) is None; and the compiler's start-state length is that rollout's."""
+    grammars = llm.engine.grammars
+    spec = StructuredOutput(json_schema=json.loads((SCHEMA_DIR / f"{name}.json").read_text()))
+    m = grammars.matcher(spec)
+    full = m._rollout(m.matcher, m._scan, ESTIMATE_CAP)  # noqa: SLF001
+    assert m.compiled.start_path_len == (None if full is None else len(full))
+    for stop in (1, 4, 12, 40, 120):
+        got = m._rollout(m.matcher, m._scan, ESTIMATE_CAP, stop=stop)  # noqa: SLF001
+        assert got == (full if full is not None and len(full) <= stop else None)
