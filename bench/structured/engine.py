@@ -24,6 +24,7 @@ sides make the same tokens and their batches shrink alike. Reported:
 
     .venv/bin/python -m bench.structured.engine         # ~5 min on 2 cores
     .venv/bin/python -m bench.structured.engine --quick # tiny-1k, 24 new tokens
+    .venv/bin/python -m bench.structured.engine --models tiny-65k  # the 65k rows only
 """
 
 from __future__ import annotations
@@ -176,14 +177,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        choices=["tiny-1k", "tiny-65k"],
+        default=None,
+        help="default: both (--quick: tiny-1k)",
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     new_tokens = 24 if args.quick else args.new_tokens
     repeats = 1 if args.quick else args.repeats
     tmp = Path(tempfile.mkdtemp())
-    models = {"tiny-1k": make_tiny_model(tmp / "tiny")}
-    if not args.quick:
+    names = args.models or (["tiny-1k"] if args.quick else ["tiny-1k", "tiny-65k"])
+    models = {}
+    if "tiny-1k" in names:
+        models["tiny-1k"] = make_tiny_model(tmp / "tiny")
+    if "tiny-65k" in names:
         models["tiny-65k"] = tiny_65k(tmp / "tiny65k")
     rows = []
     try:

@@ -125,18 +125,21 @@ class TokenTable:
                 self.pending[s][i] = pending
                 structural[s, i] = 0 if moves else 1
         ids = np.flatnonzero(usable)
-        self._orders: dict[tuple[int, bool] | int, tuple[np.ndarray, np.ndarray]] = {}
+        self._orders: dict[tuple[int, bool] | int, _Order] = {}
         for s in range(3):
             em = np.asarray(self.end_mode[s])
             pend = np.asarray(self.pending[s])
             for was_pending in (False, True):
                 after = (pend == _SET) | ((pend == _KEEP) & was_pending)
                 opened = np.asarray(self.delta[s]) + (em != _OUT) + (em == _ESC) + after
-                self._orders[(s, was_pending)] = _order(ids, opened, structural[s], non_ascii, length)
+                self._orders[(s, was_pending)] = _Order(
+                    *_order(ids, opened, structural[s], non_ascii, length)
+                )
         zeros = np.zeros(vocab_size, dtype=np.int64)
-        self._orders[_NEUTRAL] = _order(ids, zeros, zeros, non_ascii, length)
+        self._orders[_NEUTRAL] = _Order(*_order(ids, zeros, zeros, non_ascii, length))
         self.eos = np.asarray(sorted(set(eos_token_ids)), dtype=np.int64)
         self.eos_set = frozenset(int(e) for e in self.eos)
+        self.eos_list = [int(e) for e in self.eos]
         # per start mode in a string: the tokens that end it
         self.closes_string = [ids[np.asarray(self.end_mode[s])[ids] == _OUT] for s in range(3)]
         # one token per printable ASCII character, for `_search_chars`: (byte, token id)
@@ -148,6 +151,7 @@ class TokenTable:
                 if len(b) == 1 and 0x20 <= b[0] < 0x7F and b[0] != 0x22 and b[0] != 0x5C:
                     singles.setdefault(b[0], i)
         self.single_chars = sorted(singles.items())
+        self.single_char_ids = np.asarray([t for _, t in self.single_chars], dtype=np.int64)
 
     def advance(self, state: ScanState, token_id: int) -> ScanState:
         s = state.mode
@@ -163,18 +167,71 @@ class TokenTable:
     def choose(self, words: np.ndarray, state: ScanState | None, rng: random.Random) -> int | None:
         """The rollout's next token among those allowed by the bitmask `words` (`(ceil(vocab/32),)`
         uint32, token i is bit i % 32 of word i // 32); None when none is. `state` None: the
-        grammar is not JSON, so only length and ASCII count."""
-        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")
-        if self.eos.size and allowed[self.eos].any():
-            return int(self.eos[allowed[self.eos].astype(bool)][0])
-        order, tier_end = self._orders[_NEUTRAL if state is None else (state.mode, state.incomplete)]
-        ok = allowed[order]
+        grammar is not JSON, so only length and ASCII count.
+
+        The first allowed end-of-sequence token if any; else the first tier of the state's order
+        (`_order`) that holds an allowed token, and one of its allowed tokens at random. A mask of
+        many allowed tokens (text in a string) is read first at the head of the order, where its
+        first allowed tier nearly always is; a mask of few (a key, punctuation), bit by bit."""
+        for e in self.eos_list:
+            if words[e >> 5] >> (e & 31) & 1:
+                return e
+        o = self._orders[_NEUTRAL if state is None else (state.mode, state.incomplete)]
+        nonzero = np.flatnonzero(words)
+        if nonzero.size <= _FEW_WORDS:
+            # plain Python beats numpy's per-call overhead on a few words
+            ranks = []
+            for w in nonzero.tolist():
+                bits = int(words[w])
+                while bits:
+                    low = bits & -bits
+                    t = w * 32 + low.bit_length() - 1
+                    if t < o.rank_size:
+                        ranks.append(o.rank_list[t])
+                    bits ^= low
+            first = min(ranks, default=o.size)
+            if first >= o.size:
+                return None
+            end = o.tier_end_list[first]
+            cands = sorted(r for r in ranks if r < end)
+            return o.ids_list[cands[rng.randrange(len(cands))]]
+        # more: the head of the order first where many are allowed (text in a string), then the
+        # whole order
+        ok = allowed_bits(words, o.head) if nonzero.size > _DENSE_WORDS else o.head[:0]
+        if not ok.any():
+            ok = np.unpackbits(words.view(np.uint8), bitorder="little")[o.ids]
         first = int(ok.argmax())
         if not ok[first]:
             return None
-        end = int(tier_end[first])
-        cands = order[first:end][ok[first:end].astype(bool)]
+        tier = o.ids[first : int(o.tier_end[first])]
+        cands = tier[allowed_bits(words, tier).astype(bool)]
         return int(cands[rng.randrange(cands.size)])
+
+
+_FEW_WORDS = 8  # a mask with at most this many nonzero words is read bit by bit in Python
+_DENSE_WORDS = 1536  # more nonzero words than this (text in a string): the order's head first
+_HEAD = 512  # how many tokens that head holds
+
+
+def allowed_bits(words: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The bits of tokens `ids` (int64) in the bitmask `words` (uint32), as 0 / 1 (int64)."""
+    return (words[ids >> 5].astype(np.int64) >> (ids & 31)) & 1
+
+
+class _Order:
+    """The token ids in the order a rollout tries them (`ids`), the end of each position's tier
+    (`tier_end`), its head (the first `_HEAD` ids), and as lists for `choose`'s few-tokens path:
+    the same two and each token's position (`rank`; `size` for a token the order leaves out)."""
+
+    def __init__(self, ids: np.ndarray, tier_end: np.ndarray) -> None:
+        self.ids, self.tier_end, self.head = ids, tier_end, ids[:_HEAD]
+        self.size = int(ids.size)
+        rank = np.full(int(ids.max(initial=-1)) + 1, ids.size, dtype=np.int64)
+        rank[ids] = np.arange(ids.size)
+        self.rank_list: list[int] = rank.tolist()
+        self.rank_size = len(self.rank_list)
+        self.tier_end_list: list[int] = tier_end.tolist()
+        self.ids_list: list[int] = ids.tolist()
 
 
 def _order(
@@ -205,9 +262,13 @@ def rollout(
     hints: list[list[int]] = (),  # type: ignore[assignment]
     hint_chars: frozenset[int] = frozenset(),
     unique: UniqueTracker | None = None,
+    stop: int | None = None,
 ) -> list[int] | None:
     """A token path of at most `cap` tokens from `matcher`'s state (on a copy) to the grammar's
     end: it ends with an end-of-sequence token, or where the grammar stops. None if none is found.
+    `stop`: give up once the path is longer than this; what it returns is then what the rollout
+    without `stop` returns, if that is at most `stop` tokens long, else None (the choices are
+    those of a `cap`-token budget either way).
 
     `scratch`: a `(1, ceil(vocab/32))` int32 CPU buffer for the masks. Where a string cannot end
     yet (or, not JSON, the output), the rollout first tries to type one of `hints` (`spec_hints`,
@@ -220,7 +281,8 @@ def rollout(
     words = scratch.numpy()[0].view(np.uint32)  # a view: sees each mask written into `scratch`
     path: list[int] = []
     search_again = 0  # a failed search is not repeated at every step
-    while len(path) < cap:
+    limit = cap if stop is None else min(cap, stop)
+    while len(path) < limit:
         if m.is_stopped():
             return path
         m.unsafe_compute_mask_ptr(scratch.data_ptr(), scratch.numel() * 4)
@@ -253,7 +315,7 @@ def rollout(
             state = table.advance(state, token)
         if unique is not None:
             unique.feed(token)
-    return path if m.is_stopped() else None
+    return path if m.is_stopped() and len(path) <= limit else None
 
 
 def _stuck(table: TokenTable, state: ScanState | None, token: int) -> bool:
@@ -305,8 +367,9 @@ def _search_chars(
     for _ in range(min(_SEARCH_DEPTH, room - 1)):
         deeper = []
         for node, s, typed in frontier:
-            allowed = np.unpackbits(np.frombuffer(node.compute_bitmask(), dtype=np.uint8), bitorder="little")
-            chars = [(b, t) for b, t in table.single_chars if allowed[t]]
+            words = np.frombuffer(node.compute_bitmask(), dtype=np.uint32)
+            allowed = allowed_bits(words, table.single_char_ids)
+            chars = [bt for bt, ok in zip(table.single_chars, allowed.tolist(), strict=True) if ok]
             digits = [bt for bt in chars if 0x30 <= bt[0] <= 0x39][:2]
             chars = [bt for bt in chars if not 0x30 <= bt[0] <= 0x39] + digits
             if len(chars) > _SEARCH_WIDTH:
@@ -329,8 +392,8 @@ def _search_chars(
 
 
 def _can_close_string(c: llguidance.LLMatcher, table: TokenTable, s: ScanState) -> bool:
-    allowed = np.unpackbits(np.frombuffer(c.compute_bitmask(), dtype=np.uint8), bitorder="little")
-    return bool(allowed[table.closes_string[s.mode]].any())
+    words = np.frombuffer(c.compute_bitmask(), dtype=np.uint32)
+    return bool(allowed_bits(words, table.closes_string[s.mode]).any())
 
 
 # ---- hints -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from jamba_runtime.structured.json_schema import (
 from jamba_runtime.structured.matcher import ESTIMATE_CAP, CompiledGrammar, GrammarMatcher
 from jamba_runtime.structured.spec import tool_function
 from jamba_runtime.structured.tools import TOOL_CALLS_END, TOOL_CALLS_START, tool_parameters, tools_lark
-from jamba_runtime.structured.unique import UniqueSpec, UniqueTokens
+from jamba_runtime.structured.unique import UniqueSpec, UniqueTokens, UniqueTracker
 
 if TYPE_CHECKING:
     import llguidance
@@ -96,6 +96,10 @@ class GrammarCompiler:
         self.token_table  # noqa: B018 - built here (~1 s for a 65k vocab), on the caller's thread, not mid-step
         if compiled.unique is not None:
             self.unique_tokens  # noqa: B018 - the same
+        if not compiled.free_text_first:
+            # every request of this spec estimates its closing path from the start at its first
+            # token: one rollout here, on the caller's thread, rather than one per request mid-step
+            compiled.start_path_len = self._start_path_len(compiled)
         with self._lock:
             self._cache[key] = compiled
             self._cache.move_to_end(key)
@@ -157,6 +161,25 @@ class GrammarCompiler:
                 )
                 compiled.block_close_len = None if path is None else len(path) + 1
         return compiled.block_close_len
+
+    def _start_path_len(self, compiled: CompiledGrammar) -> int | None:
+        """The length of the closing path a matcher of `compiled` finds at its start (what
+        `GrammarMatcher._estimate` would roll out at the first token), or None."""
+        with self._lock:
+            m = compiled.template.deep_copy()
+        unique = UniqueTracker(compiled.unique, self.unique_tokens) if compiled.unique is not None else None
+        path = rollout(
+            m,
+            ScanState() if compiled.json else None,
+            self.token_table,
+            ESTIMATE_CAP,
+            0,
+            self.scratch(),
+            compiled.hints,
+            compiled.hint_chars,
+            unique=unique,
+        )
+        return None if path is None else len(path)
 
     def _build(self, spec: StructuredOutput) -> CompiledGrammar:
         llg = _import_llguidance()

@@ -46,6 +46,9 @@ class CompiledGrammar:
     hint_chars: frozenset[int] = frozenset()  # the bytes of the hints
     block_close_len: int | None = None
     unique: UniqueSpec | None = None  # arrays whose items must differ (`unique.py`)
+    # the length of the closing path from the start state (`GrammarMatcher._estimate` at the
+    # first token; None: none found); set by the compiler
+    start_path_len: int | None = None
 
 
 class Compiler(Protocol):
@@ -231,7 +234,9 @@ class GrammarMatcher:
         return self._matcher.get_error()
 
     # ---- budget ------------------------------------------------------------------------------
-    def _rollout(self, matcher: llguidance.LLMatcher, scan: ScanState | None, cap: int) -> list[int] | None:
+    def _rollout(
+        self, matcher: llguidance.LLMatcher, scan: ScanState | None, cap: int, stop: int | None = None
+    ) -> list[int] | None:
         if cap <= 0:
             return None
         return rollout(
@@ -244,20 +249,31 @@ class GrammarMatcher:
             hints=self.compiled.hints,
             hint_chars=self.compiled.hint_chars,
             unique=self._unique,
+            stop=stop,
         )
 
     def _estimate(self, remaining: int) -> None:
         """Size the window from a closing path's length: at the first token, then every
         `_ESTIMATE_EVERY` tokens once the end nears (offset per matcher, so a batch that started
-        together does not estimate all in one step)."""
-        if self.num_accepted and (
+        together does not estimate all in one step). A path longer than `remaining` counts as
+        none: it could not be followed anyway, and a rollout that cannot close (a number the
+        grammar keeps open) stops there rather than at `ESTIMATE_CAP`."""
+        if not self.num_accepted:
+            # from the grammar's start: the same rollout for every request of this spec, done once
+            length = self.compiled.start_path_len
+            if length is None or length > remaining:
+                return
+        elif (
             remaining > 4 * self._window + 4 * _MIN_WINDOW
             or (self.num_accepted + self._offset) % _ESTIMATE_EVERY
         ):
             return
-        path = self._rollout(self._matcher, self._scan, ESTIMATE_CAP)
-        if path is not None:
-            self._window = max(self._window, 2 * len(path) + _MIN_WINDOW)
+        else:
+            path = self._rollout(self._matcher, self._scan, ESTIMATE_CAP, stop=remaining)
+            if path is None:
+                return
+            length = len(path)
+        self._window = max(self._window, 2 * length + _MIN_WINDOW)
 
     def _closes(self, path: list[int], cap: int) -> bool:
         """Whether `path` still takes the grammar from here to its end, within `cap` tokens."""
