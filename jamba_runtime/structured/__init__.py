@@ -10,4 +10,5 @@
 | `tools` | the grammar of Jamba's `<tool_calls>` block, and `parse_tool_calls` |
 | `closing` | closing paths: how an output still ends whole when `max_tokens` is near |
 | `json_schema` | which JSON Schemas we take and how we narrow them (`narrow_schema`, `JSON_OPTIONS`) |
+| `unique_spec`, `unique` | `uniqueItems: true`: where a schema asks for it (`UniqueSpec`), and its enforcement while decoding (`UniqueTracker`) |
 """

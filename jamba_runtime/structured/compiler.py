@@ -31,7 +31,8 @@ from jamba_runtime.structured.json_schema import (
 from jamba_runtime.structured.matcher import ESTIMATE_CAP, CompiledGrammar, GrammarMatcher
 from jamba_runtime.structured.spec import tool_function
 from jamba_runtime.structured.tools import TOOL_CALLS_END, TOOL_CALLS_START, tool_parameters, tools_lark
-from jamba_runtime.structured.unique import UniqueSpec, UniqueTokens, UniqueTracker
+from jamba_runtime.structured.unique import UniqueTokens, UniqueTracker
+from jamba_runtime.structured.unique_spec import UniqueSpec
 
 if TYPE_CHECKING:
     import llguidance

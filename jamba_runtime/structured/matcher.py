@@ -15,7 +15,8 @@ import torch
 
 from jamba_runtime.structured.closing import ScanState, TokenTable, rollout
 from jamba_runtime.structured.masks import clear_bit, get_bit, set_bit
-from jamba_runtime.structured.unique import UniqueSpec, UniqueTokens, UniqueTracker
+from jamba_runtime.structured.unique import UniqueTokens, UniqueTracker
+from jamba_runtime.structured.unique_spec import UniqueSpec
 
 if TYPE_CHECKING:
     import llguidance
