@@ -31,11 +31,12 @@ from jamba_stack.retrieval.errors import RerankerUnavailableError
 from jamba_stack.retrieval.hits import Hit
 from jamba_stack.retrieval.token_store import TokenStore
 
-# Chosen on the SciFact train split (all 809 queries; bench/retrieval/scifact.py --rerank --rerank-tune), over
-# candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF, with the
-# fused int8 embedder: local-IDF MaxSim over the hybrid's top 30 blended 0.5 with the fused score
-# (nDCG@10 0.7481) is within 0.001 of the best cell (top 50, 0.7489) at 60% of its cost; hybrid
-# alone 0.7383. docs/retrieval.md has the grid and the test-split numbers.
+# Chosen on the SciFact train split (all 809 queries; `python -m bench.retrieval.scifact --split train
+# --grid`), from the token vectors ingest stores (codecs pca128x4, pca64x4, i8, f16), over candidates
+# 20 / 30 / 50 / 100, blend weights 0.3-0.7 and query-token weighting none / local IDF: with the
+# default codec, local-IDF MaxSim over the hybrid's top 30 blended 0.5 with the fused score (nDCG@10
+# 0.7490) is within 0.001 of the best cell (top 50 or 100, 0.7494); hybrid alone 0.7362.
+# docs/retrieval.md has the grid and the test-split numbers.
 MAXSIM_ALPHA = 0.5
 RERANK_CANDIDATES = 30
 MAXSIM_WEIGHTING = "idf"

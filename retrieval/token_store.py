@@ -18,6 +18,10 @@ Codecs (`make_codec`; bytes per token at dim 384, the 2 bytes of its vocabulary 
   its rows are kept as `i8` and converted when the fit happens.
 - `i8` (388 B): int8 with one float16 scale per token, fit-free.
 - `f16` (770 B): the vectors themselves (to within float16).
+
+The default: on the SciFact train split, MaxSim reranking from pca128x4 scored nDCG@10 0.7490
+(top 30, blend 0.5) against 0.7488 from i8, 0.7493 from f16 and 0.7459 from pca64x4, at 11.8 KiB
+per chunk on disk against 65 KiB (i8) and 129 KiB (f16) (bench/retrieval/scifact.py --grid).
 """
 
 from __future__ import annotations
