@@ -12,6 +12,14 @@ their embeddings reused, not recomputed) the write + BM25 time and hybrid query 
     python -m bench.retrieval.scifact --tune           # also tune BM25/fusion on the TRAIN split
     python -m bench.retrieval.scifact --rerank --rerank-tune   # also the offline MaxSim reranker (slow on CPU)
     python -m bench.retrieval.scifact --limit-docs 500 --skip-langchain --scale 0   # a quick smoke run
+    # the rerank's choices on TRAIN, then TEST once on the same ingest, with the CLI on a fresh data dir:
+    python -m bench.retrieval.scifact --split train --grid --skip-langchain --skip-fp32 --scale 0 \
+        --latency-queries 0 --work W
+    python -m bench.retrieval.scifact --split test --reuse-ingest --work W --cli --skip-fp32 --latency-queries 100
+
+Every option (bm25, dense, hybrid, RRF, hybrid + MaxSim from each stored token-vector codec in
+--codecs) gets nDCG@10, R@10, R@100, p50/p95 one query at a time, and storage per chunk; ingest
+keeps f16 token vectors and the other codecs are copies of its rows in their codec.
 
 Documents are title + " " + text for LangChain (as the shared/data README's baselines); ours
 ingests the BEIR corpus.jsonl as it is (title kept as each chunk's header).
