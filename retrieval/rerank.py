@@ -31,11 +31,12 @@ from jamba_stack.retrieval.errors import RerankerUnavailableError
 from jamba_stack.retrieval.hits import Hit
 from jamba_stack.retrieval.token_store import TokenStore
 
-# Chosen on the SciFact train split (all 809 queries; bench/retrieval/scifact.py --rerank --rerank-tune), over
-# candidates 20 / 30 / 50, blend weights 0-1 and query-token weighting none / local IDF, with the
-# fused int8 embedder: local-IDF MaxSim over the hybrid's top 30 blended 0.5 with the fused score
-# (nDCG@10 0.7481) is within 0.001 of the best cell (top 50, 0.7489) at 60% of its cost; hybrid
-# alone 0.7383. docs/retrieval.md has the grid and the test-split numbers.
+# Chosen on the SciFact train split (all 809 queries; `python -m bench.retrieval.scifact --split train
+# --grid`), from the token vectors ingest stores (codecs pca128x4, pca64x4, i8, f16), over candidates
+# 20 / 30 / 50 / 100, blend weights 0.3-0.7 and query-token weighting none / local IDF: with the
+# default codec, local-IDF MaxSim over the hybrid's top 30 blended 0.5 with the fused score (nDCG@10
+# 0.7490) is within 0.001 of the best cell (top 50 or 100, 0.7494); hybrid alone 0.7362.
+# docs/retrieval.md has the grid and the test-split numbers.
 MAXSIM_ALPHA = 0.5
 RERANK_CANDIDATES = 30
 MAXSIM_WEIGHTING = "idf"
@@ -194,16 +195,16 @@ class MaxSimReranker(Reranker):
     ) -> np.ndarray:
         """Per passage, the (weighted) mean over query tokens of the max cosine to the passage's
         tokens; `weights` (n_query_tokens,) non-negative, None for the plain mean."""
-        w = (
-            None
-            if weights is None
-            else np.asarray(weights, dtype=np.float32) / max(float(np.sum(weights)), 1e-12)
-        )
-        out = []
-        for p in passage_tokens:
-            best = (query_tokens @ p.T).max(axis=1)  # (n_query_tokens,)
-            out.append(float(best.mean() if w is None else best @ w))
-        return np.asarray(out, dtype=np.float32)
+        if not passage_tokens:
+            return np.zeros(0, dtype=np.float32)
+        # One matmul over all passages' tokens, then the max within each passage's columns: the
+        # per-passage Python loop cost more than the arithmetic at 30 candidates.
+        sims = query_tokens @ np.concatenate(passage_tokens).T  # (n_query_tokens, all passage tokens)
+        best = np.maximum.reduceat(sims, _starts(passage_tokens), axis=1)  # (n_query_tokens, n_passages)
+        if weights is None:
+            return best.mean(axis=0).astype(np.float32)
+        w = np.asarray(weights, dtype=np.float32) / max(float(np.sum(weights)), 1e-12)
+        return (w @ best).astype(np.float32)
 
     @staticmethod
     def local_idf(query_ids: np.ndarray, passage_ids: list[np.ndarray]) -> np.ndarray:
@@ -211,8 +212,9 @@ class MaxSimReranker(Reranker):
         shape (n_query_tokens,), all > 0."""
         n = len(passage_ids)
         df = np.zeros(len(query_ids), dtype=np.float32)
-        for p in passage_ids:
-            df += np.isin(query_ids, p)
+        if n:
+            hit = np.asarray(query_ids)[:, None] == np.concatenate(passage_ids)[None, :]
+            df += np.maximum.reduceat(hit, _starts(passage_ids), axis=1).sum(axis=1)
         return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
 
     def score_vectors(self, query: TokenVectors, passages: list[TokenVectors]) -> np.ndarray:
@@ -244,6 +246,11 @@ class MaxSimReranker(Reranker):
             ms = self.score_vectors(q, self.stored_vectors(hits))
         first = np.asarray([h.score for h in hits], dtype=np.float32)
         return blend(ms, first, self.alpha)
+
+
+def _starts(parts: list[np.ndarray]) -> np.ndarray:
+    """Where each part begins in their concatenation (every part has at least one row)."""
+    return np.concatenate([[0], np.cumsum([len(p) for p in parts[:-1]])]).astype(np.intp)
 
 
 def supports_maxsim(embedder: Embedder) -> bool:

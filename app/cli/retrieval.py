@@ -162,7 +162,7 @@ def search_cmd(
             "--rerank",
             "--reranker",
             help="Rerank the fused top 30 as `ask` does: maxsim (offline, the embedder's token vectors), "
-            "maxsim:WEIGHT[:idf|none], or a local cross-encoder folder; default: none.",
+            "maxsim:WEIGHT[:idf|none], or a local cross-encoder folder; none; default: maxsim where ingest stored every chunk's token vectors, else none.",
         ),
     ] = None,
     fusion: Annotated[

@@ -21,7 +21,7 @@ from jamba_stack.retrieval.errors import (
     QueryTooLongError,
 )
 from jamba_stack.retrieval.ingest import bm25_dir, dirty_mark, ingest, try_lock
-from jamba_stack.retrieval.rerank import Reranker
+from jamba_stack.retrieval.rerank import MaxSimReranker, Reranker
 from jamba_stack.retrieval.search import Retriever, open_retriever
 from jamba_stack.retrieval.store import Store
 
@@ -157,8 +157,13 @@ def test_search_modes_filters_pages(tmp_path: Path, embedder: Embedder) -> None:
 
     reranked = Retriever(ret.collection, embedder, ret.bm25, reranker=InsulinFirst()).search("hemoglobin", 3)
     assert "insulin" in reranked[0].text and reranked[0].score == 1.0
+    # Ingest stored every chunk's token vectors, so the default retriever reranks with MaxSim; one
+    # opened without a reranker refuses rerank=True.
+    assert isinstance(ret.reranker, MaxSimReranker) and ret.reranker.tokens is not None
+    plain = open_retriever("col4", data_dir=data, embedder=embedder, reranker="none")
+    assert plain.reranker is None
     with pytest.raises(InvalidQueryError, match="no reranker"):
-        ret.search("x", 3, rerank=True)
+        plain.search("x", 3, rerank=True)
     rrf = Retriever(ret.collection, embedder, ret.bm25, fusion="rrf").search("what lowers glucose?", 3)
     assert rrf[0].metadata["page"] == 2
     diverse = ret.search("Mamba state", 4, mmr=True, mmr_lambda=0.3)

@@ -111,6 +111,23 @@ def test_weighted_maxsim_is_a_weighted_mean_of_best_matches() -> None:
     assert MaxSimReranker.maxsim(query, passages, np.array([1.0, 1.0])).tolist() == [0.5, 0.5]
 
 
+def test_maxsim_scores_passages_of_any_length_together_as_one_by_one() -> None:
+    # All candidates go through one matmul; each passage's score must be its own best matches,
+    # whatever the lengths around it (one token, many, the last one short).
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(5, 8)).astype(np.float32)
+    passages = [rng.normal(size=(n, 8)).astype(np.float32) for n in (1, 7, 3, 12, 1)]
+    weights = np.array([1.0, 0.0, 2.0, 0.5, 3.0])
+    for w in (None, weights):
+        alone = [MaxSimReranker.maxsim(query, [p], w)[0] for p in passages]
+        assert MaxSimReranker.maxsim(query, passages, w).tolist() == pytest.approx(alone, abs=1e-6)
+    ids = [np.array([4]), np.array([1, 2, 4]), np.array([9, 9]), np.array([2]), np.array([1])]
+    df = np.array([2.0, 2.0, 0.0])  # query tokens 1, 4, 3: in passages {1, 4}, {0, 1}, none
+    want = np.log1p((5 - df + 0.5) / (df + 0.5))
+    assert MaxSimReranker.local_idf(np.array([1, 4, 3]), ids).tolist() == pytest.approx(want.tolist())
+    assert MaxSimReranker.maxsim(query, []).shape == (0,)
+
+
 def test_idf_weighting_favours_the_passage_with_the_rare_query_word(embedder) -> None:  # noqa: ANN001
     # Every candidate matches "patients" and "trial"; only one also matches "warfarin", the word that
     # tells them apart. IDF weighting (the default) lifts that passage over the plain mean.

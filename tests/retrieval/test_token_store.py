@@ -99,6 +99,11 @@ def test_store_fits_once_then_converts_and_keeps_rows(tmp_path: Path, vectors: l
         store.codec.query(q), [got["c0"].vecs, store.codec.roundtrip(vectors[3].vecs)]
     )
     assert interim[0] > interim[1] and fitted[0] > fitted[1]
+    # Rows come back in the order first written, in the store's codec (what copying a store into
+    # another codec replays).
+    items = list(store.items(batch=2))
+    assert [cid for cid, _ in items] == [f"c{i}" for i in range(6)] + ["d0"]
+    assert np.allclose(items[0][1].vecs, got["c0"].vecs) and np.array_equal(items[6][1].ids, vectors[0].ids)
     store.delete(["c0", "c1"])
     assert store.count() == 5
     store.close()
