@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import tempfile
@@ -41,12 +40,15 @@ import numpy as np
 
 from bench.common.cpu_hardware import cpu_model
 from bench.common.paths import RESULTS
-from bench.common.stats import percentile
-from bench.retrieval.beir import SCIFACT, checked, load_beir
+from bench.retrieval.beir import SCIFACT, load_beir
+from bench.retrieval.cli_run import run_cli
 from bench.retrieval.embedder_floor import floors, report
+from bench.retrieval.langchain_baseline import run_langchain
+from bench.retrieval.measure import codec_stores, latency, quality, storage
+from bench.retrieval.scale import run_scale
 from bench.retrieval.tuning import run_rerank, run_tune
 from jamba_stack.retrieval.embeddings import Embedder, SentenceTransformerEmbedder, make_embedder
-from jamba_stack.retrieval.ingest import ingest, rebuild_bm25
+from jamba_stack.retrieval.ingest import ingest
 from jamba_stack.retrieval.metrics import evaluate
 from jamba_stack.retrieval.search import Retriever, load_bm25
 from jamba_stack.retrieval.store import Store
@@ -81,109 +83,6 @@ def hardware() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- ours
-
-
-def storage(data: Path, chunks: int) -> dict[str, Any]:
-    """Bytes on disk per chunk: Chroma's folder (vectors, HNSW, texts, metadata, full-text index),
-    BM25's, and the stored token vectors (the SQLite file, and its ids + codes alone)."""
-    from jamba_stack.retrieval.token_store import STORE_FILE, TokenStore
-
-    def size(p: Path) -> int:
-        return (
-            sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-            if p.is_dir()
-            else (p.stat().st_size if p.exists() else 0)
-        )
-
-    state = next((data / "retrieval").glob("*/scifact"))
-    out = {
-        "chroma_bytes_per_chunk": size(data / "chroma") / chunks,
-        "bm25_bytes_per_chunk": size(state / "bm25") / chunks,
-        "tokens_file_bytes_per_chunk": sum(size(f) for f in state.glob(STORE_FILE + "*")) / chunks,
-    }
-    store = TokenStore.open_existing(state)
-    if store is not None:
-        st = store.stats()
-        out |= {
-            "token_codec": store.codec.name,
-            "tokens_per_chunk": st.tokens / max(1, st.chunks),
-            "token_codes_bytes_per_chunk": st.bytes / max(1, st.chunks),
-        }
-        store.close()
-    return out
-
-
-def latency(retriever: Retriever, texts: list[str], **kwargs: Any) -> dict[str, float]:
-    times = []
-    for q in texts:
-        t = time.perf_counter()
-        retriever.search(q, 10, **kwargs)
-        times.append((time.perf_counter() - t) * 1000)
-    return {"p50": percentile(times, 50), "p95": percentile(times, 95), "queries": len(times)}
-
-
-def quality(
-    retriever: Retriever, qids: list[str], texts: list[str], qrels: dict, **kwargs: Any
-) -> dict[str, float]:
-    """nDCG@10 and R@10 from the top 10 documents (k=10, what `search --k 10 --unique-docs` returns,
-    so a reranker sees the candidates it does in use), R@100 from k=100; queries one at a time
-    unless a kwarg says otherwise (their vectors embedded alone, as `search` and `ask` do)."""
-    top10 = [retriever.search(t, 10, unique_docs=True, **kwargs) for t in texts]
-    top100 = [retriever.search(t, 100, unique_docs=True, **kwargs) for t in texts]
-    run = {
-        q: [h.doc_id for h in a] + [h.doc_id for h in b if h.doc_id not in {x.doc_id for x in a}]
-        for q, a, b in zip(qids, top10, top100, strict=True)
-    }
-    m = checked(run, qrels)
-    m["recall@10"] = checked({q: [h.doc_id for h in a] for q, a in zip(qids, top10, strict=True)}, qrels)[
-        "recall@10"
-    ]
-    return m
-
-
-def codec_stores(src: Path, data: Path, codecs: list[str], dim: int) -> dict[str, tuple[Any, dict]]:
-    """Per codec, its `TokenStore` of the collection's chunks and what making it cost: the store
-    ingest wrote (`src`, a state dir) where its codec is that one, else a copy of its rows
-    re-encoded in ingest's order (fitted as ingest fits: on the first `FIT_TOKENS` tokens), so one
-    ingest with f16 (exact to float16) serves every codec. Copies are kept in `data` between runs."""
-    from jamba_stack.retrieval.token_store import STORE_FILE, TokenStore
-
-    base = TokenStore.open_existing(src)
-    if base is None:
-        return {}
-    out: dict[str, tuple[Any, dict]] = {}
-    for codec in codecs:
-        if codec == base.codec.name:
-            out[codec] = (base, {"copied": False, "file_bytes": (src / STORE_FILE).stat().st_size})
-            continue
-        d = data / f"tokens_{codec}"
-        meta = d / "copy.json"
-        if not meta.is_file():
-            for f in d.glob(STORE_FILE + "*"):
-                f.unlink()
-            t = time.perf_counter()
-            dst = TokenStore.open(d, dim, codec)
-            ids: list[str] = []
-            vecs: list[Any] = []
-            for cid, tv in base.items():
-                ids.append(cid)
-                vecs.append(tv)
-                if len(ids) == 64:  # ingest's batch: the fit happens where ingest's would
-                    dst.put(ids, vecs)
-                    ids, vecs = [], []
-            if ids:
-                dst.put(ids, vecs)
-            dst.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            dst.close()
-            meta.write_text(json.dumps({"copy_s": time.perf_counter() - t}))
-        store = TokenStore.open_existing(d)
-        assert store is not None and store.count() == base.count(), f"{codec}: every chunk has its row"
-        info = json.loads(meta.read_text()) | {
-            "copied": True,
-            "file_bytes": sum(f.stat().st_size for f in d.glob(STORE_FILE + "*")),
-        }
-        out[codec] = (store, info)
-    return out
 
 
 def run_ours(
@@ -331,208 +230,6 @@ def rerank_grid(
 
 def _dedup(doc_ids: list[str]) -> list[str]:
     return list(dict.fromkeys(doc_ids))
-
-
-def run_cli(corpus: Path, queries: dict[str, str], qrels: dict, work: Path) -> dict[str, Any]:
-    """As a user runs it, on a fresh data dir: `jamba-stack ingest CORPUS --collection scifact`
-    (the default codec; the ONNX export copied in first, so ingest time is ingest's), then
-    `jamba-stack search --collection scifact --k 10 --unique-docs --json --queries FILE` with the
-    default reranker, `--rerank none` and `--rerank maxsim`, scored like the rows above. A process
-    also starts up and loads the embedder: each search is run once more on one query, and the
-    difference over the other queries is the time per query."""
-    import shutil
-    import subprocess
-    import sys
-
-    data = work / "cli"
-    if data.exists():
-        shutil.rmtree(data)
-    shutil.copytree(work / "models", data / "models" / "embeddings")
-    env = os.environ | {"JAMBA_STACK_DATA_DIR": str(data)}
-    cli = [sys.executable, "-m", "jamba_stack.app.cli"]
-    t = time.perf_counter()
-    subprocess.run([*cli, "ingest", str(corpus), "--collection", "scifact", "--quiet"], env=env, check=True)
-    ingest_s = time.perf_counter() - t
-    col = Store(data).open("scifact")
-    chunks = col.count()
-    out: dict[str, Any] = {
-        "ingest_s": ingest_s,
-        "ingest_ms_per_chunk": 1000 * ingest_s / chunks,
-        "storage": storage(data, chunks),
-        "search": {},
-    }
-    print(f"[cli ingest] {json.dumps(out)}", flush=True)
-    qfile, one = work / "queries.jsonl", work / "query1.jsonl"
-    lines = [json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()]
-    qfile.write_text("".join(lines))
-    one.write_text(lines[0])
-    for rerank in ("default", "none", "maxsim"):
-        walls = []
-        for f in (one, qfile):
-            cmd = [*cli, "search", "--collection", "scifact", "--k", "10", "--unique-docs", "--json"]
-            cmd += ["--queries", str(f)] + ([] if rerank == "default" else ["--rerank", rerank])
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            walls.append(time.perf_counter() - t)
-        run = {}
-        for line in proc.stdout.splitlines():
-            row = json.loads(line)
-            run[row["query_id"]] = [h["doc_id"] for h in row["results"]]
-        m = evaluate(run, qrels)
-        out["search"][rerank] = {
-            "ndcg@10": m["ndcg@10"],
-            "recall@10": m["recall@10"],
-            "queries": len(run),
-            "wall_s": walls[1],
-            "wall_s_one_query": walls[0],
-            "ms_per_query": 1000 * (walls[1] - walls[0]) / max(1, len(run) - 1),
-        }
-        print(f"[cli search --rerank {rerank}] {json.dumps(out['search'][rerank])}", flush=True)
-    return out
-
-
-# ---------------------------------------------------------------- LangChain
-
-
-def run_langchain(
-    corpus_rows: list[dict], queries: dict[str, str], qrels: dict, work: Path, args: argparse.Namespace
-) -> dict[str, Any]:
-    """The plain pipeline anyone writes: sentence-transformers embeddings through LangChain's
-    `Embeddings` interface (what langchain-huggingface's HuggingFaceEmbeddings does: one
-    `encode` call over all texts, batch 32), `langchain_chroma.Chroma` with defaults,
-    `similarity_search_with_score`."""
-    from chromadb.config import Settings as ChromaSettings
-    from langchain_chroma import Chroma
-    from langchain_core.embeddings import Embeddings
-    from sentence_transformers import SentenceTransformer
-
-    from jamba_stack.retrieval.embeddings import default_model_dir
-
-    class STEmbeddings(Embeddings):
-        # langchain-huggingface pins huggingface_hub<2, which would downgrade the runtime's hub
-        # client; its HuggingFaceEmbeddings is this: SentenceTransformer(...).encode(texts).
-        def __init__(self) -> None:
-            self.model = SentenceTransformer(str(default_model_dir()), device="cpu", local_files_only=True)
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return self.model.encode(texts, show_progress_bar=True).tolist()
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.model.encode([text], show_progress_bar=False)[0].tolist()
-
-    emb = STEmbeddings()
-    texts = [f"{r.get('title', '')} {r['text']}".strip() for r in corpus_rows]
-    t = time.perf_counter()
-    db = Chroma(
-        collection_name="scifact",
-        embedding_function=emb,
-        persist_directory=str(work / "langchain"),
-        client_settings=ChromaSettings(
-            anonymized_telemetry=False, is_persistent=True, persist_directory=str(work / "langchain")
-        ),
-    )
-    db.add_texts(
-        texts, metadatas=[{"doc_id": r["_id"]} for r in corpus_rows], ids=[r["_id"] for r in corpus_rows]
-    )
-    ingest_s = time.perf_counter() - t
-    run = {}
-    for q, text in queries.items():
-        run[q] = [d.metadata["doc_id"] for d, _ in db.similarity_search_with_score(text, k=100)]
-    times = []
-    for text in list(queries.values())[: args.latency_queries]:
-        t = time.perf_counter()
-        db.similarity_search_with_score(text, k=10)
-        times.append((time.perf_counter() - t) * 1000)
-    out = {
-        "documents": len(texts),
-        "chunks": len(texts),
-        "ingest_s": ingest_s,
-        "docs_per_s": len(texts) / ingest_s,
-        "chunks_per_s": len(texts) / ingest_s,
-        "quality": {"dense": checked(run, qrels)},
-        "latency_ms": {"dense": {"p50": percentile(times, 50), "p95": percentile(times, 95)}},
-    }
-    print(f"[langchain] {json.dumps(out, default=str)}", flush=True)
-    return out
-
-
-# ---------------------------------------------------------------- scale
-
-
-def run_scale(
-    src: Retriever,
-    target: int,
-    work: Path,
-    embedder: Embedder,
-    queries: dict[str, str],
-    args: argparse.Namespace,
-    tokens: Any = None,
-) -> dict[str, Any]:
-    """~`target` chunks: the corpus's chunks repeated with new ids (and doc ids), embeddings reused."""
-    col = src.collection
-    ids, embs, docs, metas = [], [], [], []
-    offset = 0
-    while True:
-        r = col.chroma.get(include=["embeddings", "documents", "metadatas"], limit=5000, offset=offset)
-        if not r["ids"]:
-            break
-        ids += r["ids"]
-        embs.append(np.asarray(r["embeddings"], dtype=np.float32))
-        docs += r["documents"]
-        metas += r["metadatas"]
-        offset += len(r["ids"])
-    base = np.concatenate(embs)
-    reps = math.ceil(target / len(ids))
-    store = Store(work / "scale")
-    big = store.open(
-        "scale", embedder_name=embedder.name, dim=embedder.dim, backend=embedder.backend, create=True
-    )
-    t = time.perf_counter()
-    for rep in range(reps):
-        new_ids = [f"{i}~{rep}" for i in ids]
-        new_meta = [m | {"doc_id": f"{m.get('doc_id')}~{rep}"} for m in metas]
-        big.upsert(new_ids, base, docs, new_meta)
-        print(f"[scale] wrote copy {rep + 1}/{reps}", flush=True)
-    write_s = time.perf_counter() - t
-    t = time.perf_counter()
-    bm25 = rebuild_bm25(big)
-    bm25_s = time.perf_counter() - t
-    n = big.count()
-    retriever = Retriever(big, embedder, bm25)
-    texts = list(queries.values())[: args.latency_queries]
-    lat = {"hybrid": latency(retriever, texts, rerank=False)}
-    if tokens is not None:
-        # The token rows repeated under the new ids (same codes), as an ingest of the copies would store them.
-        from jamba_stack.retrieval.rerank import MaxSimReranker
-        from jamba_stack.retrieval.token_store import TokenStore
-
-        dst = TokenStore.open(big.state_dir, embedder.dim, tokens.target.name)
-        dst.db.execute("ATTACH DATABASE ? AS src", (str(tokens.path),))
-        dst.db.execute("INSERT OR REPLACE INTO meta SELECT * FROM src.meta")
-        for rep in range(reps):
-            dst.db.execute(
-                "INSERT OR REPLACE INTO tokens SELECT id || ?, n, width, ids, codes, kind FROM src.tokens",
-                (f"~{rep}",),
-            )
-        dst.db.execute("DETACH DATABASE src")
-        dst = TokenStore.open_existing(big.state_dir)
-        assert dst is not None and dst.count() == n, "every copied chunk has its token row"
-        name = f"hybrid + MaxSim, stored {dst.codec.name} (default of search and ask)"
-        lat[name] = latency(retriever, texts, rerank=MaxSimReranker(embedder, tokens=dst))
-    chunks_per_s = args._chunks_per_s
-    out = {
-        "chunks": n,
-        "copies": reps,
-        "write_s": write_s,
-        "bm25_build_s": bm25_s,
-        "embedding_estimate_s": n / chunks_per_s if chunks_per_s else None,
-        "ingest_estimate_s": write_s + bm25_s + (n / chunks_per_s if chunks_per_s else 0.0),
-        "latency_ms": lat,
-        "hybrid_latency_ms": lat["hybrid"],
-        "note": "the corpus's chunks repeated with changed ids; embeddings and token vectors reused (embedding time estimated from the measured chunks/s)",
-    }
-    print(f"[scale] {json.dumps(out)}", flush=True)
-    return out
 
 
 # ---------------------------------------------------------------- report
