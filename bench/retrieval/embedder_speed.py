@@ -40,7 +40,7 @@ import numpy as np
 from bench.common.cpu_hardware import cpu_model
 from bench.common.paths import RESULTS
 from bench.retrieval.beir import SCIFACT, checked, load_beir
-from jamba_stack.retrieval.embeddings import _normalize, default_model_dir
+from jamba_stack.retrieval.embedder_base import default_model_dir, normalize
 from jamba_stack.retrieval.onnx_build import Int8Recipe, export_encoder, fuse_bert, quantize_int8
 
 MAX_TOKENS = 256
@@ -167,7 +167,7 @@ class OrtRunner:
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         hidden = self.session.run(None, feeds)[0]
         m = mask[..., None].astype(np.float32)
-        out[idx] = _normalize((hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9))
+        out[idx] = normalize((hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9))
 
 
 def torch_fp32() -> Callable[[list[str]], np.ndarray]:
