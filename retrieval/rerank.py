@@ -80,6 +80,11 @@ class Reranker(ABC):
             out.append(dataclasses.replace(h, rank=rank, score=float(scores[i]), metadata=meta))
         return out
 
+    def needs_texts(self, chunk_ids: list[str]) -> list[str]:
+        """Which candidates' texts `rerank` reads (the caller may pass the others' hits with an
+        empty text, saving reading them from the store): all of them unless a reranker knows better."""
+        return list(chunk_ids)
+
     def _final_scores(self, query: str, hits: list[Hit], query_tokens: TokenVectors | None) -> np.ndarray:
         return np.asarray(self.score(query, [h.text for h in hits]), dtype=np.float32)
 
@@ -225,6 +230,13 @@ class MaxSimReranker(Reranker):
     def score(self, query: str, texts: list[str]) -> np.ndarray:
         q = self.embedder.embed_query_tokens(query)[1]
         return self.score_vectors(q, self.token_vectors(texts))
+
+    def needs_texts(self, chunk_ids: list[str]) -> list[str]:
+        """Only the chunks whose token vectors are not stored (they are encoded from their text)."""
+        if self.tokens is None:
+            return list(chunk_ids)
+        stored = self.tokens.present(chunk_ids)
+        return [c for c in chunk_ids if c not in stored]
 
     def stored_vectors(self, hits: list[Hit]) -> list[TokenVectors]:
         """The hits' token vectors in the store codec's space: read by chunk id, and encoded (then

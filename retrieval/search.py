@@ -154,7 +154,7 @@ class Retriever:
         if rerank is True and self.reranker is None:
             raise InvalidQueryError("rerank asked for, but no reranker is configured: pass --rerank SPEC")
 
-        known: dict[str, StoredChunk] = {}
+        known: dict[str, StoredChunk] = {}  # chunks read in full (text and metadata)
         vecs: dict[str, np.ndarray] = {}
         rankings: list[list[str]] = []
         raw: list[dict[str, float]] = []
@@ -162,6 +162,9 @@ class Retriever:
         scores: dict[str, float] = {}
         qv = None
         qtok = None
+        # MMR needs every candidate's vector and unique_docs every head chunk's doc id: those read
+        # the dense hits in full; otherwise only the chunks that reach the answer are read.
+        read_dense = mmr or unique_docs
         if mode in ("hybrid", "dense"):
             if query_embedding is not None:
                 qv = query_embedding
@@ -169,9 +172,10 @@ class Retriever:
                 qv, qtok = self.embedder.embed_query_tokens(query)  # one model pass for both
             else:
                 qv = self.embedder.embed_query(query)
-            dense = self.collection.query(qv, n, where, embeddings=mmr)
+            dense = self.collection.query(qv, n, where, embeddings=mmr, documents=read_dense)
             for c, e in dense:
-                known[c.id] = c
+                if read_dense:
+                    known[c.id] = c
                 if e is not None:
                     vecs[c.id] = e
             rankings.append([c.id for c, _ in dense])
@@ -196,7 +200,14 @@ class Retriever:
         else:
             order = rankings[0]
 
-        # Only the chunks that can reach the answer are fetched (BM25 hits carry no text).
+        def read(ids: list[str]) -> None:
+            missing = [cid for cid in ids if cid not in known or (mmr and cid not in vecs)]
+            if missing:
+                for c, e in self.collection.get(missing, embeddings=mmr):
+                    known[c.id] = c
+                    if e is not None:
+                        vecs[c.id] = e
+
         if mmr:
             pool = len(order)
         elif reranker is not None:
@@ -204,27 +215,31 @@ class Retriever:
         else:
             pool = k * 3 if unique_docs else k
         head = order[: max(pool, k)]
-        missing = [cid for cid in head if cid not in known or (mmr and cid not in vecs)]
-        if missing:
-            for c, e in self.collection.get(missing, embeddings=mmr):
-                known[c.id] = c
-                if e is not None:
-                    vecs[c.id] = e
-        head = [cid for cid in head if cid in known]  # a chunk deleted since BM25 was built
+        if read_dense:
+            read(head)
+            head = [cid for cid in head if cid in known]  # a chunk deleted since BM25 was built
 
+        rerank_meta: dict[str, dict[str, Any]] = {}
         if reranker is not None and head:
             # The reranker sees the fused scores too (MaxSim blends with them), over the candidate
-            # count its defaults were tuned for.
+            # count its defaults were tuned for; it reads texts only where it says it must.
             pool_ids = head[: max(RERANK_CANDIDATES, k)]
+            read(reranker.needs_texts(pool_ids))
+            blank = StoredChunk("", "", {})
             hits = [
-                self._hit(rank, cid, known[cid], scores.get(cid, 0.0)) for rank, cid in enumerate(pool_ids, 1)
+                self._hit(rank, cid, known.get(cid, blank), scores.get(cid, 0.0))
+                for rank, cid in enumerate(pool_ids, 1)
             ]
             reranked = reranker.rerank(query, hits, query_tokens=qtok)
             head = [h.chunk_id for h in reranked] + head[len(pool_ids) :]  # the tail keeps its fused order
             scores = {h.chunk_id: h.score for h in reranked}
-            known.update(
-                {h.chunk_id: dataclasses.replace(known[h.chunk_id], metadata=h.metadata) for h in reranked}
-            )
+            rerank_meta = {
+                h.chunk_id: {
+                    "first_stage_score": h.metadata["first_stage_score"],
+                    "first_stage_rank": h.metadata["first_stage_rank"],
+                }
+                for h in reranked
+            }
         if mmr and head:
             if qv is None:
                 qv = self.embedder.embed_query(query)
@@ -245,9 +260,20 @@ class Retriever:
                     seen.add(d)
                     uniq.append(cid)
             head = uniq
+        # Read the answer's chunks; one deleted since BM25 was built (absent) gives way to the next.
+        out: list[str] = []
+        while len(out) < k and head:
+            batch, head = head[: k - len(out)], head[k - len(out) :]
+            read(batch)
+            out += [cid for cid in batch if cid in known]
         return [
-            self._hit(rank, cid, known[cid], scores.get(cid, 0.0)) for rank, cid in enumerate(head[:k], 1)
+            self._hit(rank, cid, self._with_meta(known[cid], rerank_meta.get(cid)), scores.get(cid, 0.0))
+            for rank, cid in enumerate(out, 1)
         ]
+
+    @staticmethod
+    def _with_meta(c: StoredChunk, extra: dict[str, Any] | None) -> StoredChunk:
+        return c if not extra else dataclasses.replace(c, metadata={**c.metadata, **extra})
 
     @staticmethod
     def _hit(rank: int, cid: str, c: StoredChunk, score: float) -> Hit:

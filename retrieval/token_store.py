@@ -326,6 +326,15 @@ class TokenStore:
                 out[cid] = TokenVectors(ids, vecs)
         return out
 
+    def present(self, chunk_ids: list[str]) -> set[str]:
+        """Which of `chunk_ids` have a row (reads the id index only, not the vectors)."""
+        out: set[str] = set()
+        for i in range(0, len(chunk_ids), 500):
+            part = chunk_ids[i : i + 500]
+            sql = f"SELECT id FROM tokens WHERE id IN ({','.join('?' * len(part))})"
+            out.update(r[0] for r in self.db.execute(sql, part))
+        return out
+
     def items(self, batch: int = 256) -> Iterator[tuple[str, TokenVectors]]:
         """Every row as (chunk id, `TokenVectors` in `codec`'s space), in the order they were
         first written (what copying a store into another codec needs to fit as ingest did)."""

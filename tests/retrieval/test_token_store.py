@@ -135,6 +135,27 @@ def test_search_reranks_from_the_store_without_encoding_candidates(
     assert counting.documents == 6 and encoded[0].chunk_id == hits[0].chunk_id
     assert open_retriever("stored", data_dir=data, embedder=embedder, reranker="none").reranker is None
 
+    # Chroma is read for the answer's chunks only; the lazy path ranks as the full read does
+    # (unique_docs reads every candidate in full: one chunk per document here).
+    reads: list[list[str]] = []
+    real_get = r.collection.get
+    r.collection.get = lambda ids, **kw: (reads.append(list(ids)), real_get(ids, **kw))[1]  # type: ignore[method-assign]
+    q = "What carries oxygen in the blood?"
+    lazy = r.search(q, 3)
+    assert sum(map(len, reads)) == 3
+    full = r.search(q, 3, unique_docs=True)
+    assert [(h.chunk_id, h.text, h.score, h.metadata) for h in lazy] == [
+        (h.chunk_id, h.text, h.score, h.metadata) for h in full
+    ]
+    # A candidate without a stored row: its text is read and encoded, and it still ranks.
+    assert isinstance(r.reranker, MaxSimReranker) and r.reranker.tokens is not None
+    r.reranker.tokens.delete([lazy[0].chunk_id])
+    reads.clear()
+    before = counting.documents
+    again = r.search(q, 3)
+    assert counting.documents == before + 1 and any(lazy[0].chunk_id in batch for batch in reads[:1])
+    assert again[0].chunk_id == lazy[0].chunk_id and again[0].text == TEXTS[0]
+
 
 def test_ingest_backfills_and_sweeps_token_vectors(tmp_path: Path, embedder: Embedder) -> None:
     docs, data = tmp_path / "docs", tmp_path / "data"
