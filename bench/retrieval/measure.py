@@ -43,7 +43,13 @@ def storage(data: Path, chunks: int) -> dict[str, Any]:
     return out
 
 
-def latency(retriever: Retriever, texts: list[str], **kwargs: Any) -> dict[str, float]:
+def latency(
+    retriever: Retriever, texts: list[str], warmup: list[str] | None = None, **kwargs: Any
+) -> dict[str, float]:
+    """p50/p95 ms of `search(q, 10)` one query at a time; `warmup`: other queries run first,
+    untimed (the store's files come into the page cache as a running server's would be)."""
+    for q in warmup or []:
+        retriever.search(q, 10, **kwargs)
     times = []
     for q in texts:
         t = time.perf_counter()
