@@ -135,6 +135,10 @@ class Manifest:
         self.db.close()
 
 
+PHASES = ("open", "plan", "embed_write", "finalize", "bm25", "tokens")
+"""The timed phases of an ingest, in order: `IngestReport.seconds` sums them to the run's time."""
+
+
 @dataclass
 class IngestReport:
     """What an ingest did. `chunks_total` is the collection's count at the end; BM25 holds the same."""
@@ -159,6 +163,8 @@ class IngestReport:
     """Bytes of the collection's stored token ids and codes at the end of the run."""
     embedder: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    """Per phase (`PHASES`, one after another), and parts of them: load and chunk (of plan);
+    embed, token_write and chroma_write (of embed_write)."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -166,7 +172,7 @@ class IngestReport:
         return d
 
     def summary(self) -> str:
-        t = sum(self.seconds.values())
+        t = sum(self.seconds.get(k, 0.0) for k in PHASES)  # the others are parts of these
         lines = [
             f"collection {self.collection!r}: {self.chunks_total} chunks (BM25 {self.bm25_total})",
             f"files: {self.files_seen} seen, {self.files_new} new, {self.files_changed} changed, "
@@ -475,19 +481,31 @@ def _write(
     with tqdm(
         total=len(todo), desc=f"embedding ({embedder.backend})", unit="chunk", disable=not progress
     ) as bar:
+        embed_s = tokens_s = write_s = 0.0
         for s in range(0, len(order), embed_slice):
             part = [todo[i] for i in order[s : s + embed_slice]]
             vecs = np.zeros((len(part), embedder.dim), dtype=np.float32)
             for b in range(0, len(part), embedder.batch_size):
                 batch = part[b : b + embedder.batch_size]
+                t = time.perf_counter()
                 if tokens is None:
                     vecs[b : b + len(batch)] = embedder.embed_batch([c.text for c in batch])
+                    embed_s += time.perf_counter() - t
                 else:
                     vecs[b : b + len(batch)], toks = embedder.embed_batch_tokens([c.text for c in batch])
+                    tt = time.perf_counter()
+                    embed_s += tt - t
                     tokens.put([c.id for c in batch], toks)
+                    tokens_s += time.perf_counter() - tt
                     report.token_vectors += len(batch)
                 bar.update(len(batch))
+            t = time.perf_counter()
             col.upsert([c.id for c in part], vecs, [c.text for c in part], [c.metadata for c in part])
+            write_s += time.perf_counter() - t
             report.chunks_added += len(part)
             if on_write is not None:
                 on_write(len(part))
+        # Where embed_write's time went: the model, the token store, Chroma's upserts.
+        report.seconds["embed"] = embed_s
+        report.seconds["token_write"] = tokens_s
+        report.seconds["chroma_write"] = write_s

@@ -58,8 +58,9 @@ def sync(device: str) -> None:
 def run_ours(corpus: Path, work: Path, embedder: Any, codec: str, device: str) -> dict[str, Any]:
     from jamba_stack.retrieval.ingest import ingest
 
-    data = work / f"ours-{codec}"
-    shutil.rmtree(data, ignore_errors=True)
+    # A new folder each run: Chroma keeps one client per path in the process, so a run in a
+    # removed and recreated folder sees the last run's chunks and skips them as unchanged.
+    data = Path(tempfile.mkdtemp(prefix=f"ours-{codec}-", dir=work))
     sync(device)
     t = time.perf_counter()
     report = ingest(corpus, "scifact", data_dir=data, embedder=embedder, token_vectors=codec)
@@ -69,6 +70,7 @@ def run_ours(corpus: Path, work: Path, embedder: Any, codec: str, device: str) -
         "s": s,
         "documents": report.documents,
         "chunks": report.chunks_total,
+        "chunks_added": report.chunks_added,
         "bm25": report.bm25_total,
         "token_vectors": report.token_vectors,
         "breakdown_s": report.seconds,
@@ -86,8 +88,9 @@ def run_langchain_style(rows: list[dict], work: Path, model: Path, device: str) 
 
     st = SentenceTransformer(str(model), device=device, local_files_only=True)
     st.encode(["warm up"] * 64, batch_size=32, show_progress_bar=False)
-    data = work / "langchain"
-    shutil.rmtree(data, ignore_errors=True)
+    # A new folder each run: Chroma keeps one client per path in the process, and a folder
+    # removed under it turns into "attempt to write a readonly database".
+    data = Path(tempfile.mkdtemp(prefix="langchain-", dir=work))
     sync(device)
     t = time.perf_counter()
     texts = [f"{r.get('title', '')} {r['text']}".strip() for r in rows]
@@ -169,6 +172,7 @@ def main() -> None:
         runs = [fn() for _ in range(args.repeat)]
         best = min(runs, key=lambda r: r["s"])
         best["runs_s"] = [r["s"] for r in runs]
+        best["runs"] = [{k: v for k, v in r.items() if k != "runs"} for r in runs]
         best["docs_per_s"] = best["documents"] / best["s"]
         best["ms_per_chunk"] = 1000 * best["s"] / max(1, best["chunks"])
         res["rows"][name] = best
@@ -185,7 +189,9 @@ def main() -> None:
             f"| {name} | {r['s']:.2f} | {runs} | {r['docs_per_s']:,.0f} | {r['chunks']:,} | {r['ms_per_chunk']:.3f} | {disk} |"
         )
     for name, r in res["rows"].items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["breakdown_s"].items()))
+        for i, run in enumerate(r["runs"], 1):
+            parts = ", ".join(f"{k} {v:.2f} s" for k, v in run["breakdown_s"].items())
+            print(f"{name}, run {i} ({run.get('chunks_added', run['chunks']):,} chunks written): {parts}")
     out = args.out or out_dir() / "ingest_gpu.json"
     out.write_text(json.dumps(res, indent=2, default=str))
     print(f"wrote {out}")
