@@ -19,8 +19,9 @@ from pathlib import Path
 from jamba_stack.app.settings import Settings
 from jamba_stack.retrieval.embeddings import Embedder, make_embedder
 from jamba_stack.retrieval.errors import IngestLockedError, PathNotAllowedError
-from jamba_stack.retrieval.ingest import IngestReport, Manifest, ingest, rebuild_bm25, try_lock
+from jamba_stack.retrieval.ingest import IngestReport, ingest, rebuild_bm25, try_lock
 from jamba_stack.retrieval.loaders import SUPPORTED_SUFFIXES, resolve_within
+from jamba_stack.retrieval.manifest import Manifest
 from jamba_stack.retrieval.raft.pipeline import is_internal_collection
 from jamba_stack.retrieval.store import Store, check_collection_name
 from jamba_stack.ui.errors import UnsupportedFileTypeError, UploadTooLargeError
