@@ -19,7 +19,8 @@ detokenizing, JSON, SSE, the event loop) is the difference.
 Per level: requests/s, output tokens/s, TTFT p50/p99, time per output token (TPOT) p50/p99,
 inter-token latency (ITL) p99, errors (a failed request, or one that made fewer than
 `--new-tokens` tokens). GPU memory in use (nvidia-smi, the whole device) after warm-up, after
-each level and after the load. JSON to `$OUT/serve_gpu.json` (else bench/results/).
+each level and after the load; kernels Triton compiled during each level (its on-disk cache,
+shared by both sides: the HTTP side runs first and pays the first compiles). JSON to `$OUT/serve_gpu.json` (else bench/results/).
 """
 
 from __future__ import annotations
@@ -286,6 +287,17 @@ def gpu_memory_used_mib() -> float | None:
         return None
 
 
+def triton_cache_entries() -> int:
+    """Kernels in Triton's on-disk cache (one folder each), which the server subprocess and this
+    process share: a level that adds some compiled kernels during its run (a first-seen
+    specialization costs 0.1-1 s of the step it lands in), and a later side then loads them."""
+    root = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    try:
+        return sum(1 for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return 0
+
+
 # ---- the runs ---------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
@@ -335,6 +347,7 @@ class Bench:
                 if pick is not None and (workload, level) not in pick:
                     continue
                 texts, counts = self.level_prompts(workload, level)
+                kernels = triton_cache_entries()
                 records, wall = await closed_loop(send, texts, a.new_tokens, level)
                 row = {
                     "side": side,
@@ -343,6 +356,7 @@ class Bench:
                     "prompt_tokens_mean": sum(counts) / len(counts),
                     **level_stats(records, wall, a.new_tokens),
                     "gpu_memory_used_mib_after": gpu_memory_used_mib(),
+                    "triton_kernels_compiled": triton_cache_entries() - kernels,
                 }
                 self.rows.append(row)
                 print(one_line(row), flush=True)
@@ -407,7 +421,8 @@ def one_line(r: dict[str, Any]) -> str:
         f"{r['side']:7s} {r['workload']:5s} c={r['concurrency']:<4d} {r['requests']} req in {r['wall_s']:.1f}s: "
         f"{f(r['requests_per_s'], '.2f')} req/s, {f(r['output_tokens_per_s'], ',.0f')} out tok/s, TTFT p50/p99 "
         f"{f(r['ttft_ms']['p50'])}/{f(r['ttft_ms']['p99'])} ms, TPOT {f(r['tpot_ms']['p50'], '.2f')}/"
-        f"{f(r['tpot_ms']['p99'], '.2f')} ms, ITL p99 {f(r['itl_ms']['p99'], '.2f')} ms, errors {r['errors']}"
+        f"{f(r['tpot_ms']['p99'], '.2f')} ms, ITL p99 {f(r['itl_ms']['p99'], '.2f')} ms, errors {r['errors']}, "
+        f"Triton kernels compiled {r.get('triton_kernels_compiled', 0)}"
     )
 
 

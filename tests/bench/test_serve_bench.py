@@ -25,6 +25,7 @@ def test_serve_bench_cpu_logic_check(tmp_path: Path) -> None:
     assert set(rows) == expected
     for r in rows.values():
         assert r["errors"] == 0, r["error_examples"]
+        assert isinstance(r["triton_kernels_compiled"], int) and r["triton_kernels_compiled"] >= 0
         assert r["requests"] == max(2, 2 * r["concurrency"])
         assert r["output_tokens"] == r["requests"] * 8  # --quick on CPU: 8 new tokens, eos ignored
         for key in ("ttft_ms", "tpot_ms"):
