@@ -180,7 +180,15 @@ def test_server_exits_nonzero_when_its_engine_dies(tmp_path: Path, tiny_model_di
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        body = {"model": str(tiny_model_dir), "prompt": "Hi", "max_tokens": 50, "stream": True}
+        # ignore_eos: the stream must still be running at the sixth step (the tiny model may
+        # sample its end-of-sequence token earlier, and the request would finish cleanly).
+        body = {
+            "model": str(tiny_model_dir),
+            "prompt": "Hi",
+            "max_tokens": 50,
+            "stream": True,
+            "ignore_eos": True,
+        }
         resp = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
         assert resp.status_code == 200 and '"engine_stopped"' in resp.text, resp.text
         assert proc.wait(timeout=30) == 1, log.read_text()
