@@ -16,9 +16,9 @@ sides make the same tokens and their batches shrink alike. Reported:
                     (`GrammarCompiler.fill_grammar_masks`: llguidance), per step, microseconds
                     (on the engine's mask thread, during the forward);
   budget us p50/p99 the rest of the grammar work per step: the budget logic before sampling
-                    (`MaskWorker.fill` minus the masks: closing-path rollouts, also during the
-                    forward) plus advancing the matchers after it (`GrammarMatcher.take`, with
-                    its closing-path check, after sampling);
+                    (`MaskWorker.finish`: closing-path rollouts, on the engine's thread after the
+                    forward is launched) plus advancing the matchers after it
+                    (`GrammarMatcher.take`, with its closing-path check, after sampling);
   tok/s             generated tokens / wall time of the whole `generate`, both sides;
   ratio             constrained / unconstrained tokens/s.
 
@@ -70,7 +70,7 @@ def tiny_65k(directory: Path) -> Path:
 
 class Timers:
     """Times, per engine step: the grammar masks (`GrammarCompiler.fill_grammar_masks`) and the
-    rest of the grammar work (`MaskWorker.fill` minus the masks, plus `GrammarMatcher.take`)."""
+    rest of the grammar work (`MaskWorker.finish` plus `GrammarMatcher.take`)."""
 
     def __init__(self) -> None:
         self.mask_us: list[float] = []
@@ -78,24 +78,20 @@ class Timers:
         self._mask = self._budget = 0.0
         self._orig = (
             LLMEngine.step,
-            MaskWorker.fill,
+            MaskWorker.finish,
             GrammarCompiler.fill_grammar_masks,
             GrammarMatcher.take,
         )
 
     def __enter__(self) -> Timers:
         t = self
-        step0, fill0, grammar0, take0 = self._orig
+        step0, finish0, grammar0, take0 = self._orig
 
-        def timed(fn: Any, slot: str, minus_masks: bool = False) -> Any:
+        def timed(fn: Any, slot: str) -> Any:
             def wrapper(*args: Any) -> Any:
-                masks_before = t._mask
                 t0 = time.perf_counter_ns()
                 out = fn(*args)
-                us = (time.perf_counter_ns() - t0) / 1000
-                if minus_masks:
-                    us -= t._mask - masks_before
-                setattr(t, slot, getattr(t, slot) + us)
+                setattr(t, slot, getattr(t, slot) + (time.perf_counter_ns() - t0) / 1000)
                 return out
 
             return wrapper
@@ -109,13 +105,14 @@ class Timers:
             return out
 
         LLMEngine.step = step  # type: ignore[method-assign]
-        MaskWorker.fill = timed(fill0, "_budget", minus_masks=True)  # type: ignore[method-assign]
+        MaskWorker.finish = staticmethod(timed(finish0, "_budget"))  # type: ignore[method-assign]
         GrammarCompiler.fill_grammar_masks = timed(grammar0, "_mask")  # type: ignore[method-assign]
         GrammarMatcher.take = timed(take0, "_budget")  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        LLMEngine.step, MaskWorker.fill, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take = self._orig
+        LLMEngine.step, finish, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take = self._orig
+        MaskWorker.finish = staticmethod(finish)  # type: ignore[method-assign]
 
 
 def run_row(llm: LLM, batch: int, new_tokens: int, repeats: int) -> dict[str, Any]:

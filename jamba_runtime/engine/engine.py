@@ -322,9 +322,10 @@ class LLMEngine:
                 "add_request keeps every request admissible"
             )
             return []
-        # The grammar masks depend only on the matchers, which are known now: fill them on a
-        # worker thread while the forward runs (llguidance releases the GIL), so structured
-        # requests do not serialize the step. The samplers are the runner's `to_sample`.
+        # The grammar masks depend only on the matchers, which are known now: llguidance fills
+        # them on a worker thread (outside the GIL) while this thread launches the forward; the
+        # budget logic (Python) runs here after the launch, while the GPU works
+        # (structured/step_masks.py). The samplers are the runner's `to_sample`.
         samplers = [
             i.seq for i in plan.scheduled if i.seq.num_computed_tokens + i.num_tokens == i.seq.num_tokens
         ]
@@ -347,7 +348,7 @@ class LLMEngine:
                 seq.prompt_token_ids
             ):
                 self.snapshot_store.save(self._save_snapshot_as.pop(seq.request_id), seq)
-        bitmask, mask_rows, broken = masks.result() if masks is not None else (None, [], set())
+        bitmask, mask_rows, broken = self._masks.finish(masks.result()) if masks is not None else (None, [], set())
         tokens = self._sample(to_sample, logits, bitmask, mask_rows)
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):

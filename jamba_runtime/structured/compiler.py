@@ -2,7 +2,7 @@
 
 `GrammarCompiler.compile` turns a `StructuredOutput` into a `CompiledGrammar` (once per spec: an LRU
 cache keyed by the spec's JSON and the tokenizer); `matcher` gives each sequence its own
-`GrammarMatcher` from it; `fill_bitmasks` writes the masks of a step's constrained rows. JSON
+`GrammarMatcher` from it; `fill_grammar_masks` writes the grammars' masks of a step's rows. JSON
 Schemas pass through `json_schema` (legacy forms refused, formats and numbers narrowed) on
 the way in.
 """
@@ -272,17 +272,9 @@ class GrammarCompiler:
         """A `(batch, ceil(vocab/32))` int32 CPU bitmask, all tokens allowed."""
         return torch.full((batch, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
 
-    def fill_bitmasks(self, rows: Sequence[tuple[GrammarMatcher, int, int]], bitmask: torch.Tensor) -> None:
-        """Fill `bitmask[row]` for each `(matcher, row, remaining)` (`remaining`: tokens the
-        sequence may still generate, this one included). The grammar masks of several rows are
-        computed in parallel by llguidance's thread pool, outside the GIL; then each matcher
-        adjusts its row for its budget (`GrammarMatcher.prepare`)."""
-        self.fill_grammar_masks([(m, row) for m, row, _ in rows if m.forced_token is None], bitmask)
-        for m, row, remaining in rows:
-            m.prepare(bitmask, row, remaining, filled=True)
-
     def fill_grammar_masks(self, rows: Sequence[tuple[GrammarMatcher, int]], bitmask: torch.Tensor) -> None:
-        """The grammars' own masks (no budget logic) into `bitmask[row]` for each `(matcher, row)`."""
+        """The grammars' own masks (no budget logic) into `bitmask[row]` for each `(matcher, row)`:
+        several rows in parallel on llguidance's thread pool, outside the GIL."""
         if len(rows) == 1:
             m, row = rows[0]
             m.fill_bitmask(bitmask, row)

@@ -4,7 +4,7 @@ A request asks for structured output with a `StructuredOutput` in its `SamplingP
 request is added, the spec is compiled to an llguidance grammar for the engine's tokenizer (once per
 spec: `GrammarCompiler` keeps an LRU cache of compiled matchers keyed by the spec's JSON and the
 tokenizer) and the sequence gets its own `GrammarMatcher`. Each step, before sampling, the engine
-fills one row of a token bitmask per constrained sequence (`fill_bitmasks`), the sampler sets the
+fills one row of a token bitmask per constrained sequence (`step_masks.MaskWorker`), the sampler sets the
 logits of forbidden tokens to -inf (`apply_token_bitmask`), and the sampled token advances the
 matcher. End-of-sequence tokens are allowed only where the grammar accepts, and are the only
 tokens allowed once it is complete, so a structured output ends exactly when it is whole.
