@@ -28,6 +28,7 @@ from jamba_runtime.structured.json_schema import (
     refuse_legacy,
     refuse_unrepresentable,
 )
+from jamba_runtime.structured.masks import allocate_bitmask
 from jamba_runtime.structured.matcher import ESTIMATE_CAP, CompiledGrammar, GrammarMatcher
 from jamba_runtime.structured.spec import tool_function
 from jamba_runtime.structured.tools import TOOL_CALLS_END, TOOL_CALLS_START, tool_parameters, tools_lark
@@ -269,8 +270,8 @@ class GrammarCompiler:
 
     # ---- masks -----------------------------------------------------------------------------------
     def allocate_bitmask(self, batch: int) -> torch.Tensor:
-        """A `(batch, ceil(vocab/32))` int32 CPU bitmask, all tokens allowed."""
-        return torch.full((batch, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
+        """A `(batch, ceil(vocab/32))` int32 CPU bitmask, all tokens allowed (`masks.allocate_bitmask`)."""
+        return allocate_bitmask(batch, self.vocab_size)
 
     def fill_grammar_masks(self, rows: Sequence[tuple[GrammarMatcher, int]], bitmask: torch.Tensor) -> None:
         """The grammars' own masks (no budget logic) into `bitmask[row]` for each `(matcher, row)`:

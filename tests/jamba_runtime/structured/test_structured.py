@@ -561,9 +561,10 @@ def test_parse_tool_calls() -> None:
         parse_tool_calls('<tool_calls>[{"name": "a", "argu')
 
 
-def test_apply_token_bitmask_touches_only_listed_rows() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # numpy's path on CPU, and torch's
+def test_apply_token_bitmask_touches_only_listed_rows(dtype: torch.dtype) -> None:
     vocab = 70
-    logits = torch.randn(4, vocab)
+    logits = torch.randn(4, vocab).to(dtype)
     before = logits.clone()
     allowed = torch.zeros(2, vocab, dtype=torch.bool)
     allowed[0, [0, 5, 31, 32, 69]] = True
