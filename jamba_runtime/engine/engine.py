@@ -348,7 +348,9 @@ class LLMEngine:
                 seq.prompt_token_ids
             ):
                 self.snapshot_store.save(self._save_snapshot_as.pop(seq.request_id), seq)
-        bitmask, mask_rows, broken = self._masks.finish(masks.result()) if masks is not None else (None, [], set())
+        bitmask, mask_rows, broken = (
+            self._masks.finish(masks.result()) if masks is not None else (None, [], set())
+        )
         tokens = self._sample(to_sample, logits, bitmask, mask_rows)
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
