@@ -169,13 +169,18 @@ class GrammarMatcher:
             return token_id
         if self._plan is None and not (self.in_block and token_id == self.compiler.tag_start):
             return token_id
-        # Most tokens leave the old path valid (text inside a string, a digit), or its tail (the
-        # token was the path's first): check those first, which costs consumes, not masks.
+        # The path's first token leaves its tail, which closes by construction. Most other tokens
+        # leave the old path valid (text inside a string, a digit), or its tail (a token of the
+        # same text): check those first, which costs consumes, not masks.
+        plan = self._plan
         path = None
-        for tail in (self._plan, self._plan[1:]) if self._plan else ():
-            if tail and self._closes(tail, remaining - 1):
-                path = tail
-                break
+        if plan and len(plan) > 1 and token_id == plan[0]:
+            path = plan[1:]
+        else:
+            for tail in (plan, plan[1:]) if plan else ():
+                if tail and self._closes(tail, remaining - 1):
+                    path = tail
+                    break
         if path is None:
             path = self._rollout(self._matcher, self._scan, remaining - 1)
         if path is not None:
