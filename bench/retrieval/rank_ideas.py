@@ -1,11 +1,12 @@
 """Cheap query-time ranking ideas on one SciFact ingest, scored on a split (choose on TRAIN only):
 score normalization before fusion and blend, three-way blends of BM25, dense and MaxSim, RRF,
-document-level aggregation of chunks, BM25 k1/b, Rocchio feedback on the dense query vector and
-MaxSim query-token weighting. Everything is computed once per query from the stores that
+document-level aggregation of chunks and document-level MaxSim, BM25 k1/b, Rocchio feedback on
+the dense query vector, RM3 expansion of the BM25 query and MaxSim query-token weighting. Everything is computed once per query from the stores that
 `bench.retrieval.scifact --work W` ingested (the collection, BM25's tokenization, the pca128x4
 token vectors), then each setting is a re-ranking of cached arrays, so a cell costs seconds.
 
     python -m bench.retrieval.rank_ideas --work W --split train
+    python -m bench.retrieval.rank_ideas --work W --ltr    # learned rankers, cross-validated on train
 
 Dense scores are exact cosines over every chunk's stored vector, not Chroma's HNSW: on one
 ingest the baseline row (the default of `search`) read nDCG@10 0.7499 where the bench's own grid
@@ -143,6 +144,25 @@ class Ideas:
         top = sorted(cand, key=lambda w: -tf[w] * self._idf[w])[:terms]
         return self._bm.get_scores(top).astype(np.float32) if top else np.zeros(len(self._toks), np.float32)
 
+    def document_bm25(self, qi: int) -> dict[str, float]:
+        """BM25 scores of the query over whole documents (title + text of the corpus), by doc id."""
+        if getattr(self, "_doc_bm", None) is None:
+            import bm25s
+
+            from jamba_stack.retrieval.bm25 import tokenize
+
+            docs = self.c["corpus"]
+            self._doc_ids = [d["_id"] for d in docs]
+            self._doc_bm = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+            self._doc_bm.index(tokenize([d["title"] + " " + d["text"] for d in docs]), show_progress=False)
+        from jamba_stack.retrieval.bm25 import tokenize
+
+        t = [w for w in tokenize([self.c["qtexts"][qi]])[0] if w in self._doc_bm.vocab_dict]
+        if not t:
+            return {}
+        sc = self._doc_bm.get_scores(t)
+        return dict(zip(self._doc_ids, sc.tolist(), strict=True))
+
     def maxsim_parts(self, qi: int, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(best, present), each (n_query_tokens, len(cands))."""
         qids, q = self.c["qtok"][qi]
@@ -235,6 +255,8 @@ def ranking(ix: Ideas, qi: int, s: dict[str, Any]) -> list[str]:
         return doc_ranking(ix, qi, s, cands, f, dense, bm)
     if s.get("_chunks") == "fused":
         return cands.tolist()
+    if s.get("_chunks") == "fused_scores":
+        return cands, f  # type: ignore[return-value]
     m = s["rerank_n"]
     head, fh = cands[:m], f[:m]
     a = s["alpha"]
@@ -458,6 +480,118 @@ def cells() -> list[tuple[str, dict[str, Any]]]:
     return c
 
 
+LTR_FEATURES = (
+    "fused",  # the default's first-stage score: the document's best fused chunk
+    "dense_max",  # best cosine of the query to any of the document's chunks
+    "dense_centroid",  # cosine to the mean of its chunks' vectors
+    "bm25_max",
+    "bm25_sum",  # over all the document's chunks
+    "maxsim_idf",  # MaxSim over all the document's tokens, local IDF over the M documents
+    "maxsim",  # the same, unweighted
+    "maxsim_best_chunk",
+    "maxsim_top3",  # each query token's mean of its 3 best matches
+    "maxsim_reverse",  # each document token's best query match, averaged over the document
+    "position",  # first-stage rank / M
+    "bm25_document",  # BM25 (k1 0.9, b 0.4) over title + abstract as one text: needs a document index
+    "rocchio_dense_max",  # dense max after Rocchio (fused top 5, beta 0.5): a second dense query
+)
+CHEAP = LTR_FEATURES[:11]
+"""What the stored vectors and the chunk-level indexes give at query time, with no new index and
+no second retrieval."""
+
+
+def ltr_features(ix: Ideas, qi: int, m: int) -> tuple[list[str], np.ndarray]:
+    """The first stage's top `m` documents of query `qi` and their `LTR_FEATURES` (m, n_features),
+    each min-max normalized over the m documents."""
+    cands, f = ranking(ix, qi, BASE | {"_chunks": "fused_scores"})  # type: ignore[misc]
+    first: dict[str, float] = {}
+    for ch, v in zip(cands.tolist(), f.tolist(), strict=True):
+        first.setdefault(str(ix.doc[ch]), v)
+    names = list(first)[:m]
+    c = ix.c
+    dense, bm = ix.dense[qi], c["bm25"][(0.9, 0.4)][qi]
+    qids, q = c["qtok"][qi]
+    fb = np.array(cands[:5])
+    v = c["qv"][qi] + 0.5 * c["emb"][fb].mean(axis=0)
+    rocchio = (v / np.linalg.norm(v)) @ c["emb"].T
+    bdoc = ix.document_bm25(qi)
+    x = np.zeros((len(names), len(LTR_FEATURES)), dtype=np.float32)
+    best, present, chunk_parts = [], [], []
+    for j, d in enumerate(names):
+        chs = ix.chunks_of[d]
+        pv = np.concatenate([c["chunk_tok"][ch][1] for ch in chs]).astype(np.float32)
+        pids = np.concatenate([c["chunk_tok"][ch][0] for ch in chs])
+        sim = q @ pv.T  # (n_query_tokens, the document's tokens)
+        best.append(sim.max(axis=1))
+        present.append(np.isin(qids, pids))
+        chunk_parts.append(ix.maxsim_parts(qi, chs))
+        cent = c["emb"][chs].mean(axis=0)
+        x[j, 0] = first[d]
+        x[j, 1] = dense[chs].max()
+        x[j, 2] = c["qv"][qi] @ cent / np.linalg.norm(cent)
+        x[j, 3] = bm[chs].max()
+        x[j, 4] = bm[chs].sum()
+        x[j, 8] = np.sort(sim, axis=1)[:, -3:].mean()
+        x[j, 9] = sim.max(axis=0).mean()
+        x[j, 10] = j / m
+        x[j, 11] = bdoc.get(d, 0.0)
+        x[j, 12] = rocchio[chs].max()
+    b, p = np.stack(best, axis=1), np.stack(present, axis=1)
+    w = idf_weights(p)
+    x[:, 5] = (w / w.sum()) @ b
+    x[:, 6] = b.mean(axis=0)
+    wa = idf_weights(np.concatenate([pp for _, pp in chunk_parts], axis=1))
+    x[:, 7] = [((wa / wa.sum()) @ bb).max() for bb, _ in chunk_parts]
+    for k in range(x.shape[1]):
+        x[:, k] = norm(x[:, k], "minmax")
+    return names, x
+
+
+def ltr_cv(ix: Ideas, m: int = 40, folds: int = 5) -> dict[str, Any]:
+    """`folds`-fold cross-validation (split by query) of learned rankers over `LTR_FEATURES` of
+    the first stage's top `m` documents: logistic regression and gradient-boosted trees
+    (scikit-learn), pointwise on relevant / not; the other documents keep their fused order."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from jamba_stack.retrieval.metrics import ndcg_at_k, recall_at_k
+
+    qrels, qids = ix.c["qrels"], ix.c["qids"]
+    rows = []
+    for qi, q in enumerate(qids):
+        names, x = ltr_features(ix, qi, m)
+        rest = [d for d in ranking(ix, qi, BASE | {"alpha": 0.0}) if d not in set(names)]
+        rows.append((q, names, x, [int(qrels[q].get(d, 0) > 0) for d in names], rest))
+    split = np.array_split(np.random.default_rng(0).permutation(len(rows)), folds)
+    models = {
+        "logistic regression": lambda: LogisticRegression(C=1.0, max_iter=2000),
+        "gradient-boosted trees": lambda: HistGradientBoostingClassifier(
+            max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40, random_state=0
+        ),
+    }
+    out = {}
+    for subset, cols in (("all features", LTR_FEATURES), ("cheap features", CHEAP)):
+        ci = [LTR_FEATURES.index(f) for f in cols]
+        for name, make in models.items():
+            nd = r10 = 0.0
+            for k in range(folds):
+                train = np.concatenate([split[j] for j in range(folds) if j != k])
+                model = make().fit(
+                    np.concatenate([rows[i][2][:, ci] for i in train]),
+                    np.concatenate([rows[i][3] for i in train]),
+                )
+                for i in split[k]:
+                    q, names, x, _, rest = rows[i]
+                    o = np.argsort(-model.predict_proba(x[:, ci])[:, 1], kind="stable")
+                    ranked = [names[j] for j in o] + rest
+                    nd += ndcg_at_k(ranked, qrels[q], 10)
+                    r10 += recall_at_k(ranked, qrels[q], 10)
+            key = f"{name}, {subset}, top {m}, {folds}-fold CV"
+            out[key] = {"ndcg@10": round(nd / len(rows), 4), "recall@10": round(r10 / len(rows), 4)}
+            print(f"{key:<60} {out[key]['ndcg@10']:.4f} {out[key]['recall@10']:.4f}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__)
     ap.add_argument("--work", type=Path, required=True, help="the --work folder of bench.retrieval.scifact")
@@ -467,6 +601,9 @@ def main() -> None:
         "--cells", default="", help="a JSON list of [name, overrides] to score instead of the grid"
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON of the scores (default: beside the cache)")
+    ap.add_argument(
+        "--ltr", action="store_true", help="cross-validate learned rankers (scikit-learn) instead of the grid"
+    )
     args = ap.parse_args()
     cache = args.work / f"rank_ideas_{args.split}_{args.codec}.pkl"
     if cache.is_file():
@@ -485,6 +622,14 @@ def main() -> None:
         queries, _ = load_beir(SCIFACT, args.split)
         c["qtexts"] = [queries[q] for q in c["qids"]]
         cache.write_bytes(pickle.dumps(c))
+    if args.ltr:
+        if "corpus" not in c:
+            c["corpus"] = [json.loads(x) for x in (SCIFACT / "corpus.jsonl").read_text().splitlines()]
+        res = ltr_cv(Ideas(c))
+        out = args.out or args.work / f"rank_ideas_{args.split}.json"
+        prev = json.loads(out.read_text()) if out.is_file() else {}
+        out.write_text(json.dumps(prev | res, indent=2))
+        return
     todo = (
         [
             (n, {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()})
