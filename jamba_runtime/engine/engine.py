@@ -322,10 +322,9 @@ class LLMEngine:
                 "add_request keeps every request admissible"
             )
             return []
-        # The grammar masks depend only on the matchers, which are known now: llguidance fills
-        # them on a worker thread (outside the GIL) while this thread launches the forward; the
-        # budget logic (Python) runs here after the launch, while the GPU works
-        # (structured/step_masks.py). The samplers are the runner's `to_sample`.
+        # The grammar masks depend only on the matchers, known now: llguidance fills them on a
+        # worker thread while this one launches the forward; the budget logic runs here after the
+        # launch (structured/step_masks.py). The samplers are the runner's `to_sample`.
         samplers = [
             i.seq for i in plan.scheduled if i.seq.num_computed_tokens + i.num_tokens == i.seq.num_tokens
         ]
