@@ -21,7 +21,8 @@ from jamba_runtime.structured.compiler import GrammarCompiler
 from jamba_runtime.structured.matcher import GrammarMatcher
 
 Rows = list[tuple[GrammarMatcher, int, int]]
-"""`(matcher, bitmask row, remaining tokens)` of a step's constrained rows."""
+"""`(matcher, sampled row, remaining tokens)` of a step's constrained rows; the i-th one's mask is
+row i of the step's bitmask."""
 
 StepMasks = tuple[torch.Tensor | None, list[int], set[int]]
 """`(bitmask, rows, broken)`: `bitmask[i]` is the allowed-token mask of sampled row `rows[i]`;
