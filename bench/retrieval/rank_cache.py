@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from bench.retrieval.beir import SCIFACT, load_beir
+from jamba_stack.retrieval.bm25 import BM25_PARAMS
 
 BM25_VARIANTS = [(0.9, 0.4), (1.2, 0.75), (0.7, 0.3), (1.2, 0.4), (0.9, 0.6), (1.5, 0.5)]
 
@@ -49,7 +50,7 @@ def precompute(work: Path, split: str, codec: str) -> dict[str, Any]:
     qt = [tokenize([queries[q]])[0] for q in qids]
     bm25 = {}
     for k1, b in BM25_VARIANTS:
-        r = bm25s.BM25(k1=k1, b=b, method="lucene")
+        r = bm25s.BM25(k1=k1, b=b, method=BM25_PARAMS["method"])
         r.index(toks_chunks, show_progress=False)
         m = np.zeros((len(qids), len(ids)), dtype=np.float32)
         for i, t in enumerate(qt):
@@ -89,6 +90,7 @@ class Ideas:
         self.doc = np.array(c["doc"])
         self.memo: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._bm: Any = None
+        self._doc_bm: Any = None
         self.chunks_of: dict[str, np.ndarray] = {}
         for i, d in enumerate(c["doc"]):
             self.chunks_of.setdefault(d, []).append(i)  # type: ignore[attr-defined]
@@ -109,7 +111,7 @@ class Ideas:
 
             toks = tokenize(self.c["texts"])
             self._toks = toks
-            self._bm = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+            self._bm = bm25s.BM25(**BM25_PARAMS)
             self._bm.index(toks, show_progress=False)
             df: dict[str, int] = {}
             for t in toks:
@@ -128,14 +130,14 @@ class Ideas:
 
     def document_bm25(self, qi: int) -> dict[str, float]:
         """BM25 scores of the query over whole documents (title + text of the corpus), by doc id."""
-        if getattr(self, "_doc_bm", None) is None:
+        if self._doc_bm is None:
             import bm25s
 
             from jamba_stack.retrieval.bm25 import tokenize
 
             docs = self.c["corpus"]
             self._doc_ids = [d["_id"] for d in docs]
-            self._doc_bm = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+            self._doc_bm = bm25s.BM25(**BM25_PARAMS)
             self._doc_bm.index(tokenize([d["title"] + " " + d["text"] for d in docs]), show_progress=False)
         from jamba_stack.retrieval.bm25 import tokenize
 

@@ -360,19 +360,16 @@ def main() -> None:
         from bench.retrieval.rank_learned import ltr_cv
 
         res = ltr_cv(Ideas(c))
-        out = args.out or args.work / f"rank_ideas_{args.split}.json"
-        prev = json.loads(out.read_text()) if out.is_file() else {}
-        out.write_text(json.dumps(prev | res, indent=2))
-        return
-    todo = (
-        [
-            (n, {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()})
-            for n, o in json.loads(args.cells)
-        ]
-        if args.cells
-        else cells()
-    )
-    res = grid(Ideas(c), todo, lambda s: print(s, flush=True))
+    else:
+        todo = (
+            [
+                (n, {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()})
+                for n, o in json.loads(args.cells)
+            ]
+            if args.cells
+            else cells()
+        )
+        res = grid(Ideas(c), todo, lambda s: print(s, flush=True))
     out = args.out or args.work / f"rank_ideas_{args.split}.json"
     prev = json.loads(out.read_text()) if out.is_file() else {}
     out.write_text(json.dumps(prev | res, indent=2))
