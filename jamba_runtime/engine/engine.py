@@ -253,11 +253,10 @@ class LLMEngine:
         spec = params.structured
         grammar = self.grammars.matcher(spec, stagger=sum(ids[-4:])) if spec is not None else None
         gen = None
-        if not params.greedy:
-            gen = torch.Generator(device=self.model.device)
-            gen.manual_seed(
-                params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-            )
+        if not params.greedy and params.seed is not None:
+            # A seeded request draws from its own generator (its tokens then do not depend on its
+            # batch-mates); unseeded ones share one draw a step (sampler.py).
+            gen = torch.Generator(device=self.model.device).manual_seed(params.seed)
         seq = Sequence(
             prompt_token_ids=ids,
             params=params,
@@ -372,10 +371,11 @@ class LLMEngine:
     ) -> list[int | BaseException]:
         """The step's tokens, one per sampled row. If sampling the batch raises, each row is
         sampled alone so that only the rows that raise fail (their item is the exception)."""
+        none = torch.empty(0, dtype=torch.long, device=logits.device)
         args = (
             [s.params for s in to_sample],
             [s.generator for s in to_sample],
-            [_seen(s, logits.device) for s in to_sample],
+            [_seen(s, none) for s in to_sample],
         )
         try:
             return list(sample(logits, *args, bitmask=bitmask, mask_rows=mask_rows))
@@ -494,7 +494,8 @@ class LLMEngine:
         self.cache_manager.check(holders)
 
 
-def _seen(seq: Sequence, device: torch.device) -> torch.Tensor:
+def _seen(seq: Sequence, none: torch.Tensor) -> torch.Tensor:
+    """The ids the repetition penalty reads (`none`, the step's one empty tensor, when it is off)."""
     if seq.params.repetition_penalty == 1.0:
-        return torch.empty(0, dtype=torch.long, device=device)
-    return torch.tensor(seq.all_token_ids(), dtype=torch.long, device=device)
+        return none
+    return torch.tensor(seq.all_token_ids(), dtype=torch.long, device=none.device)

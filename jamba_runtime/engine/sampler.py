@@ -1,6 +1,10 @@
-"""Next-token choice over a batch, each row with its own parameters and random generator."""
+"""Next-token choice over a batch, each row with its own parameters (and, when seeded, its own
+random generator), in a number of ops that grows with neither the batch nor its unseeded random
+rows."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -22,29 +26,84 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return logits
 
 
-def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, then top-k, top-p and min-p: filtered-out tokens get -inf. `logits (vocab,)` float32.
+def filter_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p, each row with its own values: filtered-out
+    tokens get -inf. `logits (rows, vocab)` float32; a new tensor. A few batched ops whatever the
+    number of rows (a filter no row uses is skipped), so a step's host time does not grow with
+    its random rows; each row's result is what it gets alone.
 
-    The row's maximum is subtracted before dividing by the temperature: the distribution is the
+    Each row's maximum is subtracted before dividing by its temperature: the distribution is the
     same, and no positive temperature, however small, can overflow it (the top logit becomes 0,
     the others -inf at worst), so softmax never sees inf - inf."""
-    logits = (logits - logits.max()) / params.temperature
-    if params.top_k > 0 and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k).values[-1]
+    vocab = logits.shape[-1]
+    top_k = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+    # One small host-to-device copy for every per-row value (on CUDA a copy per value would be a
+    # launch each); non_blocking: the host does not wait for the step's forward here.
+    # Columns: temperature, k, top_p, min_p.
+    values = torch.tensor(
+        [[p.temperature, k, p.top_p, p.min_p] for p, k in zip(params, top_k, strict=True)],
+        dtype=torch.float64,
+    ).to(logits.device, torch.float32, non_blocking=True)
+    logits = (logits - logits.amax(-1, keepdim=True)) / values[:, 0:1]
+    top_p = [i for i, p in enumerate(params) if p.top_p < 1.0]
+    if any(top_k):
+        kmax = max(top_k)
+        best = torch.topk(logits, kmax, dim=-1).values  # each row's kmax largest, in order
+        kth = best.gather(1, (values[:, 1:2].long() - 1).clamp_(0, kmax - 1))
+        kth = torch.where(values[:, 1:2] > 0, kth, float("-inf"))
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
-        # Drop a token when the tokens before it already reach top_p; the top token always stays.
-        drop_sorted = (cum - torch.softmax(sorted_logits, -1)) >= params.top_p
-        # Explicitly: a top_p below float32's smallest number compares as 0, which would drop it.
-        drop_sorted[0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    if params.min_p > 0.0:
-        probs = torch.softmax(logits, -1)
-        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+        # A row with a top-k takes its top-p over its k largest, already in order: no sort of
+        # the vocab (on CPU that sort is most of a 64-row step's sampling).
+        within = [i for i in top_p if top_k[i]]
+        top_p = [i for i in top_p if not top_k[i]]
+        logits = _on_rows(logits, within, torch.cat([values[:, 1:3], best], -1), _top_p_within_k)
+    logits = _on_rows(logits, top_p, values[:, 2:3], _top_p)
+    logits = _on_rows(logits, [i for i, p in enumerate(params) if p.min_p > 0.0], values[:, 3:4], _min_p)
     return logits
+
+
+def _on_rows(
+    logits: torch.Tensor,
+    rows: list[int],
+    column: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """`fn(logits, column)` on the rows `rows` only (a filter that sorts the vocab costs its rows
+    alone); the others unchanged."""
+    if not rows:
+        return logits
+    if len(rows) == len(logits):
+        return fn(logits, column)
+    index = torch.tensor(rows).to(logits.device, non_blocking=True)
+    return logits.index_copy(0, index, fn(logits[index], column[index]))
+
+
+def _top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    probs = torch.softmax(sorted_logits, -1)
+    # Drop a token when the tokens before it already reach top_p; the top token always stays
+    # (explicitly: a top_p below float32's smallest number compares as 0, which would drop it).
+    drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _top_p_within_k(logits: torch.Tensor, k_top_p_best: torch.Tensor) -> torch.Tensor:
+    """Top-p for rows that keep their k largest logits only: `k_top_p_best` holds each row's k,
+    its top_p, then its largest logits in order (at least k of them)."""
+    k, top_p, best = k_top_p_best[:, 0:1], k_top_p_best[:, 1:2], k_top_p_best[:, 2:]
+    best = best.masked_fill(torch.arange(best.shape[-1], device=best.device) >= k, float("-inf"))
+    probs = torch.softmax(best, -1)
+    drop = (probs.cumsum(-1) - probs) >= top_p
+    drop[:, 0] = False  # the top token always stays
+    cut = best.masked_fill(drop, float("inf")).amin(-1, keepdim=True)  # the smallest kept logit
+    return logits.masked_fill(logits < cut, float("-inf"))
+
+
+def _min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    probs = torch.softmax(logits, -1)
+    return logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
 
 
 def sample(
@@ -59,9 +118,10 @@ def sample(
 
     Args:
         logits: `(batch, vocab)` next-token logits (not modified).
-        params, generators, seen_tokens: per row; a row's generator is its only source of
-            randomness, so its tokens do not depend on the other rows. `seen_tokens[i]` are the
-            prompt + output ids (for the repetition penalty).
+        params, generators, seen_tokens: per row. A row with a generator (a seeded request)
+            draws from it alone, so its tokens do not depend on the other rows; random rows
+            without one share one draw from the device's default generator. `seen_tokens[i]`
+            are the prompt + output ids (for the repetition penalty).
         bitmask, mask_rows: structured output: `bitmask[i]` (int32 words, one bit per token) is
             the set of tokens allowed in row `mask_rows[i]`; the others get -inf before any other
             processing, so top-k / top-p / min-p choose among allowed tokens only. Rows not listed
@@ -72,39 +132,61 @@ def sample(
         or nothing left after masking and filtering): the caller fails that request alone.
     """
     logits = logits.float()
+    owned = False  # whether `logits` is our copy (the caller's logits give logprobs afterwards)
     if bitmask is not None and mask_rows:
-        # A copy: the caller's logits still give logprobs of the unmasked distribution.
-        logits = logits.clone()
+        logits, owned = logits.clone(), True
         apply_token_bitmask(logits, bitmask, mask_rows)
+    for i, (p, seen) in enumerate(zip(params, seen_tokens, strict=True)):
+        if p.repetition_penalty != 1.0 and seen.numel() > 0:  # row by row: each has its own seen tokens
+            if not owned:
+                logits, owned = logits.clone(), True
+            logits[i] = apply_repetition_penalty(logits[i], seen, p.repetition_penalty)
     # Every choice stays on the device and the host reads them once at the end: a read per row
-    # would stall the host on the GPU once per sequence per step.
-    plain = [
-        i for i, (p, seen) in enumerate(zip(params, seen_tokens, strict=True))
-        if p.greedy and (p.repetition_penalty == 1.0 or seen.numel() == 0)
-    ]  # fmt: skip
-    # A row is usable when it has no NaN and some token above -inf.
-    usable = ~torch.isnan(logits).any(-1) & (logits > float("-inf")).any(-1)
-    if len(plain) == len(params):
-        return torch.where(usable, torch.argmax(logits, -1), -1).tolist()
-    chosen = torch.zeros(len(params), dtype=torch.long, device=logits.device)
-    if plain:
-        rows = torch.tensor(plain, device=logits.device)
-        chosen[rows] = torch.argmax(logits[rows], -1)
-    done = set(plain)
-    for i, (row, p, gen, seen) in enumerate(zip(logits, params, generators, seen_tokens, strict=True)):
-        if i in done:
-            continue
-        row = apply_repetition_penalty(row, seen, p.repetition_penalty)
-        if p.greedy:
-            chosen[i] = torch.argmax(row)
-            continue
-        probs = torch.softmax(filter_logits(row, p), -1)
-        ok = torch.isfinite(probs).all() & (probs.sum() > 0)
-        usable[i] &= ok
-        # multinomial must never see NaN (on CUDA that is a device assert, fatal to the process):
-        # an unusable row draws from a uniform stand-in and is reported as -1 below.
-        chosen[i] = torch.multinomial(torch.where(ok, probs, 1.0), 1, generator=gen)[0]
+    # would stall the host on the GPU once per sequence per step. One reduction gives both the
+    # greedy choice and whether a row is usable: its maximum is NaN when it has a NaN (which
+    # compares false) and -inf when no token is left.
+    top, chosen = logits.max(-1)
+    usable = top > float("-inf")
+    random_rows = [i for i, p in enumerate(params) if not p.greedy]
+    if random_rows:
+        every = len(random_rows) == len(params)
+        index = None if every else torch.tensor(random_rows).to(logits.device, non_blocking=True)
+        rows = logits if index is None else logits[index]
+        probs = torch.softmax(filter_logits(rows, [params[i] for i in random_rows]), -1)
+        picked, ok = _inverse_cdf(probs, [generators[i] for i in random_rows])
+        if index is None:
+            chosen, usable = picked, usable & ok
+        else:
+            chosen = chosen.index_copy(0, index, picked)
+            usable = usable.index_copy(0, index, usable[index] & ok)
     return torch.where(usable, chosen, -1).tolist()
+
+
+def _inverse_cdf(
+    probs: torch.Tensor, generators: list[torch.Generator | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of `probs (rows, vocab)`, drawn by inverting the row's cumulative sum at a
+    uniform number (batched: a cumsum and a binary search per row, no per-token random draws),
+    and whether the row was usable (finite, some mass). A row with a generator takes its number
+    from it alone (one launch per such row: a seeded request's tokens do not depend on its
+    batch-mates); the others share one draw from the device's default generator."""
+    cum = probs.cumsum(-1)
+    total = cum[:, -1:]
+    ok = (torch.isfinite(total) & (total > 0)).squeeze(-1)  # a NaN anywhere reaches the total
+    u = (
+        torch.rand(total.shape, device=probs.device)
+        if any(g is None for g in generators)
+        else torch.empty_like(total)
+    )
+    for row, gen in enumerate(generators):
+        if gen is not None:
+            u[row] = torch.rand(1, generator=gen, device=probs.device)
+    # The first token whose cumulative sum passes u * total: it has mass (a token with none
+    # leaves the sum where it was), and u * total stays below the total even where rounding
+    # would reach it.
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    picked = torch.searchsorted(cum, x, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    return picked, ok
 
 
 def logprobs_of(logits: torch.Tensor, token: int, top_n: int) -> dict:

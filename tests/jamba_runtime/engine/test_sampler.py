@@ -1,13 +1,15 @@
 """`sample` over a batch whose rows mix greedy, penalized and seeded sampling: each row's token is
-the one that row gets alone (the batched greedy path and the per-row path agree)."""
+the one that row gets alone; each row's filters keep what their definitions keep; unseeded rows draw
+with the softmax's probabilities, in a number of ops that does not grow with the batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from jamba_runtime import SamplingParams
-from jamba_runtime.engine.sampler import sample
+from jamba_runtime.engine.sampler import filter_logits, sample
 
 
 def _gen(seed: int | None) -> torch.Generator | None:
@@ -93,3 +95,83 @@ def test_unusable_rows_are_minus_one_and_the_others_unaffected() -> None:
         assert got[1] == -1 and got[2] == -1
         for i in (0, 3):
             assert got[i] == sample(logits[i : i + 1], [params[i]], [_gen(4)], _none_seen(1))[0]
+
+
+def _kept(logits: torch.Tensor, p: SamplingParams) -> set[int]:
+    """The tokens a row keeps, by the definitions (one row, plain Python over sorted probabilities)."""
+    scaled = (logits - logits.max()) / p.temperature
+    order = sorted(range(len(scaled)), key=lambda t: -float(scaled[t]))
+    kept = order[: p.top_k] if p.top_k > 0 else order
+    probs = torch.softmax(scaled[kept], -1).tolist()
+    if p.top_p < 1.0:
+        mass, cut = 0.0, []
+        for t, q in zip(kept, probs, strict=True):
+            if cut and mass >= p.top_p:
+                break
+            cut.append(t)
+            mass += q
+        kept = cut
+    if p.min_p > 0:
+        probs = torch.softmax(scaled[kept], -1)
+        kept = [t for t, q in zip(kept, probs.tolist(), strict=True) if q >= p.min_p * float(probs.max())]
+    return set(kept)
+
+
+def test_each_rows_filters_keep_what_their_definitions_keep() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(6, 200) * 3
+    params = [
+        SamplingParams(temperature=0.7, top_k=5),
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=1.3, top_p=0.8),
+        SamplingParams(temperature=0.5, top_k=40, top_p=0.6),
+        SamplingParams(temperature=1.0, min_p=0.1),
+        SamplingParams(temperature=2.0, top_k=300, top_p=0.95, min_p=0.02),  # k past the vocab: off
+    ]
+    filtered = filter_logits(logits, params)
+    for i, p in enumerate(params):
+        assert set(torch.nonzero(filtered[i] > float("-inf")).flatten().tolist()) == _kept(logits[i], p), i
+
+
+def test_unseeded_rows_draw_with_the_softmax_probabilities() -> None:
+    rows = 40_000
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]]).expand(rows, 5).contiguous()
+    torch.manual_seed(11)
+    tokens = torch.tensor(
+        sample(logits, [SamplingParams(temperature=1.0)] * rows, [None] * rows, _none_seen(rows))
+    )
+    freq = torch.bincount(tokens, minlength=5).double() / rows
+    expect = torch.softmax(logits[0].double(), -1)
+    sigma = (expect * (1 - expect) / rows).sqrt()
+    assert freq[4] == 0, "a token at -inf is never drawn"
+    assert torch.all((freq - expect).abs() <= 5 * sigma + 1e-12), (freq, expect)
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7, top_k=50, top_p=0.9, min_p=0.05),
+    ],
+)
+def test_unseeded_rows_cost_the_same_ops_at_any_batch(params: SamplingParams) -> None:
+    """On a GPU every op is a kernel launch the host pays for: a step's sampling must not launch
+    a few ops per row (the row-by-row loop launched about 22 per random row)."""
+    counts = []
+    for batch in (2, 33):
+        logits = torch.randn(batch, 500)
+        with _Ops() as ops:
+            sample(logits, [params] * batch, [None] * batch, _none_seen(batch))
+        counts.append(ops.count)
+    assert counts[0] == counts[1], counts
