@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CacheAllocation:
-    """What one holder (a running sequence or a snapshot) owns."""
+    """What one holder (a running sequence or a snapshot) owns. `block_table` only grows by
+    appends while held, and is otherwise replaced by a new list, never edited in place: the
+    decode graphs rewrite a device row only when its list or length changes (`graphs.TableRows`)."""
 
     block_table: list[int] = field(default_factory=list)
     slot: int | None = None

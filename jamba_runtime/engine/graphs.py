@@ -8,7 +8,8 @@ step once per padded batch size and replaying it turns that into one launch.
 What makes a step capturable (and is kept so by the kernels): nothing reads a device value on the
 host; every shape is fixed by the batch size alone. The per-step inputs (token ids, where each
 new key goes, sequence lengths, state slots, block tables) are copied into static device buffers
-before the replay, through one pinned host buffer. A batch of `n` sequences replays the graph of
+before the replay, through one pinned host buffer; of the block tables, only the rows whose
+table changed since the last step (`TableRows`). A batch of `n` sequences replays the graph of
 the smallest captured size `>= n`; the padding rows have state slot -1 (the Mamba kernels skip
 them), length 0 (attention writes zeros) and store their key and value in the cache's scratch row.
 The attention kernel splits each sequence's keys by its own length, so a graph captured with the
@@ -56,6 +57,41 @@ def capture_sizes(max_batch: int) -> list[int]:
     return sorted({*sizes, max_batch})
 
 
+class TableRows:
+    """Which rows of the graphs' device block tables a step must write.
+
+    A sequence's block table only grows by appends while it holds it, and is otherwise replaced by
+    a new list (`CacheManager`), so a row given the same list object at the same length as last
+    time already holds it on the device. A decode batch of 64 then rewrites the few rows that
+    took a new block this step (one per `block_size` tokens each) instead of all 64 tables. The
+    lists are kept referenced so that their ids cannot be reused by other lists.
+
+    Example:
+        >>> rows = TableRows(4)
+        >>> a, b = [3], [5, 6]
+        >>> rows.changed([a, b]), rows.changed([a, b])
+        ([0, 1], [])
+        >>> a.append(9)
+        >>> rows.changed([a, b]), rows.changed([b, a])
+        ([0], [0, 1])
+    """
+
+    def __init__(self, max_rows: int) -> None:
+        self._lists: list[list[int] | None] = [None] * max_rows
+        self._lens = [0] * max_rows
+
+    def changed(self, tables: list[list[int]]) -> list[int]:
+        """The rows (ascending) whose table differs from what was written there last; they are
+        taken as written."""
+        out = []
+        for i, t in enumerate(tables):
+            if self._lists[i] is not t or self._lens[i] != len(t):
+                out.append(i)
+                self._lists[i] = t
+                self._lens[i] = len(t)
+        return out
+
+
 class DecodeGraphs:
     """Captured decode steps for one model and paged cache.
 
@@ -82,8 +118,9 @@ class DecodeGraphs:
         self.state_indices = torch.full((m,), -1, dtype=torch.int32, device=dev)
         self.block_tables = torch.zeros(m, self.max_blocks, dtype=torch.long, device=dev)
         # Staging: [tokens | slot_mapping | seq_lens | state_indices] for the padded batch, then
-        # the block tables of the real rows, `width` columns each.
-        self._stage_len = 4 * m + m * self.max_blocks
+        # the indices of the rows whose block table changed and those tables, `width` columns each.
+        self._stage_len = 4 * m + m + m * self.max_blocks
+        self._rows = TableRows(m)
         self._host = torch.zeros(self._stage_len, dtype=torch.long, pin_memory=True)
         self._host_np = self._host.numpy()
         self._dev = torch.zeros(self._stage_len, dtype=torch.long, device=dev)
@@ -118,8 +155,7 @@ class DecodeGraphs:
         self, tokens: list[int], slots: list[int], seq_lens: list[int], tables: list[list[int]], size: int
     ) -> None:
         n, bs, scratch = len(tokens), self.cache.block_size, self.cache.scratch_row
-        width = max(len(t) for t in tables)
-        assert width <= self.max_blocks and max(seq_lens) <= self.max_seq_len
+        assert max(seq_lens) <= self.max_seq_len
         pad = size - n
         mapping = [t[(s - 1) // bs] * bs + (s - 1) % bs for t, s in zip(tables, seq_lens, strict=True)]
         head = [
@@ -128,11 +164,16 @@ class DecodeGraphs:
             *seq_lens, *[0] * pad,
             *slots, *[-1] * pad,
         ]  # fmt: skip
-        flat = [b for t in tables for b in (*t, *[0] * (width - len(t)))]
-        total = 4 * size + n * width
+        rows = self._rows.changed(tables)
+        width = max((len(tables[r]) for r in rows), default=0)
+        assert width <= self.max_blocks
+        flat = [b for r in rows for b in (*tables[r], *[0] * (width - len(tables[r])))]
+        k = len(rows)
+        total = 4 * size + k + k * width
         self._copied.synchronize()  # the previous step's copy has left the pinned buffer
         self._host_np[: 4 * size] = head
-        self._host_np[4 * size : total] = flat
+        self._host_np[4 * size : 4 * size + k] = rows
+        self._host_np[4 * size + k : total] = flat
         self._dev[:total].copy_(self._host[:total], non_blocking=True)
         self._copied.record()
         stage = self._dev[: 4 * size].view(4, size)
@@ -140,7 +181,12 @@ class DecodeGraphs:
         self.slot_mapping[:size].copy_(stage[1])
         self.seq_lens[:size].copy_(stage[2])
         self.state_indices[:size].copy_(stage[3])
-        self.block_tables[:n, :width].copy_(self._dev[4 * size : total].view(n, width))
+        if k:
+            table_rows = self._dev[4 * size + k : total].view(k, width)
+            if rows[-1] == k - 1:  # rows 0..k-1 (a new batch): one slice copy
+                self.block_tables[:k, :width].copy_(table_rows)
+            else:
+                self.block_tables[:, :width].index_copy_(0, self._dev[4 * size : 4 * size + k], table_rows)
 
     def _batch(self, size: int) -> ForwardBatch:
         """The static layout of a padded decode batch of `size` (views of the static buffers)."""
