@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -152,6 +153,14 @@ def serve(
             help="auto (the checkpoint's weights) or dummy: random weights from config.json, to measure a shape.",
         ),
     ] = "auto",
+    warm_up: Annotated[
+        bool,
+        typer.Option(
+            "--warm-up/--no-warm-up",
+            help="Before listening, run one short request and capture every decode graph size (GPU), "
+            "so that the first requests pay for no capture or kernel compile; off starts sooner.",
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
@@ -202,4 +211,10 @@ def serve(
         load_format=load_format,
     )
     llm = AsyncLLM.from_args(args)
+    if warm_up:
+        t = time.perf_counter()
+        graphs = llm.engine.warm_up()
+        typer.echo(
+            f"warmed up in {time.perf_counter() - t:.1f} s ({graphs} decode graphs captured)", err=True
+        )
     run_server(llm, s, log_level=log_level)  # shuts `llm` down (and its other ranks) when it ends

@@ -301,6 +301,23 @@ class LLMEngine:
         if self.model.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def warm_up(self) -> int:
+        """Before serving: run one short request through a prefill and a decode step (the
+        kernels' first compiles), then, on one GPU, capture every decode graph size, so that no
+        user request pays for either (a capture takes a second or two). Leaves the engine as it
+        was: idle, its cache free, its metrics at zero. Returns how many graphs were captured
+        (0 on CPU, and with tensor parallel, whose ranks capture together as sizes come up)."""
+        if self.has_unfinished():
+            raise InvalidRequestError("warm_up needs an idle engine: call it before adding requests")
+        vocab = self.model.config.vocab_size
+        prompt = [i % vocab for i in range(100, 133)]
+        self.add_request(prompt, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True), "warm-up")
+        while self.has_unfinished():
+            self.step()
+        self._stats = RequestStats()
+        graphs = self.runner.graphs
+        return graphs.capture_all() if graphs is not None and self.channel is None else 0
+
     # ---- the step --------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         """Schedule and run one step; return what each request got from it."""

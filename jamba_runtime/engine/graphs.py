@@ -132,6 +132,14 @@ class DecodeGraphs:
         """The captured size a batch of `n` runs as, or None when `n` is above every size."""
         return next((s for s in self.sizes if s >= n), None)
 
+    def capture_all(self) -> int:
+        """Capture every size not captured yet (a server's start: no request then pays for a
+        capture); returns how many were captured."""
+        todo = [s for s in self.sizes if s not in self._graphs]
+        for size in todo:
+            self._capture(size)
+        return len(todo)
+
     @property
     def captured(self) -> list[int]:
         """Batch sizes captured so far."""

@@ -498,3 +498,23 @@ def test_a_long_prompt_runs_beside_decodes_in_capped_unpadded_chunks(tiny_model_
     assert together == [o.token_ids for o in uncapped.generate(prompts, params)]
     assert together == [llm.generate([p], params)[0].token_ids for p in prompts]
     assert_clean(engine)
+
+
+def test_warm_up_leaves_the_engine_as_it_was(tiny_model_dir: Path) -> None:
+    """`warm_up` (what `serve` runs before listening) runs its request to the end and leaves no
+    trace: no request, every block and slot free, metrics at zero; then requests run as usual."""
+    engine = LLM(model=tiny_model_dir, engine=EngineConfig(max_num_seqs=4, cache_memory_gb=0.02)).engine
+    assert engine.warm_up() == 0, "no graphs on CPU"
+    assert not engine.has_unfinished() and not engine.requests
+    engine.check_cache()
+    m = engine.metrics()
+    assert m.kv_blocks_used == 0 and m.state_slots_used == 0
+    assert m.prompt_tokens_total == 0 and m.generation_tokens_total == 0
+    seq = engine.add_request([5, 6, 7], GREEDY)
+    while engine.has_unfinished():
+        engine.step()
+    assert seq.finished and len(seq.output_token_ids) == GREEDY.max_tokens
+    engine.add_request([5, 6, 7], GREEDY, request_id="busy")
+    with pytest.raises(InvalidRequestError, match="idle engine"):
+        engine.warm_up()
+    engine.abort("busy")
