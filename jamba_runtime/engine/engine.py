@@ -30,7 +30,7 @@ from jamba_runtime.engine.metrics import EngineMetrics, RequestStats
 from jamba_runtime.engine.outputs import StepOutput
 from jamba_runtime.engine.prompt_encoder import PromptEncoder
 from jamba_runtime.engine.runner import ModelRunner
-from jamba_runtime.engine.sampler import logprobs_of, sample
+from jamba_runtime.engine.sampler import logprobs_of, sample_sequences
 from jamba_runtime.engine.sampling_params import SamplingParams
 from jamba_runtime.engine.scheduler import Scheduler, SchedulerConfig
 from jamba_runtime.engine.sequence import Sequence
@@ -366,7 +366,7 @@ class LLMEngine:
         bitmask, mask_rows, broken = (
             self._masks.finish(masks.result()) if masks is not None else (None, [], set())
         )
-        tokens = self._sample(to_sample, logits, bitmask, mask_rows)
+        tokens = sample_sequences(to_sample, logits, bitmask, mask_rows)
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
             # One request's failure (its sampling, grammar or detokenizing) ends that request
@@ -378,44 +378,6 @@ class LLMEngine:
                 self._fail_request(seq, f"{type(exc).__name__}: {exc}", outputs)
         self._stats.step_done(now, len(tokens))
         return outputs
-
-    def _sample(
-        self,
-        to_sample: list[Sequence],
-        logits: torch.Tensor,
-        bitmask: torch.Tensor | None,
-        mask_rows: list[int],
-    ) -> list[int | BaseException]:
-        """The step's tokens, one per sampled row. If sampling the batch raises, each row is
-        sampled alone so that only the rows that raise fail (their item is the exception)."""
-        none = torch.empty(0, dtype=torch.long, device=logits.device)
-        args = (
-            [s.params for s in to_sample],
-            [s.generator for s in to_sample],
-            [_seen(s, none) for s in to_sample],
-        )
-        try:
-            return list(sample(logits, *args, bitmask=bitmask, mask_rows=mask_rows))
-        except Exception:  # noqa: BLE001 - narrowed to the rows that raise, below
-            logger.exception("sampling the batch failed: sampling its %d rows one at a time", len(to_sample))
-        tokens: list[int | BaseException] = []
-        for row in range(len(to_sample)):
-            one = [a[row : row + 1] for a in args]
-            masked = row in mask_rows
-            try:
-                tokens.extend(
-                    sample(
-                        logits[row : row + 1],
-                        *one,
-                        bitmask=bitmask[mask_rows.index(row)].unsqueeze(0)
-                        if masked and bitmask is not None
-                        else None,
-                        mask_rows=[0] if masked else None,
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001 - this row's request fails, not the engine
-                tokens.append(exc)
-        return tokens
 
     def _take_token(
         self,
@@ -509,10 +471,3 @@ class LLMEngine:
         holders = [s.alloc for s in self.scheduler.running + self.scheduler.waiting]
         holders += [s.alloc for s in self.snapshots.values()]
         self.cache_manager.check(holders)
-
-
-def _seen(seq: Sequence, none: torch.Tensor) -> torch.Tensor:
-    """The ids the repetition penalty reads (`none`, the step's one empty tensor, when it is off)."""
-    if seq.params.repetition_penalty == 1.0:
-        return none
-    return torch.tensor(seq.all_token_ids(), dtype=torch.long, device=none.device)

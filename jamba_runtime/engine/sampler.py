@@ -4,12 +4,16 @@ rows."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
 from jamba_runtime.engine.sampling_params import SamplingParams
+from jamba_runtime.engine.sequence import Sequence
 from jamba_runtime.structured.masks import apply_token_bitmask
+
+logger = logging.getLogger(__name__)
 
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -160,6 +164,47 @@ def sample(
             chosen = chosen.index_copy(0, index, picked)
             usable = usable.index_copy(0, index, usable[index] & ok)
     return torch.where(usable, chosen, -1).tolist()
+
+
+def sample_sequences(
+    seqs: list[Sequence], logits: torch.Tensor, bitmask: torch.Tensor | None, mask_rows: list[int]
+) -> list[int | BaseException]:
+    """One token per sequence (row of `logits`) with each one's parameters, generator and seen
+    tokens. If sampling the batch raises, each row is sampled alone so that only the rows that
+    raise fail (their item is the exception): one request's failure is that request's alone."""
+    none = torch.empty(0, dtype=torch.long, device=logits.device)  # shared by rows without a penalty
+    args = (
+        [s.params for s in seqs],
+        [s.generator for s in seqs],
+        [
+            none
+            if s.params.repetition_penalty == 1.0
+            else torch.tensor(s.all_token_ids(), dtype=torch.long, device=logits.device)
+            for s in seqs
+        ],
+    )
+    try:
+        return list(sample(logits, *args, bitmask=bitmask, mask_rows=mask_rows))
+    except Exception:  # noqa: BLE001 - narrowed to the rows that raise, below
+        logger.exception("sampling the batch failed: sampling its %d rows one at a time", len(seqs))
+    tokens: list[int | BaseException] = []
+    for row in range(len(seqs)):
+        one = [a[row : row + 1] for a in args]
+        masked = row in mask_rows
+        try:
+            tokens.extend(
+                sample(
+                    logits[row : row + 1],
+                    *one,
+                    bitmask=bitmask[mask_rows.index(row)].unsqueeze(0)
+                    if masked and bitmask is not None
+                    else None,
+                    mask_rows=[0] if masked else None,
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - this row's request fails, not the engine
+            tokens.append(exc)
+    return tokens
 
 
 def _inverse_cdf(
