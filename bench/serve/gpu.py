@@ -7,12 +7,14 @@ The server runs as a user starts it (`python -m jamba_stack.app.cli serve`, a su
 free loopback port, `--load-format dummy`: random weights from config.json), with a tokenizer of
 the model's vocab size (Mini: the structured benches' 65,536-token BPE, so every id decodes to
 real text; the tiny model: its own). A load generator in this process drives it through the
-async `openai` client (streaming `/v1/completions`, `ignore_eos`, greedy) in a closed loop at each
+async `openai` client (streaming `/v1/completions`, `ignore_eos`, greedy unless `--temperature`)
+in a closed loop at each
 concurrency level: `concurrency` requests in flight, each finished one replaced by the next,
 `--requests-per-slot` x concurrency requests a level (at least `--min-requests`). Two workloads:
 `fixed` (random text prompts of `--prompt-len` tokens, `--new-tokens` new) and `mixed` (prompt
 lengths log-uniform in [`--mix-min`, `--mix-max`]). Then the server is stopped and the same
-engine settings are loaded in-process (`AsyncLLM`, same load format) and driven by the same
+engine settings are loaded in-process (`AsyncLLM`, same load format, warmed up as `serve` warms
+up: `LLMEngine.warm_up`) and driven by the same
 load generator without HTTP: the offline figures. What the server adds (tokenizing,
 detokenizing, JSON, SSE, the event loop) is the difference.
 
@@ -59,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workloads", default="fixed,mixed", help="fixed, mixed or both")
     ap.add_argument("--prompt-len", type=int, help="prompt tokens of the fixed workload (1024)")
     ap.add_argument("--new-tokens", type=int, help="new tokens per request (128)")
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature of every request (0: greedy; the API's default is 1)",
+    )
     ap.add_argument("--mix-min", type=int, help="shortest prompt of the mixed workload (256)")
     ap.add_argument("--mix-max", type=int, help="longest prompt of the mixed workload (8192)")
     ap.add_argument("--requests-per-slot", type=int, default=2, help="requests per level / concurrency (2)")
@@ -147,12 +155,12 @@ def workload_lengths(args: argparse.Namespace, workload: str, count: int, seed: 
     return [int(math.exp(rng.uniform(lo, hi))) for _ in range(count)]
 
 
-def engine_sender(llm: Any) -> Sender:
+def engine_sender(llm: Any, temperature: float) -> Sender:
     """A sender over an in-process `AsyncLLM`: the same requests without HTTP."""
     from jamba_runtime import SamplingParams
 
     async def send(prompt: str, max_tokens: int) -> AsyncIterator[int | None]:
-        params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, ignore_eos=True)
         count = 0
         async for delta in llm.add_request(prompt, params):
             if delta.token_ids:
@@ -261,7 +269,7 @@ class Bench:
         try:
             self.info["server_ready_s"] = server.wait_ready(a.startup_timeout)
             print(f"server ready in {self.info['server_ready_s']:.1f}s at {server.url}", flush=True)
-            send, client = http_sender(server.url)
+            send, client = http_sender(server.url, a.temperature)
             t0 = time.perf_counter()
             await self.warm_up(send)
             self.info["http_warm_up_s"] = time.perf_counter() - t0
@@ -298,7 +306,10 @@ class Bench:
         llm = AsyncLLM.from_args(llm_args)
         try:
             self.info["offline_load_s"] = time.perf_counter() - t0
-            send = engine_sender(llm)
+            t0 = time.perf_counter()
+            llm.engine.warm_up()  # as `serve` does before listening (its loop thread starts later)
+            self.info["offline_engine_warm_up_s"] = time.perf_counter() - t0
+            send = engine_sender(llm, a.temperature)
             await self.warm_up(send)
             await self.run_levels("offline", send, pick)
         finally:

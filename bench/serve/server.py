@@ -100,8 +100,9 @@ class Server:
         return self.proc.returncode
 
 
-def http_sender(url: str) -> tuple[Sender, Any]:
-    """A sender streaming `/v1/completions` through the async `openai` client, and the client."""
+def http_sender(url: str, temperature: float = 0.0) -> tuple[Sender, Any]:
+    """A sender streaming `/v1/completions` through the async `openai` client at `temperature`,
+    and the client."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=1800)
@@ -111,7 +112,7 @@ def http_sender(url: str) -> tuple[Sender, Any]:
             model=MODEL_NAME,
             prompt=prompt,
             max_tokens=max_tokens,
-            temperature=0,
+            temperature=temperature,
             stream=True,
             stream_options={"include_usage": True},
             extra_body={"ignore_eos": True},

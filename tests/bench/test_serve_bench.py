@@ -17,9 +17,11 @@ from bench.serve.gpu import main
 def test_serve_bench_cpu_logic_check(tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
     argv = ["--device", "cpu", "--quick", "--levels", "1,2", "--min-requests", "2", "--offline", "fixed:2"]
+    argv += ["--temperature", "1"]  # the API's default sampling, through both sides
     assert main([*argv, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["failed"] is None
+    assert result["settings"]["temperature"] == 1.0
     rows = {(r["side"], r["workload"], r["concurrency"]): r for r in result["rows"]}
     expected = {("http", w, c) for w in ("fixed", "mixed") for c in (1, 2)} | {("offline", "fixed", 2)}
     assert set(rows) == expected
