@@ -61,6 +61,13 @@ class Sequence:
     num_preemptions: int = 0
     grammar: GrammarMatcher | None = None
     error: str | None = None  # why the engine failed this request (finish_reason "error")
+    # The token ids that end the output: [0] while stop token ids apply (`stops_apply`), [1] in a
+    # constrained part; set once, read for every token.
+    _end_ids: tuple[frozenset[int], frozenset[int]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        eos = frozenset() if self.params.ignore_eos else self.eos_token_ids
+        self._end_ids = (eos | frozenset(self.params.stop_token_ids), eos)
 
     @property
     def finished(self) -> bool:
@@ -98,10 +105,7 @@ class Sequence:
         end-of-sequence token or as soon as the grammar is complete."""
         self.output_token_ids.append(token_id)
         stops_apply = self.stops_apply
-        stop_ids = set(self.params.stop_token_ids) if stops_apply else set()
-        if not self.params.ignore_eos:
-            stop_ids |= self.eos_token_ids
-        if token_id in stop_ids:
+        if token_id in self._end_ids[0 if stops_apply else 1]:
             self.finish_reason = "stop"
             self.text += self.decoder.flush()
             return self._flush()
