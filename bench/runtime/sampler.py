@@ -14,8 +14,10 @@ Mixes: `greedy` (temperature 0), `temp1` (temperature 1, nothing else: the OpenA
 `topk_topp` (temperature 0.7, top-k 50, top-p 0.9, each row seeded), `mixed` (a quarter each of
 greedy, temp1, topk_topp and min-p 0.05 with a repetition penalty of 1.1).
 
-`--engine`: the same mixes through the engine's decode steps, ms/step with the greedy step of the
-same run as the reference (`step ratio`): Mini's shape cut to 8 layers with random weights
+`--engine`: the same mixes through the engine's decode steps, ms/step beside the greedy step of
+the same run (`step ratio`). On random weights greedy rows tend to pick the same token each step,
+so the MoE routes every row to the same experts and a greedy step can be slower than a random
+one: compare a mix across code versions (an older checkout's run in the same call). Shapes: Mini's shape cut to 8 layers with random weights
 (`--load-format dummy`) on CUDA, the tiny model's layers with a 65,536-token vocab on CPU. A batch
 of `--engine-batch` 256-token prompts is prefilled, then `--engine-steps` decode steps are timed.
 
