@@ -17,9 +17,10 @@ greedy, temp1, topk_topp and min-p 0.05 with a repetition penalty of 1.1).
 `--engine`: the same mixes through the engine's decode steps, ms/step beside the greedy step of
 the same run (`step ratio`). On random weights greedy rows tend to pick the same token each step,
 so the MoE routes every row to the same experts and a greedy step can be slower than a random
-one: compare a mix across code versions (an older checkout's run in the same call). Shapes: Mini's shape cut to 8 layers with random weights
-(`--load-format dummy`) on CUDA, the tiny model's layers with a 65,536-token vocab on CPU. A batch
-of `--engine-batch` 256-token prompts is prefilled, then `--engine-steps` decode steps are timed.
+one: compare a mix across code versions (an older checkout's run in the same call). Shapes:
+Mini's cut to 8 layers with random weights (`--load-format dummy`) on CUDA, the tiny model's
+layers with a 65,536-token vocab on CPU. A batch of `--engine-batch` 256-token prompts is
+prefilled, then `--engine-steps` decode steps are timed.
 
 The code measured is whatever `jamba_runtime` imports: for a before/after, run it from an older
 checkout's root with this file copied in.
