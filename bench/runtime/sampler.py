@@ -81,9 +81,9 @@ def inputs(
         torch.Generator(device=device).manual_seed(p.seed) if p.seed is not None else None for p in params
     ]
     seen = [
-        torch.arange(0, vocab, vocab // 512, device=device)
+        torch.arange(0, vocab, vocab // 512)  # on the host, as the engine passes them
         if p.repetition_penalty != 1.0
-        else torch.empty(0, dtype=torch.long, device=device)
+        else torch.empty(0, dtype=torch.long)
         for p in params
     ]
     return params, gens, seen

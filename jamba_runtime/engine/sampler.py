@@ -18,16 +18,30 @@ logger = logging.getLogger(__name__)
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """`logits (vocab,)`; tokens in `seen` get positive logits divided and negative ones multiplied.
-    Results stay finite: a tiny penalty would otherwise divide a logit into +inf."""
-    if penalty == 1.0 or seen.numel() == 0:
-        return logits
-    logits = logits.clone()
-    scores = logits[seen]
-    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
-    logits[seen] = penalized.clamp(-_FLOAT32_MAX, _FLOAT32_MAX)
-    return logits
+def apply_repetition_penalties(
+    logits: torch.Tensor, rows: list[int], seen: list[torch.Tensor], penalties: list[float]
+) -> None:
+    """In place: in each row `rows[i]` of `logits (batch, vocab)` float32, the tokens `seen[i]`
+    get positive logits divided by `penalties[i]` and negative ones multiplied, as transformers
+    does. All rows at once (one index per row and seen token, copied to the device in one go, so
+    a step pays no copy or ops per penalized row). Results stay finite: a tiny penalty would
+    otherwise divide a logit into +inf."""
+    counts = torch.tensor([t.numel() for t in seen])
+    pairs = torch.stack(
+        [
+            torch.repeat_interleave(torch.tensor(rows), counts),
+            torch.cat(seen).cpu(),
+            torch.repeat_interleave(torch.arange(len(rows)), counts),
+        ]
+    ).to(logits.device, non_blocking=True)
+    row, token, which = pairs[0], pairs[1], pairs[2]
+    penalty = torch.tensor(penalties, dtype=torch.float64).to(
+        logits.device, torch.float32, non_blocking=True
+    )[which]
+    scores = logits[row, token]
+    logits[row, token] = torch.where(scores < 0, scores * penalty, scores / penalty).clamp_(
+        -_FLOAT32_MAX, _FLOAT32_MAX
+    )
 
 
 def filter_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -125,7 +139,8 @@ def sample(
         params, generators, seen_tokens: per row. A row with a generator (a seeded request)
             draws from it alone, so its tokens do not depend on the other rows; random rows
             without one share one draw from the device's default generator. `seen_tokens[i]`
-            are the prompt + output ids (for the repetition penalty).
+            are the prompt + output ids (for the repetition penalty; on the host is best: the
+            penalized rows' ids then reach the device in one copy).
         bitmask, mask_rows: structured output: `bitmask[i]` (int32 words, one bit per token) is
             the set of tokens allowed in row `mask_rows[i]`; the others get -inf before any other
             processing, so top-k / top-p / min-p choose among allowed tokens only. Rows not listed
@@ -140,11 +155,19 @@ def sample(
     if bitmask is not None and mask_rows:
         logits, owned = logits.clone(), True
         apply_token_bitmask(logits, bitmask, mask_rows)
-    for i, (p, seen) in enumerate(zip(params, seen_tokens, strict=True)):
-        if p.repetition_penalty != 1.0 and seen.numel() > 0:  # row by row: each has its own seen tokens
-            if not owned:
-                logits, owned = logits.clone(), True
-            logits[i] = apply_repetition_penalty(logits[i], seen, p.repetition_penalty)
+    penalized = [
+        i for i, (p, seen) in enumerate(zip(params, seen_tokens, strict=True))
+        if p.repetition_penalty != 1.0 and seen.numel() > 0
+    ]  # fmt: skip
+    if penalized:
+        if not owned:
+            logits, owned = logits.clone(), True
+        apply_repetition_penalties(
+            logits,
+            penalized,
+            [seen_tokens[i] for i in penalized],
+            [params[i].repetition_penalty for i in penalized],
+        )
     # Every choice stays on the device and the host reads them once at the end: a read per row
     # would stall the host on the GPU once per sequence per step. One reduction gives both the
     # greedy choice and whether a row is usable: its maximum is NaN when it has a NaN (which
@@ -172,14 +195,14 @@ def sample_sequences(
     """One token per sequence (row of `logits`) with each one's parameters, generator and seen
     tokens. If sampling the batch raises, each row is sampled alone so that only the rows that
     raise fail (their item is the exception): one request's failure is that request's alone."""
-    none = torch.empty(0, dtype=torch.long, device=logits.device)  # shared by rows without a penalty
+    none = torch.empty(0, dtype=torch.long)  # shared by rows without a penalty
     args = (
         [s.params for s in seqs],
         [s.generator for s in seqs],
         [
             none
             if s.params.repetition_penalty == 1.0
-            else torch.tensor(s.all_token_ids(), dtype=torch.long, device=logits.device)
+            else torch.tensor(s.all_token_ids(), dtype=torch.long)  # to the device with the others
             for s in seqs
         ],
     )

@@ -175,3 +175,31 @@ def test_unseeded_rows_cost_the_same_ops_at_any_batch(params: SamplingParams) ->
             sample(logits, [params] * batch, [None] * batch, _none_seen(batch))
         counts.append(ops.count)
     assert counts[0] == counts[1], counts
+
+
+def test_repetition_penalties_of_many_rows_at_once() -> None:
+    """Each penalized row's seen tokens (repeats included) are divided (positive) or multiplied
+    (negative) by its own penalty; other tokens and rows, and the caller's logits, are untouched;
+    the ops do not grow with the penalized rows."""
+    torch.manual_seed(2)
+    logits = torch.randn(5, 40)
+    before = logits.clone()
+    seen = [torch.tensor([3, 3, 7, 11]), torch.empty(0, dtype=torch.long), torch.tensor([0, 39])]
+    seen += [torch.tensor([5]), torch.tensor([1, 2])]
+    penalties = [1.5, 2.0, 0.5, 1.0, 3.0]  # row 1 sees nothing, row 3 has no penalty
+    params = [SamplingParams(temperature=0, repetition_penalty=p) for p in penalties]
+    with _Ops() as ops:
+        tokens = sample(logits, params, [None] * 5, seen)
+    assert torch.equal(logits, before)
+    expect = logits.clone()
+    for row, (toks, p) in enumerate(zip(seen, penalties, strict=True)):
+        for t in set(toks.tolist()):
+            v = expect[row, t]
+            expect[row, t] = v * p if v < 0 else v / p
+    assert tokens == expect.argmax(-1).tolist()
+    more = torch.randn(40, 40)
+    with _Ops() as more_ops:
+        sample(
+            more, [SamplingParams(temperature=0, repetition_penalty=1.2)] * 40, [None] * 40, [seen[0]] * 40
+        )
+    assert more_ops.count == ops.count
