@@ -9,13 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 _NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """`(batch, ceil(vocab/32))` int32 bits -> `(batch, vocab_size)` bool, True where allowed."""
-    shifts = _SHIFTS.to(bitmask.device)
+    # Made on the device, not copied there: a blocking copy would make the host wait for the
+    # step's forward before it could queue the sampling behind it.
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
     bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # (batch, words, 32)
     return bits.view(bitmask.shape[0], -1)[:, :vocab_size].bool()
 
@@ -30,7 +31,7 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: Seque
         _apply_on_cpu(logits, bitmask, rows)
         return
     allowed = unpack_bitmask(bitmask[: len(rows)].to(logits.device, non_blocking=True), logits.shape[-1])
-    index = torch.tensor(list(rows), dtype=torch.long, device=logits.device)
+    index = torch.tensor(list(rows), dtype=torch.long).to(logits.device, non_blocking=True)
     logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
 
 
