@@ -29,6 +29,7 @@ checkout's root with this file copied in.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -135,26 +136,20 @@ def engine_rows(device: torch.device, batch: int, steps: int) -> list[dict[str, 
     import tempfile
 
     from bench.serve.gpu import model_dir
+    from bench.structured.engine import tiny_65k
     from jamba_runtime import LLM, EngineConfig
 
     cuda = device.type == "cuda"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        d = model_dir(argparse.Namespace(device=device.type, layers=8), Path(tmp))
-        if not cuda:  # the tiny layers at Jamba's vocab size: the sampler's share of a step as on the GPU
-            import json as json_
-
-            cfg = json_.loads((d / "config.json").read_text())
-            from bench.structured.bpe65k import bpe65k_tokenizer_json
-
-            cfg["vocab_size"] = 65536
-            (d / "config.json").write_text(json_.dumps(cfg))
-            (d / "tokenizer.json").write_text(bpe65k_tokenizer_json(), encoding="utf-8")
+        # CUDA: Mini-8's shape, random weights; CPU: the tiny layers at Jamba's 65,536-token vocab
+        # (the structured benches' model), so the sampler's share of a step is as on the GPU.
+        d = model_dir(argparse.Namespace(device="cuda", layers=8), Path(tmp)) if cuda else tiny_65k(Path(tmp))
         llm = LLM(
             str(d),
             device=str(device),
             dtype="bfloat16" if cuda else "float32",
-            load_format="dummy",
+            load_format="dummy" if cuda else "auto",
             engine=EngineConfig(max_num_seqs=batch, cache_memory_gb=None if cuda else 2),
         )
         engine = llm.engine
@@ -162,8 +157,7 @@ def engine_rows(device: torch.device, batch: int, steps: int) -> list[dict[str, 
         greedy_ms = None
         for mix in MIXES:
             for i in range(batch):
-                p = row_params(mix, i)
-                p = SamplingParams(**{**p.__dict__, "max_tokens": steps + 8, "ignore_eos": True})
+                p = dataclasses.replace(row_params(mix, i), max_tokens=steps + 8, ignore_eos=True)
                 engine.add_request([rng.randrange(20, 60000) for _ in range(256)], p, f"{mix}-{i}")
             while any(not s.output_token_ids for s in engine.requests.values()):
                 engine.step()
