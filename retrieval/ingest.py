@@ -11,6 +11,9 @@ Idempotent and crash-safe by construction:
   half-replaced in Chroma and not in the manifest; the next run redoes exactly those, embedding
   only the chunks that never reached Chroma, and ends with the same ids and counts as an
   uninterrupted run.
+- Chunk texts kept beside an embedded collection (`text_store`) are written before their slice
+  reaches Chroma and deleted after their chunks leave it; rows left by a kill in between are swept
+  at the end of the next run.
 - BM25 is rebuilt from Chroma (the source of truth) at the end of every run that changed
   anything; a `dirty` mark written before the first change and removed after the rebuild tells
   the next run, and search, that a crash left it stale.
@@ -235,6 +238,8 @@ def ingest(
         if dirty_mark(col).exists():
             idx = rebuild_bm25(col)
             chunk_ids = idx.ids
+            if col.texts is not None:
+                col.texts.sweep(chunk_ids)  # rows a killed run wrote or left behind
         else:
             idx = BM25Index.load(bm25_dir(col))
         report.bm25_total = len(idx) if idx is not None else 0

@@ -4,7 +4,10 @@ used (it downloads a model at run time): vectors always come from our `Embedder`
 
 A collection records the embedder that made it (`embedder`, `embedder_dim` in its metadata) and
 refuses another. Local state that Chroma does not hold (the manifest of ingested files, the BM25
-index, the ingest lock) lives in `state_dir`, beside the collection in the data dir.
+index, the ingest lock) lives in `state_dir`, beside the collection in the data dir. A collection
+made in an embedded store keeps its chunk texts there too (`texts: "local"` in its metadata;
+`jamba_stack.retrieval.text_store` says why); one made on a Chroma server, or before texts moved,
+keeps them in Chroma. `StoreCollection` reads and writes both the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from jamba_stack.retrieval.errors import (
     InvalidQueryError,
     StoreUnavailableError,
 )
+from jamba_stack.retrieval.text_store import STORE_FILE as TEXTS_FILE
+from jamba_stack.retrieval.text_store import TextStore
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 # Chroma caps one add/upsert (`get_max_batch_size`, ~5,000 embedded); smaller batches also keep
@@ -105,10 +110,14 @@ class Store:
         dim: int | None = None,
         backend: str = "",
         create: bool = False,
+        texts: str | None = None,
     ) -> StoreCollection:
-        """The collection `name`. With `create`, made if missing (recording `embedder_name`/`dim`).
-        Raises `CollectionNotFoundError` if missing and not `create`, `EmbedderMismatchError` if it
-        was made by another embedder."""
+        """The collection `name`. With `create`, made if missing (recording `embedder_name`/`dim`,
+        and where it keeps its chunk texts: `texts` "local" or "chroma", default "local" in an
+        embedded store and "chroma" on a server). Raises `CollectionNotFoundError` if missing and
+        not `create`, `EmbedderMismatchError` if it was made by another embedder."""
+        if texts not in (None, "local", "chroma"):
+            raise ValueError(f"texts={texts!r}: use 'local' or 'chroma'")
         check_collection_name(name)
         try:
             existing = name in self.list_collections()
@@ -129,6 +138,9 @@ class Store:
                 "embedder_dim": int(dim),
                 "embedder_backend": backend,
                 "created_by": "jamba-stack",
+                # Embedded: texts beside the collection (Chroma's full-text index on them is most
+                # of a write). A server's other clients read them from Chroma.
+                "texts": texts or ("chroma" if self.chroma_url else "local"),
             }
             col = self.client.get_or_create_collection(
                 name, metadata=meta, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
@@ -156,7 +168,12 @@ class Store:
 
 
 class StoreCollection:
-    """One Chroma collection: batched writes, deletes by id or source, queries, full scans."""
+    """One Chroma collection: batched writes, deletes by id or source, queries, full scans. Its
+    chunk texts come from Chroma or from the local `TextStore`, as the collection was made.
+
+    Attributes:
+        texts: the local text store, or None where Chroma holds the texts.
+    """
 
     def __init__(self, store: Store, col: Any, state_dir: Path) -> None:
         self.store = store
@@ -169,6 +186,9 @@ class StoreCollection:
         self.dim: int = int(meta.get("embedder_dim", 0) or 0)
         self.embedder_backend: str = meta.get("embedder_backend", "")
         self.write_batch = min(DEFAULT_WRITE_BATCH, store.max_batch)
+        self.texts: TextStore | None = (
+            TextStore.open(state_dir, self.id) if meta.get("texts") == "local" else None
+        )
 
     def count(self) -> int:
         return int(self.chroma.count())
@@ -176,10 +196,15 @@ class StoreCollection:
     def upsert(
         self, ids: list[str], embeddings: np.ndarray, texts: list[str], metadatas: list[dict[str, Any]]
     ) -> None:
+        """Write chunks (a chunk id already there is replaced). Local texts are written first, so
+        a chunk in Chroma always has its text."""
+        if self.texts is not None:
+            self.texts.put(ids, texts)
         for i in range(0, len(ids), self.write_batch):
             j = i + self.write_batch
+            documents = texts[i:j] if self.texts is None else None
             self.chroma.upsert(
-                ids=ids[i:j], embeddings=embeddings[i:j], documents=texts[i:j], metadatas=metadatas[i:j]
+                ids=ids[i:j], embeddings=embeddings[i:j], documents=documents, metadatas=metadatas[i:j]
             )
 
     def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
@@ -191,6 +216,8 @@ class StoreCollection:
     def delete(self, ids: list[str]) -> None:
         for i in range(0, len(ids), self.write_batch):
             self.chroma.delete(ids=ids[i : i + self.write_batch])
+        if self.texts is not None:
+            self.texts.delete(ids)  # after Chroma: a kill in between leaves rows `sweep` removes
 
     def ids_where(self, where: dict[str, Any]) -> list[str]:
         return list(self.chroma.get(where=where, include=[])["ids"])
@@ -201,14 +228,34 @@ class StoreCollection:
         self.delete(ids)
         return len(ids)
 
+    def _include(self, texts: bool) -> list[str]:
+        """What to ask Chroma for to get chunks' metadata, and their texts where it holds them."""
+        return ["metadatas"] + (["documents"] if texts and self.texts is None else [])
+
+    def _texts(self, ids: list[str], documents: list[str] | None) -> list[str]:
+        """The texts of `ids`: Chroma's `documents` where it holds them, else the local rows."""
+        if self.texts is None:
+            assert documents is not None
+            return list(documents)
+        rows = self.texts.get(ids)
+        if len(rows) < len(set(ids)):
+            missing = len(set(ids) - rows.keys())
+            raise StoreUnavailableError(
+                f"collection {self.name!r}: {missing} chunk text(s) missing from "
+                f"{self.state_dir / TEXTS_FILE} (deleted or damaged by hand?): delete the collection "
+                "and ingest again"
+            )
+        return [rows[i] for i in ids]
+
     def get(self, ids: list[str], *, embeddings: bool = False) -> list[tuple[StoredChunk, np.ndarray | None]]:
-        include = ["documents", "metadatas"] + (["embeddings"] if embeddings else [])
+        include = self._include(True) + (["embeddings"] if embeddings else [])
         r = self.chroma.get(ids=ids, include=include)
         embs = r.get("embeddings") if embeddings else None
+        texts = self._texts(list(r["ids"]), r.get("documents"))
         out = []
         for k, cid in enumerate(r["ids"]):
             e = np.asarray(embs[k], dtype=np.float32) if embs is not None else None
-            out.append((StoredChunk(cid, r["documents"][k], dict(r["metadatas"][k] or {})), e))
+            out.append((StoredChunk(cid, texts[k], dict(r["metadatas"][k] or {})), e))
         return out
 
     def query(
@@ -223,7 +270,7 @@ class StoreCollection:
         """Nearest chunks to `embedding`, best first, with cosine distance (0 = same direction).
         `documents=False`: ids and distances only (text "" and no metadata), about half the time
         of a query that reads them: `get` the few that are kept."""
-        include = (["documents", "metadatas"] if documents else []) + ["distances"]
+        include = (self._include(True) if documents else []) + ["distances"]
         include += ["embeddings"] if embeddings else []
         r = self.chroma.query(
             query_embeddings=[np.asarray(embedding, dtype=np.float32)],
@@ -231,13 +278,14 @@ class StoreCollection:
             where=where or None,
             include=include,
         )
+        ids = list(r["ids"][0])
         embs = r.get("embeddings")[0] if embeddings else None
+        texts = self._texts(ids, (r.get("documents") or [None])[0]) if documents else [""] * len(ids)
         out = []
-        for k, cid in enumerate(r["ids"][0]):
+        for k, cid in enumerate(ids):
             e = np.asarray(embs[k], dtype=np.float32) if embs is not None else None
-            text = r["documents"][0][k] if documents else ""
             meta = dict(r["metadatas"][0][k] or {}) if documents else {}
-            chunk = StoredChunk(cid, text, meta, float(r["distances"][0][k]))
+            chunk = StoredChunk(cid, texts[k], meta, float(r["distances"][0][k]))
             out.append((chunk, e))
         return out
 
@@ -245,8 +293,9 @@ class StoreCollection:
         """Every chunk, a page at a time: (ids, texts, metadatas)."""
         offset = 0
         while True:
-            r = self.chroma.get(include=["documents", "metadatas"], limit=page, offset=offset)
+            r = self.chroma.get(include=self._include(True), limit=page, offset=offset)
             if not r["ids"]:
                 return
-            yield list(r["ids"]), list(r["documents"]), [dict(m or {}) for m in r["metadatas"]]
-            offset += len(r["ids"])
+            ids = list(r["ids"])
+            yield ids, self._texts(ids, r.get("documents")), [dict(m or {}) for m in r["metadatas"]]
+            offset += len(ids)

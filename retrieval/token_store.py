@@ -26,7 +26,6 @@ per chunk on disk against 65 KiB (i8) and 129 KiB (f16) (bench/retrieval/scifact
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -37,6 +36,7 @@ import numpy as np
 
 from jamba_stack.retrieval.embeddings import TokenVectors
 from jamba_stack.retrieval.errors import InvalidQueryError
+from jamba_stack.retrieval.sqlite_file import connect, transaction
 
 STORE_FILE = "tokens.sqlite"
 DEFAULT_CODEC = "pca128x4"
@@ -272,7 +272,7 @@ class TokenStore:
         """Write (or replace) the rows of `chunk_ids`, in one transaction. A fitted codec is
         fitted, and the rows kept so far converted, once the store holds `fit_tokens` tokens."""
         rows = [self._row(cid, t) for cid, t in zip(chunk_ids, tokens, strict=True)]
-        with _transaction(self.db):
+        with transaction(self.db):
             self.db.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?)", rows)
         if not self._fitted:
             self._unfitted_tokens += sum(len(t.ids) for t in tokens)
@@ -295,7 +295,7 @@ class TokenStore:
         sample = np.concatenate([v for _, _, v in rows])[: max(self.fit_tokens, FIT_TOKENS) * 4]
         self.target.fit(sample)
         self._fitted = True
-        with _transaction(self.db):
+        with transaction(self.db):
             self.db.executemany(
                 "UPDATE tokens SET codes=?, kind=1 WHERE id=?",
                 [(self.target.encode(v), cid) for cid, _, v in rows],
@@ -359,7 +359,7 @@ class TokenStore:
 
     def delete(self, chunk_ids: Iterable[str]) -> None:
         ids = list(chunk_ids)
-        with _transaction(self.db):
+        with transaction(self.db):
             for i in range(0, len(ids), 500):
                 part = ids[i : i + 500]
                 self.db.execute(f"DELETE FROM tokens WHERE id IN ({','.join('?' * len(part))})", part)
@@ -387,24 +387,10 @@ def _meta(db: sqlite3.Connection) -> dict[str, bytes]:
     }
 
 
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)")
-    db.execute(
+    return connect(
+        path,
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)",
         "CREATE TABLE IF NOT EXISTS tokens"
-        " (id TEXT PRIMARY KEY, n INTEGER, width INTEGER, ids BLOB, codes BLOB, kind INTEGER)"
+        " (id TEXT PRIMARY KEY, n INTEGER, width INTEGER, ids BLOB, codes BLOB, kind INTEGER)",
     )
-    return db

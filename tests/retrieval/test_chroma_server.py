@@ -83,7 +83,10 @@ def test_ingest_and_search_through_a_chroma_server(
         hits[0].text.endswith("Hemoglobin carries oxygen.") and hits[0].metadata["heading"] == "Cells > Blood"
     )
     store = Store(data, chroma_server)
-    assert store.open("srv").embedder_name == embedder.name and "srv" in store.list_collections()
+    col = store.open("srv")
+    assert col.embedder_name == embedder.name and "srv" in store.list_collections()
+    # On a server the texts stay in Chroma, where its other clients read them.
+    assert col.texts is None and all(col.chroma.get(include=["documents"])["documents"])
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:

@@ -102,6 +102,7 @@ def test_sigkill_mid_ingest_then_rerun_is_exact(tmp_path: Path, embedder: Embedd
     assert ids == expected and report.chunks_total == len(expected)
     idx = BM25Index.load(bm25_dir(col))
     assert idx is not None and sorted(idx.ids) == expected and not dirty_mark(col).exists()
+    assert col.texts is not None and sorted(col.texts.ids()) == expected  # no row lost or left over
 
     again = ingest(docs, "crash", data_dir=data, embedder=emb)
     assert again.chunks_added == 0 and again.files_unchanged == 11 and col.count() == len(expected)
