@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections import deque
@@ -269,6 +270,7 @@ class AsyncLLM:
             )
         rid = request_id if request_id is not None else f"req-{uuid.uuid4().hex}"
         stream = RequestStream(rid, ids, loop, asyncio.Queue())
+        asked = time.monotonic()  # its queue time includes the wait for the engine thread
 
         def add() -> None:
             if stream.cancelled:
@@ -283,6 +285,7 @@ class AsyncLLM:
                     priority=priority,
                     prefix_snapshot=prefix_snapshot,
                     save_snapshot=save_snapshot,
+                    arrival_time=asked,
                 )
             except Exception as e:  # refused after all: the stream raises it
                 self._forget(stream)

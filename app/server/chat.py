@@ -77,6 +77,7 @@ async def create_chat_completion(
 ) -> Response:
     """Answer one chat request. `ai21`: AI21's path, whose SDK reads logprobs in another shape,
     so they are left out there."""
+    arrived = time.monotonic()
     model = state.check_model(body.model)
     check_stream_options(body.stream, body.stream_options)
     limits = state.limits
@@ -108,8 +109,9 @@ async def create_chat_completion(
             exc.param = inputs.constraint_param  # type: ignore[attr-defined]
             raise
     params = sampling_params(body, max_tokens, logprobs, spec, body.n)
-    reply = _Reply(state, body, inputs, model, len(prompt), ai21)
+    reply = _Reply(state, body, inputs, model, len(prompt), ai21, arrived)
     admission, streams = admit(state, [(prompt, params)], reply.id)
+    reply.timer.queued()
     reply.admission = admission
     if body.stream:
         return SSEResponse(reply.stream(streams), on_close=admission.close)
@@ -130,6 +132,7 @@ class _Reply:
         model: str,
         prompt_tokens: int,
         ai21: bool,
+        arrived: float,
     ) -> None:
         self.state = state
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -142,7 +145,7 @@ class _Reply:
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         tools = inputs.tools if inputs.uses_tools else None
         self.splitters = [ToolCallSplitter(state.tokenizer, tools) for _ in range(body.n)]
-        self.timer = RequestTimer(state.metrics)
+        self.timer = RequestTimer(state.metrics, arrived)
         self.admission: Admission | None = None
 
     def _on_delta(self, index: int, delta: RequestOutputDelta) -> None:

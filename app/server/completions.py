@@ -52,6 +52,7 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 
 
 async def create_completion(state: ServerState, body: CompletionRequest, request: Request) -> Response:
+    arrived = time.monotonic()
     model = state.check_model(body.model)
     check_stream_options(body.stream, body.stream_options)
     if body.suffix:
@@ -84,7 +85,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
         except JambaStackError as exc:
             exc.param = "structured_outputs"  # type: ignore[attr-defined]
             raise
-    reply = _Reply(state, body, model)
+    reply = _Reply(state, body, model, arrived)
     queued: list[tuple[list[int], list[SamplingParams]]] = []
     for prompt in prompts:
         try:
@@ -99,6 +100,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
             (prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)) if body.echo else ""
         )
     admission, streams = admit(state, queued, reply.id)
+    reply.timer.queued()
     reply.admission = admission
     if body.stream:
         return SSEResponse(reply.stream(streams), on_close=admission.close)
@@ -109,7 +111,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
 
 
 class _Reply:
-    def __init__(self, state: ServerState, body: CompletionRequest, model: str) -> None:
+    def __init__(self, state: ServerState, body: CompletionRequest, model: str, arrived: float) -> None:
         self.state = state
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -119,7 +121,7 @@ class _Reply:
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         self.prompt_tokens = 0
         self.echo_text: list[str] = []
-        self.timer = RequestTimer(state.metrics)
+        self.timer = RequestTimer(state.metrics, arrived)
         self.admission: Admission | None = None
         self._decoders: dict[int, IncrementalDecoder] = {}
 

@@ -1,6 +1,8 @@
-"""`/metrics` in Prometheus' text format: HTTP requests, request latency and time to first token
-(measured here), and the engine's queue, tokens and cache use (read from `AsyncLLM.metrics()` at
-each scrape, which never blocks).
+"""`/metrics` in Prometheus' text format: HTTP requests, request latency, time to first token and
+the preparation before the engine has a request (measured here), and the engine's queue, tokens,
+cache use, queue time and prefill time (read from `AsyncLLM.metrics()` at each scrape, which
+never blocks). A request's time to first token is its preparation, then the engine's queue time
+and prefill time, then the way back to the client.
 
 Each app has its own registry, so several apps (tests) can live in one process.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from jamba_runtime.async_llm import AsyncLLM
@@ -62,6 +64,18 @@ class _EngineCollector(Collector):
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
+        summaries = {
+            "jamba_request_queue_time_seconds": (
+                "Time from a request reaching the engine to its first step.",
+                m.queue_time,
+            ),
+            "jamba_request_prefill_time_seconds": (
+                "Time from a request's first step to its first token.",
+                m.prefill_time,
+            ),
+        }
+        for name, (doc, summary) in summaries.items():
+            yield SummaryMetricFamily(name, doc, count_value=summary.count, sum_value=summary.sum_s)
 
 
 class ServerMetrics:
@@ -88,6 +102,13 @@ class ServerMetrics:
         self.ttft = Histogram(
             "jamba_time_to_first_token_seconds",
             "Time from a generation request's arrival to its first token.",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.prepare = Histogram(
+            "jamba_request_prepare_seconds",
+            "Time from a generation request's arrival to the engine having it (checks, chat "
+            "template, tokenizing).",
             buckets=_TTFT_BUCKETS,
             registry=r,
         )

@@ -384,11 +384,17 @@ def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 @dataclass
 class RequestTimer:
-    """Times one generation request for the metrics: first token, end, finish reasons."""
+    """Times one generation request for the metrics, from `start` (when its handler began): the
+    preparation before the engine has it (`queued`), first token, end, finish reasons."""
 
     metrics: ServerMetrics
     start: float = field(default_factory=time.monotonic)
     first: bool = True
+
+    def queued(self) -> None:
+        """The request was handed to the engine: what came before (checks, chat template,
+        tokenizing) is its preparation time."""
+        self.metrics.prepare.observe(time.monotonic() - self.start)
 
     def on_delta(self, delta: RequestOutputDelta) -> None:
         if self.first and delta.token_ids:

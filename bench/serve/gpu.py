@@ -20,7 +20,10 @@ detokenizing, JSON, SSE, the event loop) is the difference.
 
 Per level: requests/s, output tokens/s, TTFT p50/p99, time per output token (TPOT) p50/p99,
 inter-token latency (ITL) p99, errors (a failed request, or one that made fewer than
-`--new-tokens` tokens). GPU memory in use (nvidia-smi, the whole device) after warm-up, after
+`--new-tokens` tokens); and where the mean TTFT went, from the server's `/metrics` (the engine's
+`metrics()` offline) read before and after the level: preparation (the server's checks and
+tokenizing, until the engine has the request), the engine's queue time (to the request's first
+step), its prefill time (to its first token), and the rest (the way back to the client). GPU memory in use (nvidia-smi, the whole device) after warm-up, after
 each level and after the load; kernels Triton compiled during each level (its on-disk cache,
 shared by both sides: the HTTP side runs first and pays the first compiles). JSON to `$OUT/serve_gpu.json` (else bench/results/).
 """
@@ -33,12 +36,13 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +202,63 @@ def triton_cache_entries() -> int:
         return 0
 
 
+# ---- where the time to first token goes -------------------------------------------------------------
+Parts = Callable[[], Awaitable[dict[str, tuple[int, float]]]]
+"""Cumulative (count, seconds) of each part of the time to first token, read now."""
+PARTS = ("prepare", "queue", "prefill")
+_METRICS = {
+    "prepare": "jamba_request_prepare_seconds",
+    "queue": "jamba_request_queue_time_seconds",
+    "prefill": "jamba_request_prefill_time_seconds",
+}
+
+
+def server_parts(url: str) -> Parts:
+    """The parts from the server's `/metrics`."""
+    import httpx
+
+    async def read() -> dict[str, tuple[int, float]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            text = (await client.get(f"{url}/metrics")).text
+        values = dict(re.findall(r"^(\S+) (\S+)$", text, re.M))
+        return {
+            part: (int(float(values.get(f"{name}_count", 0))), float(values.get(f"{name}_sum", 0)))
+            for part, name in _METRICS.items()
+        }
+
+    return read
+
+
+def engine_parts(llm: Any) -> Parts:
+    """The parts from an in-process engine's `metrics()` (no server: nothing to prepare)."""
+
+    async def read() -> dict[str, tuple[int, float]]:
+        m = llm.metrics()
+        return {
+            "queue": (m.queue_time.count, m.queue_time.sum_s),
+            "prefill": (m.prefill_time.count, m.prefill_time.sum_s),
+        }
+
+    return read
+
+
+def ttft_split(
+    ttft_mean_ms: float | None, before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]
+) -> dict[str, float | None]:
+    """The level's mean TTFT and the mean of each part over the requests measured in the level;
+    `rest`: what the parts leave of the TTFT (the way back to the client, and the client)."""
+    out: dict[str, float | None] = {"ttft": ttft_mean_ms}
+    for part in PARTS:
+        if part not in after:
+            out[part] = None
+            continue
+        count = after[part][0] - before[part][0]
+        out[part] = 1e3 * (after[part][1] - before[part][1]) / count if count else None
+    known = [out[p] for p in PARTS if out[p] is not None]
+    out["rest"] = ttft_mean_ms - sum(known) if ttft_mean_ms is not None and known else None  # type: ignore[operator]
+    return out
+
+
 # ---- the runs ---------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
@@ -240,7 +301,9 @@ class Bench:
         await closed_loop(send, texts[:2], a.new_tokens, 1)
         await closed_loop(send, texts[2:], a.new_tokens, max(a.levels))
 
-    async def run_levels(self, side: str, send: Sender, pick: set[tuple[str, int]] | None) -> None:
+    async def run_levels(
+        self, side: str, send: Sender, pick: set[tuple[str, int]] | None, parts: Parts
+    ) -> None:
         a = self.args
         for workload in a.workloads:
             for level in a.levels:
@@ -248,13 +311,16 @@ class Bench:
                     continue
                 texts, counts = self.level_prompts(workload, level)
                 kernels = triton_cache_entries()
+                before = await parts()
                 records, wall = await closed_loop(send, texts, a.new_tokens, level)
+                stats = level_stats(records, wall, a.new_tokens)
                 row = {
                     "side": side,
                     "workload": workload,
                     "concurrency": level,
                     "prompt_tokens_mean": sum(counts) / len(counts),
-                    **level_stats(records, wall, a.new_tokens),
+                    **stats,
+                    "ttft_split_ms": ttft_split(stats["ttft_ms"]["mean"], before, await parts()),
                     "gpu_memory_used_mib_after": gpu_memory_used_mib(),
                     "triton_kernels_compiled": triton_cache_entries() - kernels,
                 }
@@ -275,7 +341,7 @@ class Bench:
             self.info["http_warm_up_s"] = time.perf_counter() - t0
             idle = gpu_memory_used_mib()
             self.memory.append({"when": "server idle after warm-up", "mib": idle})
-            await self.run_levels("http", send, None)
+            await self.run_levels("http", send, None, server_parts(server.url))
             await asyncio.sleep(2)  # let the engine finish its last step and free the sequences
             after = gpu_memory_used_mib()
             self.memory.append({"when": "server idle after the load", "mib": after})
@@ -311,7 +377,7 @@ class Bench:
             self.info["offline_engine_warm_up_s"] = time.perf_counter() - t0
             send = engine_sender(llm, a.temperature)
             await self.warm_up(send)
-            await self.run_levels("offline", send, pick)
+            await self.run_levels("offline", send, pick, engine_parts(llm))
         finally:
             await llm.aclose()
 
@@ -325,7 +391,9 @@ def one_line(r: dict[str, Any]) -> str:
         f"{f(r['requests_per_s'], '.2f')} req/s, {f(r['output_tokens_per_s'], ',.0f')} out tok/s, TTFT p50/p99 "
         f"{f(r['ttft_ms']['p50'])}/{f(r['ttft_ms']['p99'])} ms, TPOT {f(r['tpot_ms']['p50'], '.2f')}/"
         f"{f(r['tpot_ms']['p99'], '.2f')} ms, ITL p99 {f(r['itl_ms']['p99'], '.2f')} ms, errors {r['errors']}, "
-        f"Triton kernels compiled {r.get('triton_kernels_compiled', 0)}"
+        f"Triton kernels compiled {r.get('triton_kernels_compiled', 0)}; TTFT mean "
+        + ", ".join(f"{k} {f(v)}" for k, v in r.get("ttft_split_ms", {}).items())
+        + " ms"
     )
 
 
@@ -366,6 +434,26 @@ def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(head, lines, left=(0,))
 
 
+def split_table(rows: list[dict[str, Any]]) -> str:
+    """Where each level's mean TTFT went, both sides (ms)."""
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    lines = [
+        (
+            r["side"],
+            r["workload"],
+            str(r["concurrency"]),
+            *(f(r["ttft_split_ms"].get(k)) for k in ("ttft", *PARTS, "rest")),
+        )
+        for r in rows
+        if "ttft_split_ms" in r
+    ]
+    head = ("side", "workload", "conc", "TTFT mean", "prepare", "engine queue", "prefill", "rest")
+    return markdown_table(head, lines, left=(0, 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or out_dir() / "serve_gpu.json"
@@ -394,10 +482,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     result.update(rows=bench.rows, memory=bench.memory, info=bench.info, failed=failed)
     result["table"] = table(bench.rows)
+    result["ttft_table"] = split_table(bench.rows)
     result["elapsed_s"] = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     print("\n" + result["table"] + "\n")
+    print("Where the mean time to first token went (ms):\n" + result["ttft_table"] + "\n")
     for m in bench.memory:
         print(f"GPU memory in use, {m['when']}: {m['mib']} MiB")
     info = {k: v for k, v in bench.info.items() if k != "server_log_tail"}

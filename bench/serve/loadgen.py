@@ -86,7 +86,11 @@ def level_stats(records: list[RequestRecord], wall_s: float, max_tokens: int) ->
         "requests_per_s": len(records) / wall_s if wall_s > 0 else None,
         "output_tokens": out_tokens,
         "output_tokens_per_s": out_tokens / wall_s if wall_s > 0 else None,
-        "ttft_ms": {"p50": pct(ttft, 0.5), "p99": pct(ttft, 0.99)},
+        "ttft_ms": {
+            "p50": pct(ttft, 0.5),
+            "p99": pct(ttft, 0.99),
+            "mean": sum(ttft) / len(ttft) if ttft else None,
+        },
         "tpot_ms": {"p50": pct(tpot, 0.5), "p99": pct(tpot, 0.99)},
         "itl_ms": {"p50": pct(itl, 0.5), "p99": pct(itl, 0.99)},
         "errors": len(errors),

@@ -231,6 +231,7 @@ class LLMEngine:
         priority: int = 0,
         prefix_snapshot: str | None = None,
         save_snapshot: str | None = None,
+        arrival_time: float | None = None,
     ) -> Sequence:
         """Queue a request (text or token ids). Raises what `prompt_ids` raises, and
         `InvalidRequestError` for a duplicate id or a structured-output spec that cannot be
@@ -239,7 +240,10 @@ class LLMEngine:
 
         `prefix_snapshot`: start from a saved snapshot whose tokens begin this prompt (ignored when
         they do not, or when the prompt is no longer than them). `save_snapshot`: save this
-        request's state at the end of its prompt under that key.
+        request's state at the end of its prompt under that key. `arrival_time`: when the
+        request arrived (`time.monotonic()`; default now), where its queue time starts
+        (`metrics().queue_time`): a caller that hands requests over from another thread passes
+        the time it was asked.
         """
         ids = self.prompt_ids(prompt)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -276,7 +280,7 @@ class LLMEngine:
         if save_snapshot is not None:
             self._save_snapshot_as[request_id] = save_snapshot
         self.requests[request_id] = seq
-        self._stats.arrived(request_id, len(ids), time.monotonic())
+        self._stats.arrived(request_id, len(ids), time.monotonic() if arrival_time is None else arrival_time)
         self.scheduler.add(seq)
         return seq
 
@@ -344,6 +348,10 @@ class LLMEngine:
         samplers = [
             i.seq for i in plan.scheduled if i.seq.num_computed_tokens + i.num_tokens == i.seq.num_tokens
         ]
+        start = time.monotonic()
+        for item in plan.scheduled:
+            if not item.seq.output_token_ids:  # still in its prompt: its queue time may end here
+                self._stats.running(item.seq.request_id, start)
         masks = self._masks.start(samplers)
         try:
             to_sample, logits = self.runner.execute(plan)
@@ -464,6 +472,8 @@ class LLMEngine:
             generation_tokens_per_s=stats.tokens_per_s,
             mean_time_to_first_token_s=stats.mean_time_to_first_token_s,
             preemptions_total=stats.preemptions,
+            queue_time=stats.queue_time,
+            prefill_time=stats.prefill_time,
         )
 
     def check_cache(self) -> None:

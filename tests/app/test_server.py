@@ -226,9 +226,20 @@ def test_models_health_metrics(server: Any, client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # no key needed
+    before = _metrics(server)
     _chat(client, max_tokens=2)
     m = _metrics(server)
     assert m['jamba_http_requests_total{path="/v1/chat/completions",status="200"}'] >= 1
+    # Where its time to first token went: preparation, the engine's queue, the prefill.
+    for part in ("jamba_request_prepare_seconds", "jamba_request_queue_time_seconds", "jamba_request_prefill_time_seconds"):
+        assert m[f"{part}_count"] == before.get(f"{part}_count", 0) + 1
+        assert m[f"{part}_sum"] > before.get(f"{part}_sum", 0)
+    ttft = m["jamba_time_to_first_token_seconds_sum"] - before.get("jamba_time_to_first_token_seconds_sum", 0)
+    parts = sum(
+        m[f"{p}_sum"] - before.get(f"{p}_sum", 0)
+        for p in ("jamba_request_prepare_seconds", "jamba_request_queue_time_seconds", "jamba_request_prefill_time_seconds")
+    )
+    assert 0 < parts <= ttft
     assert m["jamba_prompt_tokens_total"] > 0 and m["jamba_generation_tokens_total"] > 0
     assert m["jamba_request_latency_seconds_count"] >= 1 and m["jamba_time_to_first_token_seconds_count"] >= 1
     assert m["jamba_kv_blocks_total"] > 0 and m["jamba_state_slots_total"] > 0

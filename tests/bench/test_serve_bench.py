@@ -33,6 +33,13 @@ def test_serve_bench_cpu_logic_check(tmp_path: Path) -> None:
         for key in ("ttft_ms", "tpot_ms"):
             assert r[key]["p50"] > 0 and math.isfinite(r[key]["p99"])
         assert r["output_tokens_per_s"] > 0
+        # Where the mean TTFT went: the server's parts over HTTP, the engine's alone offline.
+        split = r["ttft_split_ms"]
+        assert split["ttft"] == r["ttft_ms"]["mean"] > 0
+        assert split["queue"] >= 0 and split["prefill"] > 0
+        assert (split["prepare"] is not None and split["prepare"] > 0) == (r["side"] == "http")
+        parts = split["queue"] + split["prefill"] + (split["prepare"] or 0)
+        assert math.isclose(split["rest"], split["ttft"] - parts) and parts <= split["ttft"]
     # the fixed workload's prompts are cut to 64 tokens; the mixed ones lie in [16, 128]
     assert rows[("http", "fixed", 1)]["prompt_tokens_mean"] <= 64
     assert 16 <= rows[("http", "mixed", 2)]["prompt_tokens_mean"] <= 128

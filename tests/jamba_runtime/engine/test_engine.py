@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -518,3 +519,29 @@ def test_warm_up_leaves_the_engine_as_it_was(tiny_model_dir: Path) -> None:
     with pytest.raises(InvalidRequestError, match="idle engine"):
         engine.warm_up()
     engine.abort("busy")
+
+
+def test_queue_and_prefill_times(llm: LLM) -> None:
+    """Each request's time to first token splits into its queue time (arrival to its first step,
+    from the `arrival_time` given) and its prefill time (to its first token); a request that
+    waits behind a full batch queues for as long as it waits."""
+    engine = llm.engine
+    before = engine.metrics()
+    t0 = time.monotonic()
+    engine.add_request(list(range(5, 45)), GREEDY, request_id="early", arrival_time=t0 - 1.0)
+    drain(engine)
+    m = engine.metrics()
+    assert m.queue_time.count == before.queue_time.count + 1
+    assert m.prefill_time.count == before.prefill_time.count + 1
+    assert 1.0 <= m.queue_time.sum_s - before.queue_time.sum_s < 1.0 + (time.monotonic() - t0)
+    assert 0 < m.prefill_time.sum_s - before.prefill_time.sum_s < time.monotonic() - t0
+    # Eight running requests fill the batch; the ninth queues until one of them finishes.
+    full = [engine.add_request([7] * 30, GREEDY, request_id=f"run{i}") for i in range(8)]
+    late = engine.add_request([9] * 30, GREEDY, request_id="late")
+    while not late.output_token_ids:
+        engine.step()
+    waited = engine.metrics().queue_time.sum_s - m.queue_time.sum_s
+    assert any(s.finished for s in full) and waited > 0
+    drain(engine)
+    end = engine.metrics()
+    assert end.queue_time.count == end.prefill_time.count == m.queue_time.count + 9
