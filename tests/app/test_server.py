@@ -231,14 +231,16 @@ def test_models_health_metrics(server: Any, client: openai.OpenAI) -> None:
     m = _metrics(server)
     assert m['jamba_http_requests_total{path="/v1/chat/completions",status="200"}'] >= 1
     # Where its time to first token went: preparation, the engine's queue, the prefill.
-    for part in ("jamba_request_prepare_seconds", "jamba_request_queue_time_seconds", "jamba_request_prefill_time_seconds"):
+    parts_of_ttft = (
+        "jamba_request_prepare_seconds",
+        "jamba_request_queue_time_seconds",
+        "jamba_request_prefill_time_seconds",
+    )
+    for part in parts_of_ttft:
         assert m[f"{part}_count"] == before.get(f"{part}_count", 0) + 1
         assert m[f"{part}_sum"] > before.get(f"{part}_sum", 0)
     ttft = m["jamba_time_to_first_token_seconds_sum"] - before.get("jamba_time_to_first_token_seconds_sum", 0)
-    parts = sum(
-        m[f"{p}_sum"] - before.get(f"{p}_sum", 0)
-        for p in ("jamba_request_prepare_seconds", "jamba_request_queue_time_seconds", "jamba_request_prefill_time_seconds")
-    )
+    parts = sum(m[f"{p}_sum"] - before.get(f"{p}_sum", 0) for p in parts_of_ttft)
     assert 0 < parts <= ttft
     assert m["jamba_prompt_tokens_total"] > 0 and m["jamba_generation_tokens_total"] > 0
     assert m["jamba_request_latency_seconds_count"] >= 1 and m["jamba_time_to_first_token_seconds_count"] >= 1
