@@ -46,6 +46,7 @@ from bench.common.stats import nearest_rank
 from bench.structured.bpe65k import bpe65k_tokenizer_json
 from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams, StructuredOutput
 from jamba_runtime.config import JambaConfig
+from jamba_runtime.engine import engine as engine_module
 from jamba_runtime.structured.compiler import GrammarCompiler
 from jamba_runtime.structured.matcher import GrammarMatcher
 from jamba_runtime.structured.step_masks import MaskWorker
@@ -69,23 +70,29 @@ def tiny_65k(directory: Path) -> Path:
 
 
 class Timers:
-    """Times, per engine step: the grammar masks (`GrammarCompiler.fill_grammar_masks`) and the
-    rest of the grammar work (`MaskWorker.finish` plus `GrammarMatcher.take`)."""
+    """Times, per engine step: the grammar masks (`GrammarCompiler.fill_grammar_masks`), the
+    rest of the grammar work (`MaskWorker.finish` plus `GrammarMatcher.take`), and, for every
+    step with a token to sample, the whole step and its sampling (`sample_sequences`, which on a
+    GPU includes waiting for the step's forward): what a constrained step costs beyond an
+    unconstrained one, part by part."""
 
     def __init__(self) -> None:
         self.mask_us: list[float] = []
         self.budget_us: list[float] = []
-        self._mask = self._budget = 0.0
+        self.step_us: list[float] = []
+        self.sample_us: list[float] = []
+        self._mask = self._budget = self._sample = 0.0
         self._orig = (
             LLMEngine.step,
             MaskWorker.finish,
             GrammarCompiler.fill_grammar_masks,
             GrammarMatcher.take,
+            engine_module.sample_sequences,
         )
 
     def __enter__(self) -> Timers:
         t = self
-        step0, finish0, grammar0, take0 = self._orig
+        step0, finish0, grammar0, take0, sample0 = self._orig
 
         def timed(fn: Any, slot: str) -> Any:
             def wrapper(*args: Any) -> Any:
@@ -97,8 +104,12 @@ class Timers:
             return wrapper
 
         def step(engine: LLMEngine) -> Any:
-            t._mask = t._budget = 0.0
+            t._mask = t._budget = t._sample = 0.0
+            t0 = time.perf_counter_ns()
             out = step0(engine)
+            if t._sample:
+                t.step_us.append((time.perf_counter_ns() - t0) / 1000)
+                t.sample_us.append(t._sample)
             if t._mask or t._budget:
                 t.mask_us.append(t._mask)
                 t.budget_us.append(t._budget)
@@ -108,11 +119,21 @@ class Timers:
         MaskWorker.finish = staticmethod(timed(finish0, "_budget"))  # type: ignore[method-assign]
         GrammarCompiler.fill_grammar_masks = timed(grammar0, "_mask")  # type: ignore[method-assign]
         GrammarMatcher.take = timed(take0, "_budget")  # type: ignore[method-assign]
+        engine_module.sample_sequences = timed(sample0, "_sample")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        LLMEngine.step, finish, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take = self._orig
+        LLMEngine.step, finish, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take, sample = self._orig
         MaskWorker.finish = staticmethod(finish)  # type: ignore[method-assign]
+        engine_module.sample_sequences = sample
+
+    def percentiles(self) -> dict[str, dict[str, float | None]]:
+        """p50 and p99 of each timing (microseconds); None where nothing was timed."""
+        out: dict[str, dict[str, float | None]] = {}
+        for name in ("mask_us", "budget_us", "step_us", "sample_us"):
+            xs = getattr(self, name)
+            out[name] = {q: nearest_rank(xs, v) if xs else None for q, v in (("p50", 0.5), ("p99", 0.99))}
+        return out
 
 
 def run_row(llm: LLM, batch: int, new_tokens: int, repeats: int) -> dict[str, Any]:
@@ -129,7 +150,7 @@ def run_row(llm: LLM, batch: int, new_tokens: int, repeats: int) -> dict[str, An
 
     llm.generate(prompts, constrained(-1))  # warm-up
     free_rates, cons_rates, complete = [], [], []
-    timers = Timers()
+    timers, free_timers = Timers(), Timers()
     for r in range(repeats):
         with timers:
             t0 = time.perf_counter()
@@ -141,10 +162,12 @@ def run_row(llm: LLM, batch: int, new_tokens: int, repeats: int) -> dict[str, An
             SamplingParams(max_tokens=len(o.token_ids), temperature=1.0, seed=i, ignore_eos=True)
             for i, o in enumerate(outs)
         ]
-        t0 = time.perf_counter()
-        outs = llm.generate(prompts, plain)
-        free_rates.append(sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0))
+        with free_timers:
+            t0 = time.perf_counter()
+            outs = llm.generate(prompts, plain)
+            free_rates.append(sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0))
     free, cons = statistics.median(free_rates), statistics.median(cons_rates)
+    ours, theirs = timers.percentiles(), free_timers.percentiles()
     return {
         "batch": batch,
         "new_tokens": new_tokens,
@@ -157,6 +180,9 @@ def run_row(llm: LLM, batch: int, new_tokens: int, repeats: int) -> dict[str, An
             "p50": nearest_rank(timers.budget_us, 0.5),
             "p99": nearest_rank(timers.budget_us, 0.99),
         },
+        # A step with a token to sample, whole and its sampling, constrained beside unconstrained.
+        "step_us": {"constrained": ours["step_us"], "unconstrained": theirs["step_us"]},
+        "sample_us": {"constrained": ours["sample_us"], "unconstrained": theirs["sample_us"]},
         "tokens_per_s": {"unconstrained": free, "constrained": cons, "ratio": cons / free},
         # share of constrained outputs that ended complete ("stop"); a schema whose shortest
         # completion is longer than new_tokens ends "length" (many_required_fields needs ~100)
@@ -226,12 +252,16 @@ def print_row(row: dict, header: bool) -> None:
     if header:
         print(
             f"{'model':9s} {'vocab':>6s} {'batch':>5s} {'mask us p50/p99':>18s} {'budget us p50/p99':>18s} "
-            f"{'tok/s free':>10s} {'tok/s json':>10s} {'ratio':>6s} {'complete':>8s}"
+            f"{'tok/s free':>10s} {'tok/s json':>10s} {'ratio':>6s} {'complete':>8s} "
+            f"{'step us p50 json/free':>22s} {'sampling us p50 json/free':>26s}"
         )
     m, t, r = row["mask_us"], row["budget_us"], row["tokens_per_s"]
+    st, sa = row["step_us"], row["sample_us"]
     print(
         f"{row['model']:9s} {row['vocab']:>6d} {row['batch']:>5d} {m['p50']:>8.0f} / {m['p99']:<7.0f} "
-        f"{t['p50']:>8.0f} / {t['p99']:<7.0f} {r['unconstrained']:>10.1f} {r['constrained']:>10.1f} {r['ratio']:>6.2f} {row['complete']:>8.0%}",
+        f"{t['p50']:>8.0f} / {t['p99']:<7.0f} {r['unconstrained']:>10.1f} {r['constrained']:>10.1f} {r['ratio']:>6.2f} {row['complete']:>8.0%} "
+        f"{st['constrained']['p50']:>11.0f} / {st['unconstrained']['p50']:<8.0f} "
+        f"{sa['constrained']['p50']:>12.0f} / {sa['unconstrained']['p50']:<8.0f}",
         flush=True,
     )
 
