@@ -24,5 +24,7 @@ def test_structured_rows_cpu_logic_check(tmp_path: Path) -> None:
             for side in ("constrained", "unconstrained"):
                 assert r[part][side]["p50"] > 0 and r[part][side]["p99"] >= r[part][side]["p50"]
         # Sampling is a part of its step, on each side.
-        assert all(r["sample_us"][s]["p50"] < r["step_us"][s]["p99"] for s in ("constrained", "unconstrained"))
+        assert all(
+            r["sample_us"][s]["p50"] < r["step_us"][s]["p99"] for s in ("constrained", "unconstrained")
+        )
         assert r["mask_us"]["steps"] > 0 and r["budget_us"]["p50"] > 0
