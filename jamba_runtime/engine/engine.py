@@ -256,11 +256,6 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already running: use a new id")
         spec = params.structured
         grammar = self.grammars.matcher(spec, stagger=sum(ids[-4:])) if spec is not None else None
-        gen = None
-        if not params.greedy and params.seed is not None:
-            # A seeded request draws from its own generator (its tokens then do not depend on its
-            # batch-mates); unseeded ones share one draw a step (sampler.py).
-            gen = torch.Generator(device=self.model.device).manual_seed(params.seed)
         seq = Sequence(
             prompt_token_ids=ids,
             params=params,
@@ -271,7 +266,6 @@ class LLMEngine:
             eos_token_ids=self.eos_token_ids,
             max_new_tokens=min(params.max_tokens, self.max_model_len - len(ids)),
             request_id=request_id,
-            generator=gen,
             priority=priority,
             grammar=grammar,
         )

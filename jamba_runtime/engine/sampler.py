@@ -1,6 +1,11 @@
-"""Next-token choice over a batch, each row with its own parameters (and, when seeded, its own
-random generator), in a number of ops that grows with neither the batch nor its unseeded random
-rows."""
+"""Next-token choice over a batch, each row with its own parameters, in a number of ops that does
+not grow with the batch.
+
+A token is drawn by inverting the row's cumulative distribution at one uniform number. Unseeded
+rows share one draw from the device's default generator. A seeded row's number is a hash of its
+seed and its position in the output (`seeded_uniform`), made on the host: its tokens then depend
+on neither its batch-mates nor the step it runs in (a recomputed request draws the same), and a
+batch of seeded rows costs one copy to the device, not a generator launch per row."""
 
 from __future__ import annotations
 
@@ -124,10 +129,28 @@ def _min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's output function: a well-mixed 64-bit hash of a 64-bit integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seeded_uniform(seed: int, position: int) -> float:
+    """The uniform number in [0, 1) that a request seeded with `seed` draws its token at output
+    `position` (0 for its first token) with: 53 bits of a hash of both, so one seed gives the same
+    tokens whatever else runs beside it."""
+    return (_splitmix64(_splitmix64(seed & _MASK64) ^ position) >> 11) * 2.0**-53
+
+
 def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
-    generators: list[torch.Generator | None],
+    positions: list[int],
     seen_tokens: list[torch.Tensor],
     bitmask: torch.Tensor | None = None,
     mask_rows: list[int] | None = None,
@@ -136,11 +159,12 @@ def sample(
 
     Args:
         logits: `(batch, vocab)` next-token logits (not modified).
-        params, generators, seen_tokens: per row. A row with a generator (a seeded request)
-            draws from it alone, so its tokens do not depend on the other rows; random rows
-            without one share one draw from the device's default generator. `seen_tokens[i]`
-            are the prompt + output ids (for the repetition penalty; on the host is best: the
-            penalized rows' ids then reach the device in one copy).
+        params, positions, seen_tokens: per row. A seeded row (`params.seed`) draws its token
+            with `seeded_uniform(seed, position)`, `positions[i]` being how many tokens its
+            request has made so far; random rows without a seed share one draw from the
+            device's default generator. `seen_tokens[i]` are the prompt + output ids (for the
+            repetition penalty; on the host is best: the penalized rows' ids then reach the
+            device in one copy).
         bitmask, mask_rows: structured output: `bitmask[i]` (int32 words, one bit per token) is
             the set of tokens allowed in row `mask_rows[i]`; the others get -inf before any other
             processing, so top-k / top-p / min-p choose among allowed tokens only. Rows not listed
@@ -180,7 +204,11 @@ def sample(
         index = None if every else torch.tensor(random_rows).to(logits.device, non_blocking=True)
         rows = logits if index is None else logits[index]
         probs = torch.softmax(filter_logits(rows, [params[i] for i in random_rows]), -1)
-        picked, ok = _inverse_cdf(probs, [generators[i] for i in random_rows])
+        uniforms = [
+            None if params[i].seed is None else seeded_uniform(params[i].seed, positions[i])  # type: ignore[arg-type]
+            for i in random_rows
+        ]
+        picked, ok = _inverse_cdf(probs, uniforms)
         if index is None:
             chosen, usable = picked, usable & ok
         else:
@@ -192,13 +220,13 @@ def sample(
 def sample_sequences(
     seqs: list[Sequence], logits: torch.Tensor, bitmask: torch.Tensor | None, mask_rows: list[int]
 ) -> list[int | BaseException]:
-    """One token per sequence (row of `logits`) with each one's parameters, generator and seen
-    tokens. If sampling the batch raises, each row is sampled alone so that only the rows that
-    raise fail (their item is the exception): one request's failure is that request's alone."""
+    """One token per sequence (row of `logits`) with each one's parameters, output position and
+    seen tokens. If sampling the batch raises, each row is sampled alone so that only the rows
+    that raise fail (their item is the exception): one request's failure is that request's alone."""
     none = torch.empty(0, dtype=torch.long)  # shared by rows without a penalty
     args = (
         [s.params for s in seqs],
-        [s.generator for s in seqs],
+        [len(s.output_token_ids) for s in seqs],
         [
             none
             if s.params.repetition_penalty == 1.0
@@ -230,25 +258,25 @@ def sample_sequences(
     return tokens
 
 
-def _inverse_cdf(
-    probs: torch.Tensor, generators: list[torch.Generator | None]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _inverse_cdf(probs: torch.Tensor, uniforms: list[float | None]) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row of `probs (rows, vocab)`, drawn by inverting the row's cumulative sum at a
     uniform number (batched: a cumsum and a binary search per row, no per-token random draws),
-    and whether the row was usable (finite, some mass). A row with a generator takes its number
-    from it alone (one launch per such row: a seeded request's tokens do not depend on its
-    batch-mates); the others share one draw from the device's default generator."""
+    and whether the row was usable (finite, some mass). A row's number is `uniforms[row]` where
+    given (a seeded row: all of them reach the device in one copy), else a shared draw from the
+    device's default generator."""
     cum = probs.cumsum(-1)
     total = cum[:, -1:]
     ok = (torch.isfinite(total) & (total > 0)).squeeze(-1)  # a NaN anywhere reaches the total
-    u = (
-        torch.rand(total.shape, device=probs.device)
-        if any(g is None for g in generators)
-        else torch.empty_like(total)
-    )
-    for row, gen in enumerate(generators):
-        if gen is not None:
-            u[row] = torch.rand(1, generator=gen, device=probs.device)
+    given = [x for x in uniforms if x is not None]
+    if not given:
+        u = torch.rand(total.shape, device=probs.device)
+    else:
+        # Columns: the given number (0 where none), whether it was given.
+        host = torch.tensor([[x or 0.0, x is not None] for x in uniforms], dtype=torch.float64)
+        fixed = host.to(probs.device, torch.float32, non_blocking=True)
+        u = fixed[:, 0:1]
+        if len(given) < len(uniforms):
+            u = torch.where(fixed[:, 1:2] > 0, u, torch.rand(total.shape, device=probs.device))
     # The first token whose cumulative sum passes u * total: it has mass (a token with none
     # leaves the sum where it was), and u * total stays below the total even where rounding
     # would reach it.

@@ -7,8 +7,6 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
-
 from jamba_runtime.cache.manager import CacheAllocation
 from jamba_runtime.engine.outputs import RequestOutput
 from jamba_runtime.engine.sampling_params import SamplingParams
@@ -52,7 +50,6 @@ class Sequence:
     text: str = ""
     emitted: int = 0
     finish_reason: str | None = None
-    generator: torch.Generator | None = None
     priority: int = 0
     arrival: int = field(default_factory=lambda: next(_ids))
     status: SequenceStatus = SequenceStatus.WAITING

@@ -21,8 +21,7 @@ def test_sampler_bench_cpu_logic_check(tmp_path: Path, monkeypatch: pytest.Monke
     rows = {(r["batch"], r["mix"]): r for r in result["rows"]}
     assert set(rows) == {(b, m) for b in (2, 9) for m in sampler.MIXES}
     assert all(r["ms"] > 0 and r["argmax_ms"] > 0 and r["ops"] > 0 for r in rows.values())
-    # Unseeded rows add no ops with the batch; seeded and penalized rows add their own.
-    assert rows[(2, "temp1")]["ops"] == rows[(9, "temp1")]["ops"]
-    assert rows[(2, "greedy")]["ops"] == rows[(9, "greedy")]["ops"]
-    assert rows[(9, "topk_topp")]["ops"] > rows[(2, "topk_topp")]["ops"]
+    # No mix adds ops with the batch: seeded rows' numbers reach the device in one copy.
+    for mix in ("temp1", "greedy", "topk_topp"):
+        assert rows[(2, mix)]["ops"] == rows[(9, mix)]["ops"], mix
     assert result["engine"] == []  # --engine not asked
