@@ -158,21 +158,21 @@ class _Reply:
 
     def _logprobs(self, entries: list[dict] | None) -> list[dict[str, Any]]:
         out = []
+        state = self.state
         for e in entries or ():
-            token = self.state.token_text(e["token_id"])
             top = [
                 {
-                    "token": (t := self.state.token_text(i)),
+                    "token": state.token_text(i),
                     "logprob": max(lp, _MIN_LOGPROB),
-                    "bytes": list(t.encode()),
+                    "bytes": list(state.token_bytes(i)),
                 }
                 for i, lp in e["top"]
             ]
             out.append(
                 {
-                    "token": token,
+                    "token": state.token_text(e["token_id"]),
                     "logprob": max(e["logprob"], _MIN_LOGPROB),
-                    "bytes": list(token.encode()),
+                    "bytes": list(state.token_bytes(e["token_id"])),
                     "top_logprobs": top,
                 }
             )

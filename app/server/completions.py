@@ -130,20 +130,25 @@ class _Reply:
         if self.admission is not None:
             self.admission.on_delta(index, delta)
 
-    def _logprobs(self, index: int, entries: list[dict] | None, offset: int) -> dict[str, Any]:
-        """OpenAI's logprobs of one delta of choice `index`, whose text starts at `offset`.
+    def _logprobs(self, index: int, entries: list[dict] | None, offset: int, final: bool) -> dict[str, Any]:
+        """OpenAI's logprobs of one delta of choice `index`, whose text starts at `offset`;
+        `final`: the choice's last delta.
 
         `tokens` are the text each token adds (so they join to the choice's text and
         `text_offset` points into it): a special token the text leaves out is left out here
-        too, and a token that ends inside a character adds "" (the next one carries it).
+        too, and a token that ends inside a character adds "" (the next one carries it; where
+        the output ends first, the last token carries the U+FFFD the text ends with).
         `top_logprobs` (keyed by each token's own spelling) always holds the sampled token, as
         OpenAI's do, even with logprobs=0."""
         decoder = self._decoders.get(index)
         if decoder is None:
             decoder = self._decoders[index] = self.state.tokenizer.incremental_decoder()
         tokens, token_logprobs, top, offsets = [], [], [], []
-        for e in entries or ():
+        entries = entries or []
+        for k, e in enumerate(entries):
             text = decoder.add(e["token_id"])
+            if final and k == len(entries) - 1:
+                text += decoder.flush()  # bytes held back for a character that never came
             if not text and self.state.is_special(e["token_id"]):
                 continue
             logprob = max(e["logprob"], _MIN_LOGPROB)
@@ -183,7 +188,7 @@ class _Reply:
             {
                 "index": i,
                 "text": "".join(texts[i]),
-                "logprobs": self._logprobs(i, entries[i], len(self.echo_text[i // self.n]))
+                "logprobs": self._logprobs(i, entries[i], len(self.echo_text[i // self.n]), final=True)
                 if self.with_logprobs
                 else None,
                 "finish_reason": finish[i],
@@ -224,7 +229,11 @@ class _Reply:
             async with contextlib.aclosing(merge(streams)) as deltas:
                 async for i, delta in deltas:
                     self._on_delta(i, delta)
-                    lps = self._logprobs(i, delta.logprobs, offsets[i]) if self.with_logprobs else None
+                    lps = (
+                        self._logprobs(i, delta.logprobs, offsets[i], final=delta.finished)
+                        if self.with_logprobs
+                        else None
+                    )
                     offsets[i] += sum(len(t) for t in (lps or {}).get("tokens", ()))
                     if delta.text or lps:
                         yield self._chunk(i, delta.text, logprobs=lps)

@@ -109,11 +109,30 @@ class ServerState:
         return special
 
     def token_text(self, token_id: int) -> str:
-        """One token's text (special tokens included), for logprobs."""
+        """One token's text (special tokens included), for logprobs. A token that is part of a
+        character (a byte of a multi-byte UTF-8 sequence) would read U+FFFD, the same as every
+        other such token, so it is spelled by its bytes as OpenAI spells it: `bytes:\\xe2\\x80`
+        (each token then has its own key in `top_logprobs`)."""
         text = self._token_text.get(token_id)
         if text is None:
-            text = self._token_text[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            if "\ufffd" in text:
+                raw = self.token_bytes(token_id)
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            self._token_text[token_id] = text
         return text
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (what a chat logprob's `bytes` lists): those of its text,
+        or, for a token that is part of a character, the raw bytes from the grammar compiler's
+        tokenizer (made on first use)."""
+        text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        if "\ufffd" not in text:
+            return text.encode()
+        return bytes(self.llm.engine.grammars.lltokenizer.decode_bytes([token_id]))
 
 
 def _with_param(exc: Exception, param: str) -> Exception:

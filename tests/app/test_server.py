@@ -192,8 +192,25 @@ def test_logprobs(client: openai.OpenAI) -> None:
         tops = [t.logprob for t in entry.top_logprobs]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] <= 0
         assert entry.logprob == pytest.approx(tops[0], abs=1e-5)  # greedy picks the top token
-        assert entry.bytes == list(entry.token.encode())
+        assert entry.token.startswith("bytes:") or entry.bytes == list(entry.token.encode())
     assert _chat(client, max_tokens=3).choices[0].logprobs is None
+    # Sampled outputs reach tokens that are part of a character: each is spelled by its bytes
+    # (`bytes:\xNN...`), its `bytes` are those bytes, and every token's bytes join to the text's.
+    partial = 0
+    for seed in range(6):
+        choice = _chat(
+            client, temperature=1.0, max_tokens=16, logprobs=True, top_logprobs=2, seed=seed
+        ).choices[0]
+        raw = b"".join(bytes(e.bytes) for e in choice.logprobs.content)
+        if not choice.message.content.endswith("\ufffd"):
+            assert raw.decode("utf-8", errors="replace") == choice.message.content
+        for e in choice.logprobs.content:
+            if e.token.startswith("bytes:"):
+                partial += 1
+                assert e.token == "bytes:" + "".join(f"\\x{b:02x}" for b in e.bytes)
+            keys = [t.token for t in e.top_logprobs]
+            assert len(set(keys)) == len(keys), keys  # no two alternatives share a spelling
+    assert partial > 0, "no sampled token was part of a character: the case is not exercised"
 
 
 def test_completions(client: openai.OpenAI) -> None:

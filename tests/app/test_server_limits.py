@@ -473,17 +473,33 @@ def test_the_true_schema_is_any_json(client: openai.OpenAI) -> None:
 
 # ---- completions logprobs ----------------------------------------------------------------------
 def test_completion_logprobs_hold_the_sampled_token_and_point_into_the_text(client: openai.OpenAI) -> None:
-    for logprobs in (0, 2):
+    ends_mid_character = 0
+    for seed, logprobs in [(s, lp) for s in range(12) for lp in (0, 2)]:
         resp = client.completions.create(
-            model=MODEL, prompt="Once upon", max_tokens=12, temperature=1.0, seed=5, logprobs=logprobs
+            model=MODEL, prompt="Once upon", max_tokens=12, temperature=1.0, seed=seed, logprobs=logprobs
         )
         lp, text = resp.choices[0].logprobs, resp.choices[0].text
-        assert "".join(lp.tokens) == text
+        # Where the output stops inside a character, the text ends in U+FFFD and so does the
+        # last token; the tokens always join to the text.
+        ends_mid_character += text.endswith("\ufffd")
+        assert "".join(lp.tokens) == text, seed
         for token, logprob, top, offset in zip(
             lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset, strict=True
         ):
             assert text[offset : offset + len(token)] == token
             assert len(top) in (logprobs, logprobs + 1) and logprob in top.values()
+        if logprobs == 2:  # streamed, the same tokens and text
+            chunks = list(
+                client.completions.create(
+                    model=MODEL, prompt="Once upon", max_tokens=12, temperature=1.0, seed=seed,
+                    logprobs=logprobs, stream=True,
+                )
+            )  # fmt: skip
+            streamed = [
+                t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens
+            ]
+            assert streamed == lp.tokens and "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert ends_mid_character > 0, "no seed ended inside a character: the case is not exercised"
     # A grammar ends the text with an end-of-sequence token, which the text leaves out: so do
     # the logprobs (and the usage still counts it).
     choice = client.completions.create(
