@@ -228,9 +228,9 @@ class StoreCollection:
         self.delete(ids)
         return len(ids)
 
-    def _include(self, texts: bool) -> list[str]:
+    def _include(self) -> list[str]:
         """What to ask Chroma for to get chunks' metadata, and their texts where it holds them."""
-        return ["metadatas"] + (["documents"] if texts and self.texts is None else [])
+        return ["metadatas"] + (["documents"] if self.texts is None else [])
 
     def _texts(self, ids: list[str], documents: list[str] | None) -> list[str]:
         """The texts of `ids`: Chroma's `documents` where it holds them, else the local rows."""
@@ -248,7 +248,7 @@ class StoreCollection:
         return [rows[i] for i in ids]
 
     def get(self, ids: list[str], *, embeddings: bool = False) -> list[tuple[StoredChunk, np.ndarray | None]]:
-        include = self._include(True) + (["embeddings"] if embeddings else [])
+        include = self._include() + (["embeddings"] if embeddings else [])
         r = self.chroma.get(ids=ids, include=include)
         embs = r.get("embeddings") if embeddings else None
         texts = self._texts(list(r["ids"]), r.get("documents"))
@@ -270,7 +270,7 @@ class StoreCollection:
         """Nearest chunks to `embedding`, best first, with cosine distance (0 = same direction).
         `documents=False`: ids and distances only (text "" and no metadata), about half the time
         of a query that reads them: `get` the few that are kept."""
-        include = (self._include(True) if documents else []) + ["distances"]
+        include = (self._include() if documents else []) + ["distances"]
         include += ["embeddings"] if embeddings else []
         r = self.chroma.query(
             query_embeddings=[np.asarray(embedding, dtype=np.float32)],
@@ -293,7 +293,7 @@ class StoreCollection:
         """Every chunk, a page at a time: (ids, texts, metadatas)."""
         offset = 0
         while True:
-            r = self.chroma.get(include=self._include(True), limit=page, offset=offset)
+            r = self.chroma.get(include=self._include(), limit=page, offset=offset)
             if not r["ids"]:
                 return
             ids = list(r["ids"])
