@@ -301,15 +301,21 @@ class LLMEngine:
 
     def warm_up(self) -> int:
         """Before serving: run one short request through a prefill and a decode step (the
-        kernels' first compiles), then, on one GPU, capture every decode graph size, so that no
-        user request pays for either (a capture takes a second or two). Leaves the engine as it
-        was: idle, its cache free, its metrics at zero. Returns how many graphs were captured
-        (0 on CPU, and with tensor parallel, whose ranks capture together as sizes come up)."""
+        kernels' first compiles; on a GPU beside a prompt one step's budget long, whose second
+        chunk attends to its cached first one as a long prompt's last chunk does), then, on one
+        GPU, capture every decode graph size, so that no user request pays for either (a
+        compile or a capture takes a second or two, and stalls every stream). Leaves the engine
+        as it was: idle, its cache free, its metrics at zero. Returns how many graphs were
+        captured (0 on CPU, and with tensor parallel, whose ranks capture together as sizes
+        come up)."""
         if self.has_unfinished():
             raise InvalidRequestError("warm_up needs an idle engine: call it before adding requests")
         vocab = self.model.config.vocab_size
-        prompt = [i % vocab for i in range(100, 133)]
-        self.add_request(prompt, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True), "warm-up")
+        params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+        self.add_request([i % vocab for i in range(100, 133)], params, "warm-up")
+        long = min(self.config.max_num_batched_tokens + 40, self.max_model_len - 2)
+        if self.model.device.type == "cuda" and long > 33:
+            self.add_request([i % vocab for i in range(200, 200 + long)], params, "warm-up-long")
         while self.has_unfinished():
             self.step()
         self._stats = RequestStats()

@@ -355,7 +355,10 @@ if HAS_TRITON:
             acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
         return acc, m_new, l_i
 
-    @triton.jit
+    # The block table's row stride is the batch's longest table, which changes from step to
+    # step: specialised (Triton compiles a variant for a stride divisible by 16, and for 1), a
+    # server met a new variant mid-load and stalled every stream for its compile (bench/NOTES.md).
+    @triton.jit(do_not_specialize=["stride_tb"])
     def _flash_kernel(
         q_ptr, k_ptr, v_ptr, o_ptr, qs_ptr, ql_ptr, ctx_ptr, kvl_ptr, table_ptr,
         qk_scale, heads, group, head_dim, block_size, stride_tb,
