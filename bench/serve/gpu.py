@@ -403,12 +403,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     def f(x: float | None, spec: str = ".1f") -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
-    by = {(r["side"], r["workload"], r["concurrency"]): r for r in rows}
+    # The n-th HTTP level of a (workload, concurrency) against the n-th offline one (`--levels
+    # 8,8` runs each twice, and a level's first run may still warm something up).
+    offline: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["side"] == "offline":
+            offline.setdefault((r["workload"], r["concurrency"]), []).append(r)
+    seen: dict[tuple[str, int], int] = {}
     lines = []
     for r in rows:
         if r["side"] != "http":
             continue
-        o = by.get(("offline", r["workload"], r["concurrency"]))
+        key = (r["workload"], r["concurrency"])
+        nth = seen[key] = seen.get(key, -1) + 1
+        pool = offline.get(key, [])
+        o = pool[min(nth, len(pool) - 1)] if pool else None
         ratio_tps = (
             r["output_tokens_per_s"] / o["output_tokens_per_s"] if o and o["output_tokens_per_s"] else None
         )
