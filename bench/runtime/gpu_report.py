@@ -69,12 +69,17 @@ def check_cell(r: dict[str, Any]) -> str:
             f"masks {m['p50']:.0f}/{m['p99']:.0f}, budget {b['p50']:.0f}/{b['p99']:.0f} (p50/p99); "
             f"complete {r['complete']:.0%}"
         )
-        if "step_us" in r:  # step and sampling p50, constrained / unconstrained
+        if "step_us" in r:  # steps and sampling, constrained / unconstrained
             st, sa = r["step_us"], r["sample_us"]
             cell += (
                 f"; p50 us step {st['constrained']['p50']:.0f} / {st['unconstrained']['p50']:.0f}, "
                 f"sampling {sa['constrained']['p50']:.0f} / {sa['unconstrained']['p50']:.0f}"
             )
+            if st["constrained"].get("mean") is not None:
+                cell += (
+                    f"; mean us step {st['constrained']['mean']:.0f} / {st['unconstrained']['mean']:.0f} "
+                    f"over {st['constrained']['steps']:.0f} / {st['unconstrained']['steps']:.0f} steps"
+                )
     else:
         cell = r.get("transformers_skipped") or r.get("skipped_verification") or r.get("note") or "-"
         if kind == "longest":

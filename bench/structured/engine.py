@@ -128,11 +128,18 @@ class Timers:
         engine_module.sample_sequences = sample
 
     def percentiles(self) -> dict[str, dict[str, float | None]]:
-        """p50 and p99 of each timing (microseconds); None where nothing was timed."""
+        """p50, p99, mean and total of each timing (microseconds), and how many steps it was
+        taken in; None where nothing was timed. The mean and total show what the median hides: a
+        few slow steps can cost more than all the others' excess together."""
         out: dict[str, dict[str, float | None]] = {}
         for name in ("mask_us", "budget_us", "step_us", "sample_us"):
             xs = getattr(self, name)
             out[name] = {q: nearest_rank(xs, v) if xs else None for q, v in (("p50", 0.5), ("p99", 0.99))}
+            out[name] |= {
+                "mean": statistics.fmean(xs) if xs else None,
+                "total": float(sum(xs)) if xs else None,
+                "steps": float(len(xs)),
+            }
         return out
 
 

@@ -5,6 +5,7 @@ unconstrained one, part by part."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,9 @@ def test_structured_rows_cpu_logic_check(tmp_path: Path) -> None:
         assert r["ours"]["tokens_per_s"] > 0 and r["unconstrained_tokens_per_s"] > 0 and r["ratio"] > 0
         for part in ("step_us", "sample_us"):
             for side in ("constrained", "unconstrained"):
-                assert r[part][side]["p50"] > 0 and r[part][side]["p99"] >= r[part][side]["p50"]
+                t = r[part][side]
+                assert t["p50"] > 0 and t["p99"] >= t["p50"] and t["steps"] > 0
+                assert math.isclose(t["total"], t["mean"] * t["steps"], rel_tol=1e-9)
         # Sampling is a part of its step, on each side.
         assert all(
             r["sample_us"][s]["p50"] < r["step_us"][s]["p99"] for s in ("constrained", "unconstrained")
