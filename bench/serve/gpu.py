@@ -36,13 +36,12 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from bench.common.paths import out_dir
 from bench.common.tables import markdown_table
 from bench.serve.loadgen import Sender, closed_loop, level_stats
 from bench.serve.server import Server, http_sender
+from bench.serve.ttft import Parts, engine_parts, server_parts, split_table, ttft_split
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -200,63 +200,6 @@ def triton_cache_entries() -> int:
         return sum(1 for p in root.iterdir() if p.is_dir())
     except OSError:
         return 0
-
-
-# ---- where the time to first token goes -------------------------------------------------------------
-Parts = Callable[[], Awaitable[dict[str, tuple[int, float]]]]
-"""Cumulative (count, seconds) of each part of the time to first token, read now."""
-PARTS = ("prepare", "queue", "prefill")
-_METRICS = {
-    "prepare": "jamba_request_prepare_seconds",
-    "queue": "jamba_request_queue_time_seconds",
-    "prefill": "jamba_request_prefill_time_seconds",
-}
-
-
-def server_parts(url: str) -> Parts:
-    """The parts from the server's `/metrics`."""
-    import httpx
-
-    async def read() -> dict[str, tuple[int, float]]:
-        async with httpx.AsyncClient(timeout=30) as client:
-            text = (await client.get(f"{url}/metrics")).text
-        values = dict(re.findall(r"^(\S+) (\S+)$", text, re.M))
-        return {
-            part: (int(float(values.get(f"{name}_count", 0))), float(values.get(f"{name}_sum", 0)))
-            for part, name in _METRICS.items()
-        }
-
-    return read
-
-
-def engine_parts(llm: Any) -> Parts:
-    """The parts from an in-process engine's `metrics()` (no server: nothing to prepare)."""
-
-    async def read() -> dict[str, tuple[int, float]]:
-        m = llm.metrics()
-        return {
-            "queue": (m.queue_time.count, m.queue_time.sum_s),
-            "prefill": (m.prefill_time.count, m.prefill_time.sum_s),
-        }
-
-    return read
-
-
-def ttft_split(
-    ttft_mean_ms: float | None, before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]
-) -> dict[str, float | None]:
-    """The level's mean TTFT and the mean of each part over the requests measured in the level;
-    `rest`: what the parts leave of the TTFT (the way back to the client, and the client)."""
-    out: dict[str, float | None] = {"ttft": ttft_mean_ms}
-    for part in PARTS:
-        if part not in after:
-            out[part] = None
-            continue
-        count = after[part][0] - before[part][0]
-        out[part] = 1e3 * (after[part][1] - before[part][1]) / count if count else None
-    known = [out[p] for p in PARTS if out[p] is not None]
-    out["rest"] = ttft_mean_ms - sum(known) if ttft_mean_ms is not None and known else None  # type: ignore[operator]
-    return out
 
 
 # ---- the runs ---------------------------------------------------------------------------------------
@@ -441,26 +384,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("workload", "conc", "req/s", "out tok/s", "offline out tok/s", "http/offline", "TTFT ms p50 / p99",
             "TPOT ms p50 / p99", "offline TPOT p50", "TPOT http/offline", "ITL p99 ms", "errors")  # fmt: skip
     return markdown_table(head, lines, left=(0,))
-
-
-def split_table(rows: list[dict[str, Any]]) -> str:
-    """Where each level's mean TTFT went, both sides (ms)."""
-
-    def f(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1f}"
-
-    lines = [
-        (
-            r["side"],
-            r["workload"],
-            str(r["concurrency"]),
-            *(f(r["ttft_split_ms"].get(k)) for k in ("ttft", *PARTS, "rest")),
-        )
-        for r in rows
-        if "ttft_split_ms" in r
-    ]
-    head = ("side", "workload", "conc", "TTFT mean", "prepare", "engine queue", "prefill", "rest")
-    return markdown_table(head, lines, left=(0, 1))
 
 
 def main(argv: list[str] | None = None) -> int:
