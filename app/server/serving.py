@@ -47,6 +47,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     queue: RequestQueue = field(init=False)
     _token_text: dict[int, str] = field(default_factory=dict)
+    _token_bytes: dict[int, bytes] = field(default_factory=dict)
     _max_token_chars: int | None = None
     _special: dict[int, bool] = field(default_factory=dict)
 
@@ -129,10 +130,16 @@ class ServerState:
         """The bytes one token stands for (what a chat logprob's `bytes` lists): those of its text,
         or, for a token that is part of a character, the raw bytes from the grammar compiler's
         tokenizer (made on first use)."""
-        text = self.tokenizer.decode([token_id], skip_special_tokens=False)
-        if "\ufffd" not in text:
-            return text.encode()
-        return bytes(self.llm.engine.grammars.lltokenizer.decode_bytes([token_id]))
+        raw = self._token_bytes.get(token_id)
+        if raw is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            raw = (
+                text.encode()
+                if "\ufffd" not in text
+                else bytes(self.llm.engine.grammars.lltokenizer.decode_bytes([token_id]))
+            )
+            self._token_bytes[token_id] = raw
+        return raw
 
 
 def _with_param(exc: Exception, param: str) -> Exception:
