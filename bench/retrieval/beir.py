@@ -12,6 +12,17 @@ from jamba_stack.retrieval.metrics import evaluate, pytrec_evaluate
 SCIFACT = SHARED_DATA / "scifact"
 
 
+def corpus_rows(corpus: Path, limit: int, work: Path) -> tuple[Path, list[dict]]:
+    """A BEIR `corpus.jsonl`'s rows and the file to ingest: `corpus` itself, or with `limit`
+    (> 0) its first `limit` rows written to `work`/corpus.jsonl."""
+    rows = [json.loads(x) for x in corpus.read_text().splitlines() if x.strip()]
+    if limit:
+        rows = rows[:limit]
+        corpus = work / "corpus.jsonl"
+        corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return corpus, rows
+
+
 def load_beir(d: Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """(queries by id, relevance by query id then doc id) of `split` in the BEIR folder `d`; only
     queries that have judgements."""

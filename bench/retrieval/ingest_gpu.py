@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.paths import REPO, out_dir
-from bench.retrieval.beir import SCIFACT
+from bench.retrieval.beir import SCIFACT, corpus_rows
 from bench.retrieval.embedder_gpu import random_model
 
 
@@ -139,12 +139,7 @@ def main() -> None:
     from jamba_stack.retrieval.token_store import DEFAULT_CODEC
 
     work = Path(tempfile.mkdtemp(prefix="ingest-gpu-"))
-    corpus = args.corpus
-    rows = [json.loads(x) for x in corpus.read_text().splitlines() if x.strip()]
-    if args.limit_docs:
-        rows = rows[: args.limit_docs]
-        corpus = work / "corpus.jsonl"
-        corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus, rows = corpus_rows(args.corpus, args.limit_docs, work)
     model = model_dir(args)
     embedder = SentenceTransformerEmbedder(model, device=args.device)
     embedder.embed_batch_tokens(["warm up"] * 64)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.common.paths import REPO, out_dir
-from bench.retrieval.beir import SCIFACT
+from bench.retrieval.beir import SCIFACT, corpus_rows
 from jamba_stack.retrieval.chunking import HFTokenCounter, TokenCounter
 from jamba_stack.retrieval.embedder_base import Embedder, normalize
 
@@ -101,11 +101,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ingest-write-"))
-    corpus = args.corpus
-    if args.limit_docs:
-        lines = [x for x in corpus.read_text().splitlines() if x.strip()][: args.limit_docs]
-        corpus = work / "corpus.jsonl"
-        corpus.write_text("\n".join(lines) + "\n")
+    corpus, _ = corpus_rows(args.corpus, args.limit_docs, work)
     embedder = RandomEmbedder(minilm_tokenizer())
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for _ in range(args.repeat):
