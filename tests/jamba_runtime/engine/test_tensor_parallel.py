@@ -86,6 +86,10 @@ def _launched_rank(rank: int, world: int, init_file: str, model_dir: str, out_fi
             assert dist.is_initialized(), "the launcher's group outlives the LLM"
         else:
             assert run_follower(model_dir, device="cpu", dtype="float32") > 0
+        # Tear the group down together, as a launched program should: a rank destroying it
+        # while its peer has already gone once aborted in gloo ("terminate called without an
+        # active exception", exit -6) under CI load.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
