@@ -80,6 +80,12 @@ def check_cell(r: dict[str, Any]) -> str:
                     f"; mean us step {st['constrained']['mean']:.0f} / {st['unconstrained']['mean']:.0f} "
                     f"over {st['constrained']['steps']:.0f} / {st['unconstrained']['steps']:.0f} steps"
                 )
+        if r.get("take_us", {}).get("mean") is not None:  # the budget logic before / after sampling
+            pre, take = r["prepare_us"], r["take_us"]
+            cell += (
+                f"; mean us budget {b['mean']:.0f} = prepare {pre['mean']:.0f} + take {take['mean']:.0f} "
+                f"(take p99 {take['p99']:.0f}), masks {m['mean']:.0f}"
+            )
     else:
         cell = r.get("transformers_skipped") or r.get("skipped_verification") or r.get("note") or "-"
         if kind == "longest":

@@ -47,6 +47,8 @@ class StructuredRows:
             "ratio": tps["ratio"],
             "mask_us": res["mask_us"],
             "budget_us": res["budget_us"],
+            "prepare_us": res["prepare_us"],
+            "take_us": res["take_us"],
             "step_us": res["step_us"],
             "sample_us": res["sample_us"],
             "complete": res["complete"],

@@ -17,8 +17,10 @@ sides make the same tokens and their batches shrink alike. Reported:
                     (on the engine's mask thread, during the forward);
   budget us p50/p99 the rest of the grammar work per step: the budget logic before sampling
                     (`MaskWorker.finish`: closing-path rollouts, on the engine's thread after the
-                    forward is launched) plus advancing the matchers after it
-                    (`GrammarMatcher.take`, with its closing-path check, after sampling);
+                    forward is launched; "prepare") plus advancing the matchers after it
+                    (`GrammarMatcher.take`, with its closing-path check, after sampling; "take":
+                    on a GPU only this part stands between two steps' forwards). The JSON keeps
+                    both parts, and every timing's mean and total;
   tok/s             generated tokens / wall time of the whole `generate`, both sides;
   ratio             constrained / unconstrained tokens/s.
 
@@ -71,7 +73,8 @@ def tiny_65k(directory: Path) -> Path:
 
 class Timers:
     """Times, per engine step: the grammar masks (`GrammarCompiler.fill_grammar_masks`), the
-    rest of the grammar work (`MaskWorker.finish` plus `GrammarMatcher.take`), and, for every
+    rest of the grammar work (`MaskWorker.finish`, "prepare", plus `GrammarMatcher.take`; their
+    sum is "budget"), and, for every
     step with a token to sample, the whole step and its sampling (`sample_sequences`, which on a
     GPU includes waiting for the step's forward): what a constrained step costs beyond an
     unconstrained one, part by part."""
@@ -79,9 +82,11 @@ class Timers:
     def __init__(self) -> None:
         self.mask_us: list[float] = []
         self.budget_us: list[float] = []
+        self.prepare_us: list[float] = []
+        self.take_us: list[float] = []
         self.step_us: list[float] = []
         self.sample_us: list[float] = []
-        self._mask = self._budget = self._sample = 0.0
+        self._mask = self._prepare = self._take = self._sample = 0.0
         self._orig = (
             LLMEngine.step,
             MaskWorker.finish,
@@ -104,21 +109,23 @@ class Timers:
             return wrapper
 
         def step(engine: LLMEngine) -> Any:
-            t._mask = t._budget = t._sample = 0.0
+            t._mask = t._prepare = t._take = t._sample = 0.0
             t0 = time.perf_counter_ns()
             out = step0(engine)
             if t._sample:
                 t.step_us.append((time.perf_counter_ns() - t0) / 1000)
                 t.sample_us.append(t._sample)
-            if t._mask or t._budget:
+            if t._mask or t._prepare or t._take:
                 t.mask_us.append(t._mask)
-                t.budget_us.append(t._budget)
+                t.prepare_us.append(t._prepare)
+                t.take_us.append(t._take)
+                t.budget_us.append(t._prepare + t._take)
             return out
 
         LLMEngine.step = step  # type: ignore[method-assign]
-        MaskWorker.finish = staticmethod(timed(finish0, "_budget"))  # type: ignore[method-assign]
+        MaskWorker.finish = staticmethod(timed(finish0, "_prepare"))  # type: ignore[method-assign]
         GrammarCompiler.fill_grammar_masks = timed(grammar0, "_mask")  # type: ignore[method-assign]
-        GrammarMatcher.take = timed(take0, "_budget")  # type: ignore[method-assign]
+        GrammarMatcher.take = timed(take0, "_take")  # type: ignore[method-assign]
         engine_module.sample_sequences = timed(sample0, "_sample")
         return self
 
@@ -132,7 +139,7 @@ class Timers:
         taken in; None where nothing was timed. The mean and total show what the median hides: a
         few slow steps can cost more than all the others' excess together."""
         out: dict[str, dict[str, float | None]] = {}
-        for name in ("mask_us", "budget_us", "step_us", "sample_us"):
+        for name in ("mask_us", "budget_us", "prepare_us", "take_us", "step_us", "sample_us"):
             xs = getattr(self, name)
             out[name] = {q: nearest_rank(xs, v) if xs else None for q, v in (("p50", 0.5), ("p99", 0.99))}
             out[name] |= {
@@ -178,15 +185,10 @@ def run_row(llm: LLM, batch: int, new_tokens: int, repeats: int) -> dict[str, An
     return {
         "batch": batch,
         "new_tokens": new_tokens,
-        "mask_us": {
-            "p50": nearest_rank(timers.mask_us, 0.5),
-            "p99": nearest_rank(timers.mask_us, 0.99),
-            "steps": len(timers.mask_us),
-        },
-        "budget_us": {
-            "p50": nearest_rank(timers.budget_us, 0.5),
-            "p99": nearest_rank(timers.budget_us, 0.99),
-        },
+        "mask_us": ours["mask_us"],
+        "budget_us": ours["budget_us"],
+        "prepare_us": ours["prepare_us"],  # the budget logic's part before sampling
+        "take_us": ours["take_us"],  # and after it, between the steps
         # A step with a token to sample, whole and its sampling, constrained beside unconstrained.
         "step_us": {"constrained": ours["step_us"], "unconstrained": theirs["step_us"]},
         "sample_us": {"constrained": ours["sample_us"], "unconstrained": theirs["sample_us"]},

@@ -151,6 +151,17 @@ class TokenTable:
                 if len(b) == 1 and 0x20 <= b[0] < 0x7F and b[0] != 0x22 and b[0] != 0x5C:
                     singles.setdefault(b[0], i)
         self.single_chars = sorted(singles.items())
+        # the token that is a bare `"`: whether it is allowed says whether a string can end here
+        self.quote: int | None = next(
+            (
+                int(i)
+                for i in ids[length[ids] == 1]
+                if i < n
+                and not lltokenizer.is_special_token(int(i))
+                and lltokenizer.decode_bytes([int(i)]) == b'"'
+            ),
+            None,
+        )
         self.single_char_ids = np.asarray([t for _, t in self.single_chars], dtype=np.int64)
 
     def advance(self, state: ScanState, token_id: int) -> ScanState:
@@ -380,7 +391,7 @@ def _search_chars(
                     continue
                 s2 = table.advance(s, t) if s is not None else None
                 path = [*typed, t]
-                if c.is_accepting() if s2 is None else s2.mode == _OUT or _can_close_string(c, table, s2):
+                if c.is_accepting() if s2 is None else s2.mode == _OUT or _can_end_string_now(c, table, s2):
                     m.consume_tokens(path)
                     return path
                 deeper.append((c, s2, path))
@@ -391,7 +402,19 @@ def _search_chars(
     return None
 
 
+def _can_end_string_now(c: llguidance.LLMatcher, table: TokenTable, s: ScanState) -> bool:
+    """Whether the string can end right here (a bare `"` is allowed): one token checked, where a
+    mask costs a walk of the whole vocabulary (~0.3 ms inside a format's string on a 65k vocab,
+    at every node of `_search_chars`)."""
+    if table.quote is None:
+        return _can_close_string(c, table, s)
+    return s.mode == _STR and c.validate_tokens([table.quote]) == 1
+
+
 def _can_close_string(c: llguidance.LLMatcher, table: TokenTable, s: ScanState) -> bool:
+    """Whether a token that ends the string is allowed (it may add text before its `"`)."""
+    if table.quote is not None and s.mode == _STR and c.validate_tokens([table.quote]) == 1:
+        return True
     words = np.frombuffer(c.compute_bitmask(), dtype=np.uint32)
     return bool(allowed_bits(words, table.closes_string[s.mode]).any())
 

@@ -150,6 +150,13 @@ class GrammarMatcher:
                 # No path yet (the window just opened), or none fitted: try again each step, as the
                 # model's own tokens may bring the end within reach.
                 self._plan = self._rollout(self._matcher, self._scan, remaining)
+            if self._plan is not None and len(self._plan) >= remaining:
+                # The path takes every token left: follow it now. Any other token would need a
+                # shorter path after it, which the rollout after sampling (serial, between the
+                # GPU's steps) seldom finds.
+                self._follow_plan()
+                bitmask[row].zero_()
+                set_bit(bitmask, row, self._forced[-1])
         else:
             self._guard_tag(bitmask, row, remaining)
 
@@ -194,11 +201,16 @@ class GrammarMatcher:
         self._scan = scan
         if unique is not None:
             self._unique = unique
+        self._follow_plan()
+        forced = self._forced.pop()
+        return forced if self.accept(forced) else -1
+
+    def _follow_plan(self) -> None:
+        """From here on, take the closing path's tokens, whatever is sampled."""
+        assert self._plan is not None
         plan, self._plan = self._plan, None
         self._forced = plan[::-1]
         self.closed_by_budget = True
-        forced = self._forced.pop()
-        return forced if self.accept(forced) else -1
 
     def accept(self, token_id: int) -> bool:
         """Advance by `token_id`; False (and the matcher is in error) when the grammar forbids it."""
