@@ -32,11 +32,21 @@ def _stemmer():  # noqa: ANN202 - Stemmer.Stemmer
 
 
 def tokenize(texts: list[str], stemmer: Any = None) -> list[list[str]]:
+    """Each text's BM25 terms (bm25s: lowercase words, English stopwords, Snowball stems)."""
     import bm25s
 
     return bm25s.tokenize(
         texts, stopwords="en", stemmer=stemmer or _stemmer(), show_progress=False, return_ids=False
     )
+
+
+def tokenize_ids(texts: list[str]) -> Any:
+    """`tokenize` as ids and their vocabulary (a `bm25s.tokenization.Tokenized`), which
+    `bm25s.BM25.index` takes without converting strings: 1.80 -> 1.55 s to tokenize and index
+    SciFact twice over (10,366 texts) on 2 cores, the same index."""
+    import bm25s
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), show_progress=False, return_ids=True)
 
 
 class BM25Index:
@@ -64,7 +74,7 @@ class BM25Index:
         params = dict(BM25_PARAMS)
         retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"])
         if texts:
-            retriever.index(tokenize(texts), show_progress=False)
+            retriever.index(tokenize_ids(texts), show_progress=False)
         keys = sorted({k for m in metadatas for k in m})
         columns = {k: [m.get(k) for m in metadatas] for k in keys}
         return cls(retriever, list(ids), columns, info | {"count": len(ids), "params": params})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jamba_stack.retrieval.bm25 import BM25Index
+from jamba_stack.retrieval.bm25 import BM25_PARAMS, BM25Index, tokenize
 from jamba_stack.retrieval.errors import InvalidQueryError
 from jamba_stack.retrieval.fusion import convex_fusion, reciprocal_rank_fusion
 
@@ -35,6 +35,24 @@ def test_stemmed_search_and_filters() -> None:
         idx.search("cat", 5, {"page": {"$regex": "x"}})
     with pytest.raises(InvalidQueryError, match="needs a number"):
         idx.search("cat", 5, {"page": {"$gt": "1"}})
+
+
+def test_index_built_from_ids_scores_as_one_built_from_terms() -> None:
+    """The build indexes token ids (`tokenize_ids`); scores equal those of bm25s indexing the
+    terms themselves, the way the index was built before."""
+    import bm25s
+
+    texts = [*TEXTS, "Ünïcode café naïve straße", "x1 42 a_b __init__ cats' dogs's running-runs"]
+    idx = BM25Index.build([f"c{i}" for i in range(len(texts))], texts, [{}] * len(texts))
+    ref = bm25s.BM25(k1=BM25_PARAMS["k1"], b=BM25_PARAMS["b"], method=BM25_PARAMS["method"])
+    ref.index(tokenize(texts), show_progress=False)
+    for query in ("cat running", "dogs", "café straße", "a_b init runs", "stock market"):
+        terms = [t for t in tokenize([query])[0] if t in ref.vocab_dict]
+        assert terms
+        expected = ref.get_scores(terms)
+        got = dict(idx.search(query, len(texts)))
+        assert got  # the query matches something
+        assert {f"c{i}": float(v) for i, v in enumerate(expected) if v > 0} == pytest.approx(got)
 
 
 def test_save_load_is_atomic_and_replaces(tmp_path: Path) -> None:
