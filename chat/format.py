@@ -138,6 +138,10 @@ class ChatInputs:
 
         Raises `InvalidParameterError` for bad inputs, `InvalidRequestError` when the template
         refuses the conversation."""
+        return tokenizer.encode(self.render_text(tokenizer), add_special_tokens=False)
+
+    def render_text(self, tokenizer: Tokenizer) -> str:
+        """The prompt's text (what `render` tokenizes); raises as `render`."""
         self.check()
         kwargs: dict[str, Any] = {}
         if self.format_type != "text":
@@ -162,7 +166,7 @@ class ChatInputs:
                     "messages",
                 )
             text = text[: at + len(content)]
-        return tokenizer.encode(text, add_special_tokens=False)
+        return text
 
     def structured(self) -> StructuredOutput | None:
         """The `StructuredOutput` that constrains decoding, or None for free text.

@@ -86,8 +86,8 @@ async def create_chat_completion(
     limits.check_count(len(body.tools or ()), "max_tools", "tools")
     inputs = chat_inputs(body)
     state.check_text_fits(inputs.text_size(), "messages")
-    # Template + tokenizer off the event loop: a long prompt would stall every other stream.
-    prompt = await asyncio.to_thread(inputs.render, state.tokenizer)
+    # Template and tokenizer off the event loop: a long prompt would stall every other stream.
+    prompt = await state.prompts.template_ids(await asyncio.to_thread(inputs.render_text, state.tokenizer))
     asked = body.max_completion_tokens or body.max_tokens
     max_tokens = resolve_max_tokens(
         state,

@@ -89,7 +89,11 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
     queued: list[tuple[list[int], list[SamplingParams]]] = []
     for prompt in prompts:
         try:
-            ids = await asyncio.to_thread(state.llm.engine.prompt_ids, prompt)  # off the event loop
+            ids = (
+                await state.prompts.prompt_ids(prompt)  # with other requests' texts, off the event loop
+                if isinstance(prompt, str)
+                else await asyncio.to_thread(state.llm.engine.prompt_ids, prompt)
+            )
         except JambaStackError as exc:
             exc.param = "prompt"  # type: ignore[attr-defined]
             raise

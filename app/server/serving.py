@@ -25,6 +25,7 @@ from jamba_runtime.errors import ContextLengthError, InvalidRequestError, ModelN
 from jamba_stack.app.server.errors import UnsupportedParameterError
 from jamba_stack.app.server.limits import RequestQueue, ServerLimits
 from jamba_stack.app.server.metrics import ServerMetrics
+from jamba_stack.app.server.prompt_batch import PromptBatcher
 from jamba_stack.app.server.protocol import SamplingFields
 from jamba_stack.chat.format import InvalidParameterError
 
@@ -46,6 +47,7 @@ class ServerState:
     limits: ServerLimits = field(default_factory=ServerLimits)
     created: int = field(default_factory=lambda: int(time.time()))
     queue: RequestQueue = field(init=False)
+    prompts: PromptBatcher = field(init=False)  # prompt texts of concurrent requests, tokenized together
     _token_text: dict[int, str] = field(default_factory=dict)
     _token_bytes: dict[int, bytes] = field(default_factory=dict)
     _max_token_chars: int | None = None
@@ -53,6 +55,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.queue = RequestQueue(self.limits.max_queued_requests)
+        self.prompts = PromptBatcher(self.llm.engine)
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -93,11 +93,29 @@ class PromptEncoder:
             self._refuse_early(text, limit, add_special_tokens)
         ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         if len(ids) >= limit:
-            raise ContextLengthError(
-                f"prompt has {len(ids):,} tokens, limit {limit:,} including at least one new token: "
-                "shorten it or raise max_model_len"
-            )
+            raise _too_long(len(ids), limit)
         return ids
+
+    def encode_many(
+        self, texts: list[str], limit: int | None, add_special_tokens: bool = True
+    ) -> list[list[int] | ContextLengthError]:
+        """`encode` of each text (no length check where `limit` is None), the texts of at most
+        `limit` characters in one `Tokenizer.encode_batch`; each item is the ids or the error
+        `encode` raises for that text."""
+        out: list[list[int] | ContextLengthError | None] = [None] * len(texts)
+        short = [i for i, t in enumerate(texts) if limit is None or len(t) <= limit]
+        encoded = self.tokenizer.encode_batch([texts[i] for i in short], add_special_tokens)
+        for i, ids in zip(short, encoded, strict=True):
+            out[i] = ids
+            if limit is not None and len(ids) >= limit:
+                out[i] = _too_long(len(ids), limit)
+        for i, text in enumerate(texts):
+            if out[i] is None:  # longer than `limit` characters: the early checks first
+                try:
+                    out[i] = self.encode(text, limit, add_special_tokens)  # type: ignore[arg-type]
+                except ContextLengthError as exc:
+                    out[i] = exc
+        return out  # type: ignore[return-value]
 
     def _refuse_early(self, text: str, limit: int, add_special_tokens: bool) -> None:
         """Raise `ContextLengthError` if a bound shows `text` has `limit` tokens or more; return
@@ -126,6 +144,13 @@ class PromptEncoder:
             # Aim a little past the limit at the density seen so far; at least double, so the
             # prefixes cost at most about twice the last one.
             size = max(2 * size, cut * min(8, -(-5 * limit // (4 * max(count, 1)))))
+
+
+def _too_long(num_tokens: int, limit: int) -> ContextLengthError:
+    return ContextLengthError(
+        f"prompt has {num_tokens:,} tokens, limit {limit:,} including at least one new token: "
+        "shorten it or raise max_model_len"
+    )
 
 
 def _last_cut(text: str, end: int) -> int | None:

@@ -755,3 +755,33 @@ def test_create_app_needs_a_model_and_binds_loopback() -> None:
     assert Settings(_env_file=None).host == "127.0.0.1"
     with pytest.raises(ModelNotFoundError, match="JAMBA_STACK_MODEL"):
         create_app(Settings(model=""))
+
+
+def test_concurrent_prompts_each_count_their_own_tokens(server: Any, tiny_model_dir: Path) -> None:
+    """Completions and chats that arrive together (their texts tokenized in one batch) each get
+    their own prompt's token count, and a prompt too long for the context fails alone."""
+    import asyncio
+
+    from jamba_runtime import Tokenizer
+
+    tok = Tokenizer.from_dir(tiny_model_dir)
+    prompts = [f"Prompt {i}: " + "lorem ipsum " * i for i in range(12)]
+    chats = [[{"role": "user", "content": p}] for p in prompts[:4]]
+    too_long = "word " * (2 * MAX_MODEL_LEN)
+
+    async def run() -> list[Any]:
+        aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+        async with aclient:
+            calls = [aclient.completions.create(model=MODEL, prompt=p, max_tokens=1) for p in prompts]
+            calls += [aclient.chat.completions.create(model=MODEL, messages=m, max_tokens=1) for m in chats]  # type: ignore[arg-type]
+            calls.append(aclient.completions.create(model=MODEL, prompt=too_long, max_tokens=1))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    got = asyncio.run(run())
+    for p, resp in zip(prompts, got, strict=False):
+        assert resp.usage.prompt_tokens == len(tok.encode(p))
+    for m, resp in zip(chats, got[len(prompts) :], strict=False):
+        assert resp.usage.prompt_tokens == len(
+            tok.encode(tok.apply_chat_template(m), add_special_tokens=False)
+        )
+    assert isinstance(got[-1], openai.BadRequestError) and "token" in str(got[-1])
