@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from jamba_runtime.errors import InvalidRequestError
-from jamba_runtime.structured.closing import ScanState, TokenTable, rollout, spec_hints
+from jamba_runtime.structured.closing import ScanState, TokenTable, rollout
+from jamba_runtime.structured.hints import spec_hints
 from jamba_runtime.structured.json_schema import (
     JSON_OBJECT_SCHEMA,
     JSON_OPTIONS,
