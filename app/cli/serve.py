@@ -161,6 +161,14 @@ def serve(
             "so that the first requests pay for no capture or kernel compile; off starts sooner.",
         ),
     ] = True,
+    async_scheduling: Annotated[
+        bool | None,
+        typer.Option(
+            "--async-scheduling/--no-async-scheduling",
+            help="Launch each decode step before the last one's tokens are read, so the host's work "
+            "overlaps the GPU's (the same tokens either way). Default: on for CUDA, off on CPU.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models, health, metrics) and AI21's chat
@@ -199,6 +207,7 @@ def serve(
         **{k: v for k, v in sizes.items() if v is not None},
         kv_cache_dtype=s.kv_cache_dtype,
         mamba_ssm_dtype=s.mamba_ssm_dtype,
+        async_scheduling=async_scheduling,
     )
     args = EngineArgs(
         model=model_path(s),

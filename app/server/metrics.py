@@ -61,6 +61,10 @@ class _EngineCollector(Collector):
                 "Sequences preempted (recomputed later) for lack of cache.",
                 m.preemptions_total,
             ),
+            "jamba_steps_ahead": (
+                "Decode steps launched before the last step's tokens were read (asynchronous scheduling).",
+                m.steps_ahead_total,
+            ),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)

@@ -46,7 +46,7 @@ from bench.common.gpu_models import (
     make_llm,
     prompts,
 )
-from bench.common.gpu_timing import elapsed, log, measure_hardware
+from bench.common.gpu_timing import elapsed, log, measure_hardware, watch_runner
 from bench.common.paths import out_dir
 from jamba_runtime import SamplingParams
 from jamba_runtime.config import JambaConfig
@@ -83,21 +83,18 @@ def generate_recording(
 ) -> tuple[list[list[int]], list[torch.Tensor], bool]:
     """Greedy outputs, each step's logits (float32, on the host) and whether every step was fast."""
     runner = llm.engine.runner
-    execute = runner.execute
     steps: list[torch.Tensor] = []
     fast: list[bool] = []
 
-    def recording(step: Any) -> Any:
+    def recording(logits: torch.Tensor) -> None:
         fast.append(runner.uses_fast_path())
-        seqs, logits = execute(step)
         steps.append(logits.detach().float().cpu())
-        return seqs, logits
 
-    runner.execute = recording
+    undo = watch_runner(runner, recording)
     try:
         outs = llm.generate(batch, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
     finally:
-        del runner.execute
+        undo()
     return [list(o.token_ids) for o in outs], steps, all(fast)
 
 

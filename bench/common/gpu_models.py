@@ -240,7 +240,9 @@ def make_llm(
     default `max(2048, max_batch * tokens)`, so every prompt prefills in one step.
     `capacity_tokens`: KV positions the cache holds in all (default `max_batch * tokens`); raise it
     for one sequence longer than `tokens` (the engine's `max_model_len` is capped by it).
-    The cache is sized to these numbers (plus 25%), not to the free memory."""
+    The cache is sized to these numbers (plus 25%), not to the free memory. The environment's
+    `JAMBA_BENCH_ASYNC_SCHEDULING=off` turns the engine's steps launched ahead off (an A/B in one
+    run: `engine/ahead.py`); default: the engine's own choice."""
     from jamba_runtime import EngineConfig, LLMEngine, Tokenizer
     from jamba_runtime.cache.paged import block_bytes, slot_bytes
     from jamba_runtime.llm import LLM
@@ -257,6 +259,7 @@ def make_llm(
         block_size=block,
         cache_memory_gb=need * 1.25 / 2**30 + 0.01,
         num_snapshot_slots=4,
+        async_scheduling=False if os.environ.get("JAMBA_BENCH_ASYNC_SCHEDULING") == "off" else None,
     )
 
     class SharedModelLLM(LLM):

@@ -94,28 +94,39 @@ def measure_hardware(device: torch.device, dtype: torch.dtype, quick: bool) -> d
     }
 
 
-def _mark_steps(source: Any, on_step: Callable[[int], None]) -> Callable[[], None]:
-    """Call `on_step(logits rows)` after each step of `source` and return the undo.
-
-    `source` is an LM head (`nn.Module`: a forward hook; every step of a plain loop ends in one
-    call) or our engine's `ModelRunner` (its `execute` wrapped: a decode step replayed from a CUDA
-    graph calls no module's forward)."""
-    if isinstance(source, torch.nn.Module):
-        handle = source.register_forward_hook(lambda _m, _i, out: on_step(math.prod(out.shape[:-1])))
-        return handle.remove
-    execute = source.execute
+def watch_runner(runner: Any, on_logits: Callable[[torch.Tensor], None]) -> Callable[[], None]:
+    """Call `on_logits(logits)` after each step our engine's `ModelRunner` runs and return the
+    undo: its `execute` and `execute_fed` wrapped (a decode step replayed from a CUDA graph calls
+    no module's forward, and one launched ahead of reading the last step's tokens runs through
+    `execute_fed`)."""
+    execute, execute_fed = runner.execute, runner.execute_fed
 
     def marked(step: Any) -> Any:
         seqs, logits = execute(step)
-        on_step(logits.shape[0])
+        on_logits(logits)
         return seqs, logits
 
-    source.execute = marked
+    def marked_fed(step: Any, tokens: torch.Tensor) -> torch.Tensor:
+        logits = execute_fed(step, tokens)
+        on_logits(logits)
+        return logits
+
+    runner.execute, runner.execute_fed = marked, marked_fed
 
     def undo() -> None:
-        del source.execute
+        del runner.execute, runner.execute_fed
 
     return undo
+
+
+def _mark_steps(source: Any, on_step: Callable[[int], None]) -> Callable[[], None]:
+    """Call `on_step(logits rows)` after each step of `source` and return the undo. `source` is an
+    LM head (`nn.Module`: a forward hook; every step of a plain loop ends in one call) or our
+    engine's `ModelRunner` (`watch_runner`)."""
+    if isinstance(source, torch.nn.Module):
+        handle = source.register_forward_hook(lambda _m, _i, out: on_step(math.prod(out.shape[:-1])))
+        return handle.remove
+    return watch_runner(source, lambda logits: on_step(logits.shape[0]))
 
 
 def timed_generate(

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from bench.common.gpu_models import MINI_CONFIG, build_models, cut_config
+from bench.common.gpu_timing import watch_runner
 from bench.common.paths import RESULTS, out_dir
 from jamba_runtime import EngineConfig, LLMEngine, SamplingParams, Tokenizer
 from jamba_runtime.errors import RequestNotFoundError
@@ -31,15 +32,8 @@ SETTINGS = {"default": {}, "fp8_kv": {"kv_cache_dtype": "fp8"}, "bf16_ssm": {"ma
 
 
 def record(engine: LLMEngine, prompts: list[list[int]], n: int) -> tuple[list[list[int]], list[torch.Tensor]]:
-    runner, steps = engine.runner, []
-    execute = runner.execute
-
-    def rec(step: Any) -> Any:
-        seqs, logits = execute(step)
-        steps.append(logits.float().cpu())
-        return seqs, logits
-
-    runner.execute = rec
+    steps: list[torch.Tensor] = []
+    undo = watch_runner(engine.runner, lambda logits: steps.append(logits.float().cpu()))
     try:
         params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
         ids = [engine.add_request(p, params).request_id for p in prompts]
@@ -48,7 +42,7 @@ def record(engine: LLMEngine, prompts: list[list[int]], n: int) -> tuple[list[li
             for o in engine.step():
                 out[o.request_id] += o.token_ids
     finally:
-        del runner.execute
+        undo()
     return [out[i] for i in ids], steps
 
 

@@ -45,6 +45,10 @@ class EngineConfig:
         mamba_ssm_dtype: "float32" (default, as AI21 recommends) or "bfloat16" (half the state
             slot memory; the GPU fast path's scan kernels keep float32 state, so bfloat16 runs the
             reference path).
+        async_scheduling: launch a decode step before the host has read the last step's tokens,
+            feeding them on the device, so the host's work between steps overlaps the GPU's
+            (`engine/ahead.py`; the same tokens either way). None: on for a model on CUDA, off on
+            CPU (nothing to overlap there); never with tensor parallel.
     """
 
     max_num_seqs: int = 64
@@ -58,6 +62,7 @@ class EngineConfig:
     cuda_graphs: bool = True
     kv_cache_dtype: str = "auto"
     mamba_ssm_dtype: str = "float32"
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if self.long_prefill_token_threshold is not None and self.long_prefill_token_threshold < 0:

@@ -1,14 +1,14 @@
 """The step loop: admit requests, schedule a step, run it, sample, detokenise, stop, free.
 
-`LLMEngine` is synchronous and single-threaded; `LLM` drives it to completion and `AsyncLLM`
-drives it from a background thread for many concurrent streams.
+`LLMEngine` is single-threaded; `LLM` drives it to completion and `AsyncLLM` drives it from a
+background thread for many concurrent streams. A decode step may be launched before the last
+step's tokens are read (`ahead.py`): a step then returns the last step's outputs.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import threading
 import time
 from concurrent import futures
@@ -23,6 +23,7 @@ from jamba_runtime.cache.paged import (
     resolve_ssm_dtype,
     slot_bytes,
 )
+from jamba_runtime.engine.ahead import StepsAhead
 from jamba_runtime.engine.config import CPU_LONG_PREFILL_TOKENS, EngineConfig
 from jamba_runtime.engine.graphs import DecodeGraphs, capture_blocker
 from jamba_runtime.engine.memory_plan import engine_memory_plan
@@ -41,7 +42,7 @@ from jamba_runtime.engine.tensor_parallel import (
     cache_spec,
     mirror_cache_copies,
 )
-from jamba_runtime.errors import ContextLengthError, InvalidRequestError, RequestNotFoundError
+from jamba_runtime.errors import InvalidRequestError, RequestNotFoundError
 from jamba_runtime.model.modeling import JambaForCausalLM
 from jamba_runtime.model.tp_layers import TensorParallelGroup
 from jamba_runtime.structured.compiler import GrammarCompiler
@@ -149,6 +150,10 @@ class LLMEngine:
         self._grammars: GrammarCompiler | None = None
         self._masks = MaskWorker(lambda: self.grammars)
         self._grammars_lock = threading.Lock()
+        ahead = cfg.async_scheduling if cfg.async_scheduling is not None else model.device.type == "cuda"
+        self._ahead = StepsAhead(
+            self.scheduler, self.runner, cfg.max_num_batched_tokens, enabled=ahead and tp_size == 1
+        )
 
     def _cache_budget(self, cfg: EngineConfig) -> int:
         if cfg.cache_memory_gb is not None:
@@ -187,27 +192,7 @@ class LLMEngine:
         about `max_model_len` tokens' worth of it, however long it is (`encode_prompt`)."""
         if params is not None and params.structured is not None:
             self.check_structured(params.structured)
-        if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidRequestError("prompt is empty: give at least one token of text")
-            ids = self.encode_prompt(prompt)
-        else:
-            if hasattr(prompt, "__len__") and len(prompt) >= self.max_model_len:
-                self._refuse_length(len(prompt))  # before looking at each id
-            try:
-                ids = [operator.index(t) for t in prompt]
-            except TypeError:
-                raise InvalidRequestError(
-                    "prompt must be text or a list of integer token ids: encode it with the tokenizer"
-                ) from None
-        if not ids:
-            raise InvalidRequestError("prompt is empty: give at least one token of text")
-        vocab = self.model.config.vocab_size
-        if any(not 0 <= t < vocab for t in ids):
-            raise InvalidRequestError(f"prompt has token ids outside the vocab (0..{vocab - 1})")
-        if len(ids) >= self.max_model_len:
-            self._refuse_length(len(ids))
-        return ids
+        return self.prompt_encoder.prompt_ids(prompt, self.max_model_len, self.model.config.vocab_size)
 
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Tokenize prompt text (a rendered chat included: `add_special_tokens=False`) for this
@@ -216,12 +201,6 @@ class LLMEngine:
         Raises `ContextLengthError` when the text has `max_model_len` tokens or more, found
         without tokenizing all of a long text (`prompt_encoder.PromptEncoder`)."""
         return self.prompt_encoder.encode(text, self.max_model_len, add_special_tokens)
-
-    def _refuse_length(self, num_tokens: int) -> None:
-        raise ContextLengthError(
-            f"prompt has {num_tokens:,} tokens, limit {self.max_model_len:,} including at least one new "
-            "token: shorten it or raise max_model_len"
-        )
 
     def add_request(
         self,
@@ -285,12 +264,14 @@ class LLMEngine:
         if seq is None:
             raise RequestNotFoundError(f"no running request with id {request_id!r}")
         seq.finish_reason = "abort"
+        seq.unreserve_token()
         self.scheduler.finish(seq)
         self._save_snapshot_as.pop(request_id, None)
         self._stats.left(request_id)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Whether a request is queued or running, or a step's tokens are still to be read."""
+        return self.scheduler.has_unfinished() or self._ahead.in_flight is not None
 
     def release_idle_memory(self) -> None:
         """Give the GPU memory that PyTorch's allocator keeps cached from the last burst back to the
@@ -324,7 +305,11 @@ class LLMEngine:
 
     # ---- the step --------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        """Schedule and run one step; return what each request got from it."""
+        """Schedule and run one step; return what each request got from it. When the last step's
+        tokens are still on the device, launch the next decode step if it may run ahead
+        (`ahead.py`), then read them: the outputs returned are the last step's."""
+        if self._ahead.in_flight is not None:
+            return self._step_ahead()
         plan = self.scheduler.schedule()
         self._stats.preemptions += len(plan.preempted)
         while not plan.scheduled and self.scheduler.num_waiting and not self.scheduler.num_running:
@@ -371,20 +356,41 @@ class LLMEngine:
                 seq.prompt_token_ids
             ):
                 self.snapshot_store.save(self._save_snapshot_as.pop(seq.request_id), seq)
+        if masks is None and len(to_sample) == len(plan.scheduled) and self._ahead.start(to_sample, logits):
+            return outputs  # the next step() launches its decode, then reads these tokens
         bitmask, mask_rows, broken = (
             self._masks.finish(masks.result()) if masks is not None else (None, [], set())
         )
         tokens = sample_sequences(to_sample, logits, bitmask, mask_rows)
+        self._take_tokens(to_sample, tokens, logits, broken, outputs)
+        return outputs
+
+    def _take_tokens(
+        self,
+        seqs: list[Sequence],
+        tokens: list[int | BaseException],
+        logits: torch.Tensor | None,
+        broken: set[int],
+        outputs: list[StepOutput],
+    ) -> None:
+        """Give each sequence its token (`_take_token`); one request's failure (its sampling,
+        grammar or detokenizing) ends that request alone, the batch goes on."""
         now = time.monotonic()
-        for row, (seq, token) in enumerate(zip(to_sample, tokens, strict=True)):
-            # One request's failure (its sampling, grammar or detokenizing) ends that request
-            # alone; the batch goes on.
+        for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             try:
                 self._take_token(seq, row, token, logits, row in broken, now, outputs)
             except Exception as exc:  # noqa: BLE001 - logged with its traceback, the request fails
                 logger.exception("request %s failed in its step", seq.request_id)
                 self._fail_request(seq, f"{type(exc).__name__}: {exc}", outputs)
         self._stats.step_done(now, len(tokens))
+
+    def _step_ahead(self) -> list[StepOutput]:
+        """Launch the next decode step if it may run ahead, then read the last step's tokens."""
+        last = self._ahead.advance(self.requests)
+        live = [(row, s) for row, s in enumerate(last.seqs) if self.requests.get(s.request_id) is s]
+        tokens = last.read()  # rows of requests aborted meanwhile are dropped
+        outputs: list[StepOutput] = []
+        self._take_tokens([s for _, s in live], [tokens[row] for row, _ in live], None, set(), outputs)
         return outputs
 
     def _take_token(
@@ -392,7 +398,7 @@ class LLMEngine:
         seq: Sequence,
         row: int,
         token: int | BaseException,
-        logits: torch.Tensor,
+        logits: torch.Tensor | None,
         grammar_broken: bool,
         now: float,
         outputs: list[StepOutput],
@@ -411,16 +417,15 @@ class LLMEngine:
         if seq.grammar is not None:
             # The grammar may replace the token to finish within max_tokens (structured/closing.py).
             token = (
-                -1
-                if grammar_broken
-                else seq.grammar.take(token, seq.max_new_tokens - len(seq.output_token_ids))
+                -1 if grammar_broken else seq.grammar.take(token, seq.max_new_tokens - seq.num_output_tokens)
             )
             if token < 0:
                 self._end_broken_grammar(seq, outputs)
                 return
-        self._stats.generated_token(seq.request_id, not seq.output_token_ids, now)
+        self._stats.generated_token(seq.request_id, seq.num_output_tokens == 0, now)
         lp = None
         if seq.params.logprobs is not None:
+            assert logits is not None, "a request with logprobs never runs ahead"
             lp = [logprobs_of(logits[row], token, seq.params.logprobs)]
         text = seq.append_token(token)
         outputs.append(StepOutput(seq.request_id, text, [token], seq.finished, seq.finish_reason, lp))
@@ -429,6 +434,7 @@ class LLMEngine:
 
     def _release(self, seq: Sequence) -> None:
         """A finished request gives back its cache and leaves the engine's books."""
+        seq.unreserve_token()
         self.scheduler.finish(seq)
         self.requests.pop(seq.request_id, None)
         self._stats.left(seq.request_id)
@@ -472,6 +478,7 @@ class LLMEngine:
             generation_tokens_per_s=stats.tokens_per_s,
             mean_time_to_first_token_s=stats.mean_time_to_first_token_s,
             preemptions_total=stats.preemptions,
+            steps_ahead_total=self._ahead.launched,
             queue_time=stats.queue_time,
             prefill_time=stats.prefill_time,
         )

@@ -146,16 +146,26 @@ class DecodeGraphs:
         return sorted(self._graphs)
 
     def run(
-        self, tokens: list[int], slots: list[int], seq_lens: list[int], block_tables: list[list[int]]
+        self,
+        tokens: list[int],
+        slots: list[int],
+        seq_lens: list[int],
+        block_tables: list[list[int]],
+        device_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One decode step: each sequence's newest token, its state slot, its length after this
         token, and its block table (covering that length). Returns `(len(tokens), vocab)` logits,
-        a fresh tensor (the graph's own output is overwritten by the next replay)."""
+        a fresh tensor (the graph's own output is overwritten by the next replay).
+
+        `device_tokens`: the newest tokens as a `(len(tokens),)` int64 tensor on the device (the
+        last step's samples, not read by the host: `engine/ahead.py`), used in place of `tokens`."""
         n = len(tokens)
         size = self.padded_size(n)
         assert size is not None and n > 0, f"batch of {n} outside the captured sizes {self.sizes}"
         graph, out = self._graphs.get(size) or self._capture(size)
         self._load(tokens, slots, seq_lens, block_tables, size)
+        if device_tokens is not None:
+            self.tokens[:n].copy_(device_tokens)
         graph.replay()
         return out[:n].clone()
 

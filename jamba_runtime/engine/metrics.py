@@ -44,6 +44,8 @@ class EngineMetrics:
     generation_tokens_per_s: float
     mean_time_to_first_token_s: float
     preemptions_total: int
+    steps_ahead_total: int = 0
+    """Decode steps launched before the last step's tokens were read (`engine/ahead.py`)."""
     queue_time: TimeSummary = TimeSummary()
     prefill_time: TimeSummary = TimeSummary()
 

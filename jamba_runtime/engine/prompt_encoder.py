@@ -1,6 +1,7 @@
-"""Tokenize a prompt only as far as the length check needs: a text that cannot fit the context is
-refused after tokenizing a bounded part of it (none of it, or prefixes of about `limit` tokens, or
-fewer than `limit * max_token_chars` characters where no prefix can be cut), whatever its length.
+"""Turn a prompt into checked token ids (`PromptEncoder.prompt_ids`), tokenizing text only as far as
+the length check needs: a text that cannot fit the context is refused after tokenizing a bounded
+part of it (none of it, or prefixes of about `limit` tokens, or fewer than `limit *
+max_token_chars` characters where no prefix can be cut), whatever its length.
 
 Two bounds decide without the whole text's tokens, and both are exact (a text that fits is never
 refused). They come from the tokenizer's vocab, read once, on the first text longer than the limit:
@@ -20,11 +21,12 @@ crosses from a word into whitespace only loses the prefix bound.
 
 from __future__ import annotations
 
+import operator
 import re
 import threading
 from dataclasses import dataclass
 
-from jamba_runtime.errors import ContextLengthError
+from jamba_runtime.errors import ContextLengthError, InvalidRequestError
 from jamba_runtime.tokenizer.tokenizer import Tokenizer
 
 # A place to cut: a non-space character, then whitespace (Python's `\s` is `str.isspace`).
@@ -80,6 +82,33 @@ class PromptEncoder:
             if self._bounds is None:
                 self._bounds = VocabBounds.of(self.tokenizer)
             return self._bounds
+
+    def prompt_ids(self, prompt: str | list[int], limit: int, vocab_size: int) -> list[int]:
+        """Tokenize (text, `encode`) or check (ids) a prompt for a context of `limit` tokens and a
+        vocab of `vocab_size` ids.
+
+        Raises `InvalidRequestError` for empty text or ids, non-integer ids or ids outside the
+        vocab; `ContextLengthError` when the prompt leaves no room for a new token."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt is empty: give at least one token of text")
+            ids = self.encode(prompt, limit)
+        else:
+            if hasattr(prompt, "__len__") and len(prompt) >= limit:
+                raise _too_long(len(prompt), limit)  # before looking at each id
+            try:
+                ids = [operator.index(t) for t in prompt]
+            except TypeError:
+                raise InvalidRequestError(
+                    "prompt must be text or a list of integer token ids: encode it with the tokenizer"
+                ) from None
+        if not ids:
+            raise InvalidRequestError("prompt is empty: give at least one token of text")
+        if any(not 0 <= t < vocab_size for t in ids):
+            raise InvalidRequestError(f"prompt has token ids outside the vocab (0..{vocab_size - 1})")
+        if len(ids) >= limit:
+            raise _too_long(len(ids), limit)
+        return ids
 
     def encode(self, text: str, limit: int, add_special_tokens: bool = True) -> list[int]:
         """The token ids of `text`, as `Tokenizer.encode` gives them, when there are fewer than

@@ -125,6 +125,18 @@ class ModelRunner:
         seqs = [item.seq for item in step.scheduled]
         return [seqs[i] for i in plan.sample_rows], self.run(plan)
 
+    def execute_fed(self, step: SchedulerOutput, tokens: torch.Tensor) -> torch.Tensor:
+        """Run a decode step (one token per sequence, each after a cached past) whose input tokens
+        are `tokens`, a `(len(step.scheduled),)` int64 tensor on the model's device, in place of
+        the sequences' own newest tokens (not read yet: `engine/ahead.py`). Returns every
+        sequence's `(n, vocab)` logits, in order."""
+        if self._graph_step(step):
+            assert self.graphs is not None
+            return self.graphs.run(*decode_inputs(step), device_tokens=tokens)
+        plan = self.plan(step)
+        assert all(n == 1 for n in plan.query_lens) and len(plan.sample_rows) == len(plan.query_lens)
+        return self._forward(plan, tokens)
+
     def plan(self, step: SchedulerOutput) -> StepPlan:
         """The step as plain host data: what `run` needs, and what a tensor-parallel rank 0 sends
         to the other ranks so that they run the same forward (`tensor_parallel.py`)."""
@@ -172,8 +184,9 @@ class ModelRunner:
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return stacked[inverse.to(stacked.device)]
 
-    def _forward(self, plan: StepPlan) -> torch.Tensor:
-        """One packed forward of `plan`; the `(len(plan.sample_rows), vocab)` logits."""
+    def _forward(self, plan: StepPlan, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One packed forward of `plan` (its tokens `token_ids` when given, already on the
+        device); the `(len(plan.sample_rows), vocab)` logits."""
         device = self.model.device
         batch = ForwardBatch.build(
             plan.query_lens,
@@ -185,7 +198,7 @@ class ModelRunner:
             paged_kernels=plan.fast,
         )
         return self.model.forward_packed(
-            torch.tensor(plan.token_ids, device=device),
+            torch.tensor(plan.token_ids, device=device) if token_ids is None else token_ids,
             batch,
             self.cache,
             logits_indices=torch.tensor(plan.logits_indices, dtype=torch.long, device=device),

@@ -155,7 +155,19 @@ def sample(
     bitmask: torch.Tensor | None = None,
     mask_rows: list[int] | None = None,
 ) -> list[int]:
-    """Pick one token per row.
+    """Pick one token per row: `sample_on_device`, read by the host."""
+    return sample_on_device(logits, params, positions, seen_tokens, bitmask, mask_rows).tolist()
+
+
+def sample_on_device(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    positions: list[int],
+    seen_tokens: list[torch.Tensor],
+    bitmask: torch.Tensor | None = None,
+    mask_rows: list[int] | None = None,
+) -> torch.Tensor:
+    """Pick one token per row, on the logits' device: nothing here waits for the GPU.
 
     Args:
         logits: `(batch, vocab)` next-token logits (not modified).
@@ -171,8 +183,9 @@ def sample(
             are untouched.
 
     Returns:
-        the chosen token id per row, or -1 for a row with no usable distribution (NaN logits,
-        or nothing left after masking and filtering): the caller fails that request alone.
+        `(batch,)` int64: the chosen token id per row, or -1 for a row with no usable distribution
+        (NaN logits, or nothing left after masking and filtering): the caller fails that request
+        alone.
     """
     logits = logits.float()
     owned = False  # whether `logits` is our copy (the caller's logits give logprobs afterwards)
@@ -214,7 +227,7 @@ def sample(
         else:
             chosen = chosen.index_copy(0, index, picked)
             usable = usable.index_copy(0, index, usable[index] & ok)
-    return torch.where(usable, chosen, -1).tolist()
+    return torch.where(usable, chosen, -1)
 
 
 def sample_sequences(
@@ -223,17 +236,7 @@ def sample_sequences(
     """One token per sequence (row of `logits`) with each one's parameters, output position and
     seen tokens. If sampling the batch raises, each row is sampled alone so that only the rows
     that raise fail (their item is the exception): one request's failure is that request's alone."""
-    none = torch.empty(0, dtype=torch.long)  # shared by rows without a penalty
-    args = (
-        [s.params for s in seqs],
-        [len(s.output_token_ids) for s in seqs],
-        [
-            none
-            if s.params.repetition_penalty == 1.0
-            else torch.tensor(s.all_token_ids(), dtype=torch.long)  # to the device with the others
-            for s in seqs
-        ],
-    )
+    args = _row_args(seqs)
     try:
         return list(sample(logits, *args, bitmask=bitmask, mask_rows=mask_rows))
     except Exception:  # noqa: BLE001 - narrowed to the rows that raise, below
@@ -256,6 +259,27 @@ def sample_sequences(
         except Exception as exc:  # noqa: BLE001 - this row's request fails, not the engine
             tokens.append(exc)
     return tokens
+
+
+def _row_args(seqs: list[Sequence]) -> tuple[list[SamplingParams], list[int], list[torch.Tensor]]:
+    """`sample`'s per-row arguments for `seqs`: params, output positions, seen tokens."""
+    none = torch.empty(0, dtype=torch.long)  # shared by rows without a penalty
+    return (
+        [s.params for s in seqs],
+        [len(s.output_token_ids) for s in seqs],
+        [
+            none
+            if s.params.repetition_penalty == 1.0
+            else torch.tensor(s.all_token_ids(), dtype=torch.long)  # to the device with the others
+            for s in seqs
+        ],
+    )
+
+
+def sample_sequences_on_device(seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+    """One token per sequence as `sample_on_device` gives it, for rows without a structured-output
+    mask (a step launched ahead: `engine/ahead.py`). Raises what sampling raises."""
+    return sample_on_device(logits, *_row_args(seqs))
 
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: list[float | None]) -> tuple[torch.Tensor, torch.Tensor]:

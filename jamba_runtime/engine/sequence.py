@@ -14,6 +14,10 @@ from jamba_runtime.structured.matcher import GrammarMatcher
 
 _ids = itertools.count()
 
+RESERVED_TOKEN = 0
+"""What a reserved place holds until its token is read: a valid id, never fed to the model (the
+step that computes it takes the sampled token from the device)."""
+
 
 class TextDecoder(Protocol):
     """Turns tokens into text one at a time; `add` returns only new, complete characters."""
@@ -58,6 +62,9 @@ class Sequence:
     num_preemptions: int = 0
     grammar: GrammarMatcher | None = None
     error: str | None = None  # why the engine failed this request (finish_reason "error")
+    # Whether the last output token is a stand-in for one sampled on the device and not read yet
+    # (a step launched ahead, `engine/ahead.py`): `append_token` puts the real one in its place.
+    reserved: bool = False
     # The token ids that end the output: [0] while stop token ids apply (`stops_apply`), [1] in a
     # constrained part; set once, read for every token.
     _end_ids: tuple[frozenset[int], frozenset[int]] = field(init=False, repr=False)
@@ -73,6 +80,11 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Output tokens taken so far (a reserved place not counted)."""
+        return len(self.output_token_ids) - self.reserved
 
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
@@ -96,11 +108,28 @@ class Sequence:
         spec = self.params.structured
         return spec is not None and spec.free_text_first and not self.grammar.in_block
 
+    def reserve_token(self) -> None:
+        """Count the token being sampled on the device before it is read: the sequence is one
+        token longer (its next step can be scheduled) and `append_token` fills the place."""
+        assert not self.reserved, "one token at most is read late"
+        self.output_token_ids.append(RESERVED_TOKEN)
+        self.reserved = True
+
+    def unreserve_token(self) -> None:
+        """Drop a reserved place whose token will never be taken (the request ended)."""
+        if self.reserved:
+            self.output_token_ids.pop()
+            self.reserved = False
+
     def append_token(self, token_id: int) -> str:
-        """Record a sampled token (a grammar has taken it already); return the text that may be
-        shown now (stop strings held back). With a grammar, the output ends ("stop") at an
-        end-of-sequence token or as soon as the grammar is complete."""
-        self.output_token_ids.append(token_id)
+        """Record a sampled token (a grammar has taken it already), in the reserved place if there
+        is one; return the text that may be shown now (stop strings held back). With a grammar,
+        the output ends ("stop") at an end-of-sequence token or as soon as the grammar is complete."""
+        if self.reserved:
+            self.output_token_ids[-1] = token_id
+            self.reserved = False
+        else:
+            self.output_token_ids.append(token_id)
         stops_apply = self.stops_apply
         if token_id in self._end_ids[0 if stops_apply else 1]:
             self.finish_reason = "stop"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_checks import assert_clean, cache_gb, random_prompts
 
-from jamba_runtime import LLM, EngineConfig, JambaForCausalLM, LLMEngine, SamplingParams, load_model
-from jamba_runtime.cache.paged import block_bytes, slot_bytes
+from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams, load_model
 from jamba_runtime.engine.config import CPU_LONG_PREFILL_TOKENS
 from jamba_runtime.engine.runner import forward_groups
 from jamba_runtime.engine.scheduler import SchedulerOutput
@@ -23,34 +23,11 @@ from jamba_runtime.errors import ContextLengthError, InvalidRequestError, Reques
 transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
-_GIB = 1 << 30
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 
 
 def seeded(seed: int, max_tokens: int = 6) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=1.0, top_k=50, seed=seed, ignore_eos=True)
-
-
-def random_prompts(n: int, lengths: tuple[int, int], seed: int, vocab: int = 1024) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(3, vocab) for _ in range(rng.randint(*lengths))] for _ in range(n)]
-
-
-def cache_gb(model: JambaForCausalLM, num_slots: int, num_blocks: int, block_size: int) -> float:
-    """The `cache_memory_gb` that gives exactly `num_blocks` KV blocks next to `num_slots` slots."""
-    per_block = block_bytes(model.config, block_size, model.dtype)
-    per_slot = slot_bytes(model.config, model.dtype)
-    return (num_slots * per_slot + num_blocks * per_block + per_block // 2) / _GIB
-
-
-def assert_clean(engine: LLMEngine) -> None:
-    """Exact counts against every holder, and nothing held but what snapshots keep."""
-    engine.check_cache()
-    m = engine.metrics()
-    assert m.waiting == 0 and m.running == 0 and not engine.requests
-    kept = {b for s in engine.snapshots.values() for b in s.alloc.block_table}
-    assert m.kv_blocks_used == len(kept)
-    assert m.state_slots_used == len(engine.snapshots)
 
 
 def drain(engine: LLMEngine) -> None:

@@ -63,24 +63,32 @@ def llm(tiny_model_dir: Path) -> Iterator[LLM]:
 def _run(llm: LLM, backend: str, prompts: list[list[int]], max_tokens: int, **kw: object):  # noqa: ANN202
     """Greedy outputs, every step's logits, whether each step took the fast path, tokens per step."""
     runner = llm.engine.runner
-    execute = runner.execute
+    execute, execute_fed = runner.execute, runner.execute_fed
     logits: list[torch.Tensor] = []
     fast: list[bool] = []
     tokens: list[int] = []
 
-    def recording(step: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor]:
+    def record(step: SchedulerOutput, out: torch.Tensor) -> None:
         fast.append(runner.uses_fast_path())
         tokens.append(sum(item.num_tokens for item in step.scheduled))
-        seqs, out = execute(step)
         logits.append(out.detach().float().cpu())
+
+    def recording(step: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor]:
+        seqs, out = execute(step)
+        record(step, out)
         return seqs, out
 
-    runner.execute = recording  # type: ignore[method-assign]
+    def recording_fed(step: SchedulerOutput, fed: torch.Tensor) -> torch.Tensor:
+        out = execute_fed(step, fed)  # a decode step launched ahead (engine/ahead.py)
+        record(step, out)
+        return out
+
+    runner.execute, runner.execute_fed = recording, recording_fed  # type: ignore[method-assign]
     try:
         with kernel_backend(backend):
             outs = llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0), **kw)
     finally:
-        del runner.execute
+        del runner.execute, runner.execute_fed
     return [o.token_ids for o in outs], logits, fast, tokens
 
 

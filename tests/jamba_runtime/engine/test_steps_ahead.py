@@ -1,0 +1,166 @@
+"""Decode steps launched before the last step's tokens are read (`engine/ahead.py`), on CPU: the
+same tokens, texts and finish reasons as an engine that reads every step's tokens first, whatever
+ends a request, arrives, leaves or is preempted; the cache is checked after every step."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from engine_checks import assert_clean, cache_gb, random_prompts
+
+from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams
+from jamba_runtime.engine.sequence import Sequence
+from jamba_runtime.structured.spec import StructuredOutput
+
+SIZES = {"max_num_seqs": 8, "max_num_batched_tokens": 24, "block_size": 8, "cache_memory_gb": 0.02}
+
+
+def engine_pair(model_dir: Path, **sizes: object) -> tuple[LLMEngine, LLMEngine]:
+    """Two engines of the same sizes: steps launched ahead, and every step read first."""
+    cfg = {**SIZES, **sizes}
+    on = LLM(model=model_dir, engine=EngineConfig(**cfg, async_scheduling=True)).engine  # type: ignore[arg-type]
+    off = LLM(model=model_dir, engine=EngineConfig(**cfg, async_scheduling=False)).engine  # type: ignore[arg-type]
+    return on, off
+
+
+def run(
+    engine: LLMEngine,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    arrivals: random.Random | None = None,
+) -> list[Sequence]:
+    """Add the prompts (all at once, or 0 to 3 between steps), step to the end, and check the cache
+    after every step."""
+    seqs: list[Sequence] = []
+    while len(seqs) < len(prompts) or engine.has_unfinished():
+        for _ in range(arrivals.randint(0, 3) if arrivals else len(prompts)):
+            if len(seqs) < len(prompts):
+                i = len(seqs)
+                seqs.append(engine.add_request(prompts[i], params[i], request_id=f"r{i}"))
+        engine.step()
+        engine.check_cache()
+    assert all(s.finished for s in seqs)
+    assert_clean(engine)
+    return seqs
+
+
+def outcome(seqs: list[Sequence]) -> list[tuple[list[int], str, str | None]]:
+    return [(s.output_token_ids, s.text, s.finish_reason) for s in seqs]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir: Path) -> tuple[LLMEngine, LLMEngine]:
+    return engine_pair(tiny_model_dir)
+
+
+def test_greedy_and_seeded_outputs_equal_reading_every_step(pair: tuple[LLMEngine, LLMEngine]) -> None:
+    on, off = pair
+    prompts = random_prompts(8, (1, 30), seed=3)
+    params = [
+        SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) if i % 2 else
+        SamplingParams(max_tokens=n, temperature=0.9, top_p=0.9, seed=i, ignore_eos=True)
+        for i, n in enumerate([1, 2, 3, 9, 14, 5, 17, 8])
+    ]  # fmt: skip
+    before = on.metrics(), off.metrics()
+    ahead = run(on, prompts, params)
+    assert on.metrics().steps_ahead_total - before[0].steps_ahead_total >= 10  # the long decodes ran ahead
+    assert off.metrics().steps_ahead_total == 0
+    assert outcome(ahead) == outcome(run(off, prompts, params))
+    # The same requests, tokens and first tokens counted (a first token read late is still first).
+    counts = [
+        (m.prompt_tokens_total - b.prompt_tokens_total, m.generation_tokens_total - b.generation_tokens_total,
+         m.queue_time.count - b.queue_time.count, m.prefill_time.count - b.prefill_time.count)
+        for m, b in zip((on.metrics(), off.metrics()), before, strict=True)
+    ]  # fmt: skip
+    assert counts[0] == counts[1] and counts[0][3] == len(prompts)
+    assert [len(s.output_token_ids) for s in ahead] == [1, 2, 3, 9, 14, 5, 17, 8]
+
+
+def test_a_request_ended_by_a_token_or_a_string_drops_the_step_it_ran_ahead(
+    pair: tuple[LLMEngine, LLMEngine],
+) -> None:
+    """A stop token id or a stop string is seen only when the token is read, after the next step
+    was launched: that step's token is dropped and the request ends exactly as it would have."""
+    on, off = pair
+    prompts = random_prompts(4, (5, 20), seed=8)
+    free = [SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)] * 4
+    full = run(off, prompts, free)
+    stop_id = full[0].output_token_ids[6]
+    stop_text = full[1].text[len(full[1].text) // 2 :][:3]
+    assert stop_text.strip(), "the tiny model's text gives a stop string"
+    params = [
+        SamplingParams(max_tokens=16, temperature=0, stop_token_ids=(stop_id,)),
+        SamplingParams(max_tokens=16, temperature=0, stop=(stop_text,)),
+        *free[2:],
+    ]
+    ahead, read = run(on, prompts, params), run(off, prompts, params)
+    assert outcome(ahead) == outcome(read)
+    assert ahead[0].finish_reason == "stop" and ahead[0].output_token_ids[-1] == stop_id
+    assert len(ahead[0].output_token_ids) <= 7
+    assert ahead[1].finish_reason == "stop" and stop_text not in ahead[1].text
+
+
+def test_requests_that_must_be_read_every_step_run_beside_the_others(
+    pair: tuple[LLMEngine, LLMEngine],
+) -> None:
+    """A grammar, a repetition penalty or logprobs keep steps from running ahead while that
+    request runs; the outputs are still those of an engine that never runs ahead."""
+    on, off = pair
+    prompts = random_prompts(4, (5, 20), seed=12)
+    params = [
+        SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
+        SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, repetition_penalty=1.3),
+        SamplingParams(max_tokens=5, temperature=0, ignore_eos=True, logprobs=2),
+        SamplingParams(max_tokens=6, temperature=0, structured=StructuredOutput(choice=("yes", "no"))),
+    ]
+    before = on.metrics().steps_ahead_total
+    ahead = run(on, prompts, params)
+    assert outcome(ahead) == outcome(run(off, prompts, params))
+    assert on.metrics().steps_ahead_total > before  # once the others ended, the first ran ahead
+
+
+def test_arrivals_and_aborts_between_steps_give_the_same_outputs(pair: tuple[LLMEngine, LLMEngine]) -> None:
+    """Requests arrive while a step is in flight (the engine reads it, then schedules them) and
+    one is aborted while its next step runs: the others' outputs are unchanged, the aborted one
+    holds no stand-in token, and every block and slot comes back."""
+    on, off = pair
+    prompts = random_prompts(12, (1, 30), seed=21)
+    params = [
+        SamplingParams(max_tokens=4 + i % 7, temperature=0.8, seed=50 + i, ignore_eos=True) for i in range(12)
+    ]
+    ahead = run(on, prompts, params, random.Random(4))
+    assert outcome(ahead) == outcome(run(off, prompts, params, random.Random(4)))
+
+    victim = on.add_request(prompts[0], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    other = on.add_request(prompts[1], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    while len(victim.output_token_ids) < 3:
+        on.step()
+    in_flight = on._ahead.in_flight  # white-box: the victim's next token is on its way
+    assert in_flight is not None and victim in in_flight.seqs
+    on.abort(victim.request_id)
+    assert victim.finish_reason == "abort"
+    kept = list(victim.output_token_ids)
+    while on.has_unfinished():
+        assert all(o.request_id != victim.request_id for o in on.step())
+        on.check_cache()
+    assert victim.output_token_ids == kept
+    alone = run(off, [prompts[1]], [SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)])
+    assert other.output_token_ids == alone[0].output_token_ids
+    assert_clean(on)
+
+
+def test_a_cache_too_small_for_the_next_tokens_preempts_as_before(tiny_model_dir: Path) -> None:
+    """24 blocks of 4 tokens for 6 requests of up to 54 tokens: a step is not launched ahead when
+    its new blocks are not free, the scheduler preempts, and the outputs are those of an engine
+    that never runs ahead."""
+    cfg = {"max_num_seqs": 6, "max_num_batched_tokens": 32, "block_size": 4, "num_snapshot_slots": 1}
+    probe = LLM(model=tiny_model_dir, engine=EngineConfig(**cfg, cache_memory_gb=0.02)).engine  # type: ignore[arg-type]
+    gb = cache_gb(probe.model, 7, 24, 4)
+    on, off = engine_pair(tiny_model_dir, **cfg, cache_memory_gb=gb)
+    prompts = random_prompts(10, (10, 30), seed=10)
+    params = [SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)] * 10
+    ahead = run(on, prompts, params, random.Random(1))
+    assert on.metrics().preemptions_total > 0 and on.metrics().steps_ahead_total > 0
+    assert outcome(ahead) == outcome(run(off, prompts, params, random.Random(1)))
