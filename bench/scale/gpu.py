@@ -140,7 +140,7 @@ def engine_config(
     cfg: JambaConfig, tp: int, max_batch: int, tokens: int, chunk: int, capacity: int
 ) -> EngineConfig:
     """A cache sized to the rows (plus 25%), not to the free memory: peak memory then shows what
-    the rows need."""
+    the rows need. `JAMBA_BENCH_ASYNC_SCHEDULING=off` turns the steps launched ahead off (an A/B)."""
     block = 16
     blocks = max(capacity, max_batch * tokens) // block + 2 * max_batch + 64
     slots = max_batch + 4
@@ -150,6 +150,7 @@ def engine_config(
     return EngineConfig(
         max_num_seqs=max_batch, max_num_batched_tokens=chunk, block_size=block,
         cache_memory_gb=need * 1.25 / GIB + 0.01, num_snapshot_slots=4,
+        async_scheduling=False if os.environ.get("JAMBA_BENCH_ASYNC_SCHEDULING") == "off" else None,
     )  # fmt: skip
 
 

@@ -49,6 +49,7 @@ from bench.structured.bpe65k import bpe65k_tokenizer_json
 from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams, StructuredOutput
 from jamba_runtime.config import JambaConfig
 from jamba_runtime.engine import engine as engine_module
+from jamba_runtime.engine.ahead import InFlight
 from jamba_runtime.structured.compiler import GrammarCompiler
 from jamba_runtime.structured.matcher import GrammarMatcher
 from jamba_runtime.structured.step_masks import MaskWorker
@@ -76,8 +77,9 @@ class Timers:
     rest of the grammar work (`MaskWorker.finish`, "prepare", plus `GrammarMatcher.take`; their
     sum is "budget"), and, for every
     step with a token to sample, the whole step and its sampling (`sample_sequences`, which on a
-    GPU includes waiting for the step's forward): what a constrained step costs beyond an
-    unconstrained one, part by part."""
+    GPU includes waiting for the step's forward; for a step launched ahead, `InFlight.read`,
+    the wait for its tokens): what a constrained step costs beyond an unconstrained one, part by
+    part."""
 
     def __init__(self) -> None:
         self.mask_us: list[float] = []
@@ -93,11 +95,12 @@ class Timers:
             GrammarCompiler.fill_grammar_masks,
             GrammarMatcher.take,
             engine_module.sample_sequences,
+            InFlight.read,
         )
 
     def __enter__(self) -> Timers:
         t = self
-        step0, finish0, grammar0, take0, sample0 = self._orig
+        step0, finish0, grammar0, take0, sample0, read0 = self._orig
 
         def timed(fn: Any, slot: str) -> Any:
             def wrapper(*args: Any) -> Any:
@@ -127,12 +130,16 @@ class Timers:
         GrammarCompiler.fill_grammar_masks = timed(grammar0, "_mask")  # type: ignore[method-assign]
         GrammarMatcher.take = timed(take0, "_take")  # type: ignore[method-assign]
         engine_module.sample_sequences = timed(sample0, "_sample")
+        InFlight.read = timed(read0, "_sample")  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        LLMEngine.step, finish, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take, sample = self._orig
+        LLMEngine.step, finish, GrammarCompiler.fill_grammar_masks, GrammarMatcher.take, sample, read = (
+            self._orig
+        )
         MaskWorker.finish = staticmethod(finish)  # type: ignore[method-assign]
         engine_module.sample_sequences = sample
+        InFlight.read = read  # type: ignore[method-assign]
 
     def percentiles(self) -> dict[str, dict[str, float | None]]:
         """p50, p99, mean and total of each timing (microseconds), and how many steps it was
