@@ -1,11 +1,13 @@
-"""Helpers shared by the engine tests: random prompts, an exact cache size, the clean-engine check."""
+"""Helpers shared by the engine tests: random prompts, an exact cache size, the clean-engine check,
+and a run with requests arriving between steps."""
 
 from __future__ import annotations
 
 import random
 
-from jamba_runtime import JambaForCausalLM, LLMEngine
+from jamba_runtime import JambaForCausalLM, LLMEngine, SamplingParams
 from jamba_runtime.cache.paged import block_bytes, slot_bytes
+from jamba_runtime.engine.sequence import Sequence
 
 _GIB = 1 << 30
 
@@ -30,3 +32,23 @@ def assert_clean(engine: LLMEngine) -> None:
     kept = {b for s in engine.snapshots.values() for b in s.alloc.block_table}
     assert m.kv_blocks_used == len(kept)
     assert m.state_slots_used == len(engine.snapshots)
+
+
+def run_staggered(
+    engine: LLMEngine,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    rng: random.Random | None,
+) -> list[Sequence]:
+    """Submit the prompts a few at a time between steps (0 to 3 per step; all at once when `rng`
+    is None), run to the end, checking the cache after every step."""
+    seqs: list[Sequence] = []
+    while len(seqs) < len(prompts) or engine.has_unfinished():
+        for _ in range(rng.randint(0, 3) if rng is not None else len(prompts)):
+            if len(seqs) < len(prompts):
+                i = len(seqs)
+                seqs.append(engine.add_request(prompts[i], params[i], request_id=f"r{i}"))
+        engine.step()
+        engine.check_cache()
+    assert all(s.finished for s in seqs)
+    return seqs

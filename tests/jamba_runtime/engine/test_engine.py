@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_checks import assert_clean, cache_gb, random_prompts
+from engine_checks import assert_clean, cache_gb, random_prompts, run_staggered
 
 from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams, load_model
 from jamba_runtime.engine.config import CPU_LONG_PREFILL_TOKENS
@@ -34,25 +34,6 @@ def drain(engine: LLMEngine) -> None:
     while engine.has_unfinished():
         engine.step()
         engine.check_cache()
-
-
-def run_staggered(
-    engine: LLMEngine,
-    prompts: list[list[int]],
-    params: list[SamplingParams],
-    rng: random.Random,
-) -> list[Sequence]:
-    """Submit the prompts a few at a time between steps (0 to 3 per step), run to the end."""
-    seqs: list[Sequence] = []
-    while len(seqs) < len(prompts) or engine.has_unfinished():
-        for _ in range(rng.randint(0, 3)):
-            if len(seqs) < len(prompts):
-                i = len(seqs)
-                seqs.append(engine.add_request(prompts[i], params[i], request_id=f"r{i}"))
-        engine.step()
-        engine.check_cache()
-    assert all(s.finished for s in seqs)
-    return seqs
 
 
 def run_alone(engine: LLMEngine, prompt: list[int], params: SamplingParams) -> list[int]:

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from engine_checks import assert_clean, cache_gb, random_prompts
+from engine_checks import assert_clean, cache_gb, random_prompts, run_staggered
 
 from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams
 from jamba_runtime.engine.sequence import Sequence
@@ -31,17 +31,8 @@ def run(
     params: list[SamplingParams],
     arrivals: random.Random | None = None,
 ) -> list[Sequence]:
-    """Add the prompts (all at once, or 0 to 3 between steps), step to the end, and check the cache
-    after every step."""
-    seqs: list[Sequence] = []
-    while len(seqs) < len(prompts) or engine.has_unfinished():
-        for _ in range(arrivals.randint(0, 3) if arrivals else len(prompts)):
-            if len(seqs) < len(prompts):
-                i = len(seqs)
-                seqs.append(engine.add_request(prompts[i], params[i], request_id=f"r{i}"))
-        engine.step()
-        engine.check_cache()
-    assert all(s.finished for s in seqs)
+    """`run_staggered` (all at once without `arrivals`), then the engine must be clean."""
+    seqs = run_staggered(engine, prompts, params, arrivals)
     assert_clean(engine)
     return seqs
 
