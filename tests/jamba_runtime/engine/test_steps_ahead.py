@@ -155,3 +155,42 @@ def test_a_cache_too_small_for_the_next_tokens_preempts_as_before(tiny_model_dir
     ahead = run(on, prompts, params, random.Random(1))
     assert on.metrics().preemptions_total > 0 and on.metrics().steps_ahead_total > 0
     assert outcome(ahead) == outcome(run(off, prompts, params, random.Random(1)))
+
+
+class _DecoderBreakingAt:
+    """A detokenizer that fails on its `n`-th token (as a tokenizer bug would)."""
+
+    def __init__(self, inner: object, n: int) -> None:
+        self.inner, self.left = inner, n
+
+    def add(self, token_id: int) -> str:
+        self.left -= 1
+        if self.left == 0:
+            raise RuntimeError("decoder broke")
+        return self.inner.add(token_id)  # type: ignore[attr-defined]
+
+    def flush(self) -> str:
+        return self.inner.flush()  # type: ignore[attr-defined]
+
+
+def test_a_request_failing_when_its_token_is_read_ends_alone(pair: tuple[LLMEngine, LLMEngine]) -> None:
+    """A request that fails while a step launched ahead holds its next token ends with "error" as
+    it does when every step is read first (the same tokens kept, none computed ahead), and the
+    others go on as if it had never run beside them."""
+    prompts = random_prompts(3, (5, 12), seed=11)
+    params = [SamplingParams(max_tokens=12, temperature=0.7, seed=s, ignore_eos=True) for s in (1, 2, 3)]
+    alone = [run(pair[1], [p], [q])[0].output_token_ids for p, q in zip(prompts, params, strict=True)]
+    results = []
+    launched = pair[0].metrics().steps_ahead_total
+    for engine in pair:
+        seqs = [engine.add_request(p, q) for p, q in zip(prompts, params, strict=True)]
+        seqs[1].decoder = _DecoderBreakingAt(seqs[1].decoder, 5)
+        while engine.has_unfinished():
+            engine.step()
+            engine.check_cache()
+        assert_clean(engine)
+        assert seqs[1].finish_reason == "error" and "decoder broke" in (seqs[1].error or "")
+        assert [seqs[0].output_token_ids, seqs[2].output_token_ids] == [alone[0], alone[2]]
+        results.append(outcome(seqs))
+    assert results[0] == results[1] and pair[0].metrics().steps_ahead_total - launched >= 8
+    assert len(results[0][1][0]) == 5  # the tokens before the one that broke, and that one
