@@ -152,7 +152,11 @@ class LLMEngine:
         self._grammars_lock = threading.Lock()
         ahead = cfg.async_scheduling if cfg.async_scheduling is not None else model.device.type == "cuda"
         self._ahead = StepsAhead(
-            self.scheduler, self.runner, cfg.max_num_batched_tokens, enabled=ahead and tp_size == 1
+            self.scheduler,
+            self.runner,
+            self._masks,
+            cfg.max_num_batched_tokens,
+            enabled=ahead and tp_size == 1,
         )
 
     def _cache_budget(self, cfg: EngineConfig) -> int:
@@ -356,11 +360,10 @@ class LLMEngine:
                 seq.prompt_token_ids
             ):
                 self.snapshot_store.save(self._save_snapshot_as.pop(seq.request_id), seq)
-        if masks is None and len(to_sample) == len(plan.scheduled) and self._ahead.start(to_sample, logits):
+        step_masks = self._masks.finish(masks.result()) if masks is not None else (None, [], set())
+        if len(to_sample) == len(plan.scheduled) and self._ahead.start(to_sample, logits, step_masks):
             return outputs  # the next step() launches its decode, then reads these tokens
-        bitmask, mask_rows, broken = (
-            self._masks.finish(masks.result()) if masks is not None else (None, [], set())
-        )
+        bitmask, mask_rows, broken = step_masks
         tokens = sample_sequences(to_sample, logits, bitmask, mask_rows)
         self._take_tokens(to_sample, tokens, logits, broken, outputs)
         return outputs
@@ -389,8 +392,10 @@ class LLMEngine:
         last = self._ahead.advance(self.requests)
         live = [(row, s) for row, s in enumerate(last.seqs) if self.requests.get(s.request_id) is s]
         tokens = last.read()  # rows of requests aborted meanwhile are dropped
+        broken = {i for i, (row, _) in enumerate(live) if row in last.broken}
         outputs: list[StepOutput] = []
-        self._take_tokens([s for _, s in live], [tokens[row] for row, _ in live], None, set(), outputs)
+        self._take_tokens([s for _, s in live], [tokens[row] for row, _ in live], None, broken, outputs)
+        self._ahead.sample_launched(self.requests)
         return outputs
 
     def _take_token(

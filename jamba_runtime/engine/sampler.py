@@ -276,10 +276,12 @@ def _row_args(seqs: list[Sequence]) -> tuple[list[SamplingParams], list[int], li
     )
 
 
-def sample_sequences_on_device(seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
-    """One token per sequence as `sample_on_device` gives it, for rows without a structured-output
-    mask (a step launched ahead: `engine/ahead.py`). Raises what sampling raises."""
-    return sample_on_device(logits, *_row_args(seqs))
+def sample_sequences_on_device(
+    seqs: list[Sequence], logits: torch.Tensor, bitmask: torch.Tensor | None, mask_rows: list[int]
+) -> torch.Tensor:
+    """One token per sequence as `sample_on_device` gives it (a step whose tokens are read later:
+    `engine/ahead.py`). Raises what sampling raises."""
+    return sample_on_device(logits, *_row_args(seqs), bitmask=bitmask, mask_rows=mask_rows)
 
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: list[float | None]) -> tuple[torch.Tensor, torch.Tensor]:

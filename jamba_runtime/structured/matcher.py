@@ -122,6 +122,12 @@ class GrammarMatcher:
         """The token this step must take (following a closing path), if any."""
         return self._forced[-1] if self._forced else None
 
+    def may_replace(self) -> bool:
+        """Whether `take` may return another token than the one sampled this step: only while a
+        closing path is planned near `max_tokens` and not yet followed. Otherwise the sampled token
+        is the one taken (or the request ends), so the next step may run before it is read."""
+        return self._plan is not None and not self._forced
+
     # ---- per step ----------------------------------------------------------------------------
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the grammar's allowed-next-token bits into `bitmask[row]` (`(batch, ceil(vocab/32))`

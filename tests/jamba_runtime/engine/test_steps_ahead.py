@@ -4,6 +4,7 @@ ends a request, arrives, leaves or is preempted; the cache is checked after ever
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from engine_checks import assert_clean, cache_gb, random_prompts, run_staggered
 
 from jamba_runtime import LLM, EngineConfig, LLMEngine, SamplingParams
 from jamba_runtime.engine.sequence import Sequence
+from jamba_runtime.structured.matcher import GrammarMatcher
 from jamba_runtime.structured.spec import StructuredOutput
 
 SIZES = {"max_num_seqs": 8, "max_num_batched_tokens": 24, "block_size": 8, "cache_memory_gb": 0.02}
@@ -96,8 +98,8 @@ def test_a_request_ended_by_a_token_or_a_string_drops_the_step_it_ran_ahead(
 def test_requests_that_must_be_read_every_step_run_beside_the_others(
     pair: tuple[LLMEngine, LLMEngine],
 ) -> None:
-    """A grammar, a repetition penalty or logprobs keep steps from running ahead while that
-    request runs; the outputs are still those of an engine that never runs ahead."""
+    """A repetition penalty or logprobs keep steps from running ahead while that request runs (a
+    grammar does not); the outputs are still those of an engine that never runs ahead."""
     on, off = pair
     prompts = random_prompts(4, (5, 20), seed=12)
     params = [
@@ -194,3 +196,82 @@ def test_a_request_failing_when_its_token_is_read_ends_alone(pair: tuple[LLMEngi
         results.append(outcome(seqs))
     assert results[0] == results[1] and pair[0].metrics().steps_ahead_total - launched >= 8
     assert len(results[0][1][0]) == 5  # the tokens before the one that broke, and that one
+
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "data" / "schemas"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+
+
+def test_constrained_rows_run_ahead_and_close_within_their_budget_as_before(
+    pair: tuple[LLMEngine, LLMEngine],
+) -> None:
+    """JSON Schema and tool-call requests run ahead while their grammar will take the token
+    sampled (their masks are made once the last token is taken, while the next forward runs),
+    and are read step by step near `max_tokens`, where the closing path may replace a token:
+    the same outputs, and those that end "stop" parse, as with every step read first."""
+    on, off = pair
+    names = ["deep_nesting", "array_of_enums", "anyof_objects", "format_email"]
+    schemas = [StructuredOutput(json_schema=json.loads((SCHEMAS / f"{n}.json").read_text())) for n in names]
+    tools = StructuredOutput(tools=(WEATHER,), tool_choice="required")
+    prompts = random_prompts(8, (4, 12), seed=31)
+    lengths = [18, 24, 60, 120, 90, 150, 100, 40]
+    for specs, least_ahead in ((schemas, 30), ([*schemas, tools], 1)):
+        params = [
+            SamplingParams(max_tokens=n, temperature=1.0, seed=70 + i, structured=specs[i % len(specs)])
+            for i, n in enumerate(lengths)
+        ]
+        before = on.metrics().steps_ahead_total
+        ahead = run(on, prompts, params)
+        assert outcome(ahead) == outcome(run(off, prompts, params))
+        # A tool call's closing path is long: its request is within reach of max_tokens, and read
+        # step by step, for most of its output.
+        assert on.metrics().steps_ahead_total - before >= least_ahead
+        stopped = [s for s in ahead if s.finish_reason == "stop" and s.params.structured.json_schema]  # type: ignore[union-attr]
+        assert stopped and all(isinstance(json.loads(s.text), dict | list) for s in stopped)
+
+
+def test_a_grammar_replaces_a_sampled_token_only_when_it_said_it_might(
+    pair: tuple[LLMEngine, LLMEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What lets a constrained row run ahead: `GrammarMatcher.take` returns the sampled token (or
+    ends the request) whenever `may_replace()` was False before it. Observed over tight budgets,
+    where the closing path does replace tokens."""
+    _, off = pair
+    seen: list[tuple[bool, int, int]] = []
+    take = GrammarMatcher.take
+
+    def observed(self: GrammarMatcher, token_id: int, remaining: int) -> int:
+        may = self.may_replace()
+        out = take(self, token_id, remaining)
+        seen.append((may, token_id, out))
+        return out
+
+    monkeypatch.setattr(GrammarMatcher, "take", observed)
+    names = sorted(p.stem for p in SCHEMAS.glob("*.json"))[:24]
+    prompts = random_prompts(8, (4, 12), seed=31)
+    for k in range(0, len(names), 8):
+        specs = [
+            StructuredOutput(json_schema=json.loads((SCHEMAS / f"{n}.json").read_text()))
+            for n in names[k : k + 8]
+        ]
+        params = [
+            SamplingParams(
+                max_tokens=20 + 5 * i, temperature=1.0, seed=7 + i, structured=specs[i % len(specs)]
+            )
+            for i in range(8)
+        ]
+        run(off, prompts, params)
+    replaced = [(may, t, out) for may, t, out in seen if out >= 0 and out != t]
+    assert replaced, "the budgets were tight enough for the closing path to replace a token"
+    assert all(may for may, _, _ in replaced)
+    assert any(not may for may, _, _ in seen)  # and tokens that could have run ahead were seen
