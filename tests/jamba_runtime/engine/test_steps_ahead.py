@@ -257,7 +257,7 @@ def test_a_grammar_replaces_a_sampled_token_only_when_it_said_it_might(
         return out
 
     monkeypatch.setattr(GrammarMatcher, "take", observed)
-    names = sorted(p.stem for p in SCHEMAS.glob("*.json"))[:24]
+    names = sorted(p.stem for p in SCHEMAS.glob("*.json"))[16:24]  # enums and formats: replaced at times
     prompts = random_prompts(8, (4, 12), seed=31)
     for k in range(0, len(names), 8):
         specs = [
