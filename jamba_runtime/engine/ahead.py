@@ -10,7 +10,8 @@ new step runs. Tokens, texts and finish reasons are the same as without it (a se
 depends on its output position only, which is known before the token is read).
 
 What keeps a step from being launched ahead (it then waits for the tokens, as before): a request
-waiting to start, a prompt still being prefilled, a repetition penalty (it reads the seen tokens),
+waiting to start while the batch has room for it (with every slot taken it waits either way, and
+starts one step later than it would have when a sequence ends), a prompt still being prefilled, a repetition penalty (it reads the seen tokens),
 logprobs (read from the step's logits with the token), a grammar that may replace the token
 sampled (`GrammarMatcher.may_replace`: a closing path planned near `max_tokens`), tensor parallel
 (the other ranks get their tokens from the host), or no KV block free for a sequence's next token.
@@ -170,6 +171,13 @@ class StepsAhead:
         self._launch(last, requests)
         return last
 
+    def drop_ended(self, requests: dict[str, Sequence]) -> None:
+        """Forget the step in flight when none of its requests goes on (every one ended or was
+        aborted): nothing is left to read, and the engine is idle as soon as its queue is."""
+        flight = self.in_flight
+        if flight is not None and not any(requests.get(s.request_id) is s for s in flight.seqs):
+            self.in_flight = None
+
     def sample_launched(self, requests: dict[str, Sequence]) -> None:
         """Sample the step launched ahead if its rows need grammar masks (they depend on the
         tokens just taken; the forward runs meanwhile). Rows whose request ended are dropped."""
@@ -189,8 +197,8 @@ class StepsAhead:
 
     def _launch(self, last: InFlight, requests: dict[str, Sequence]) -> None:
         sched = self.scheduler
-        if sched.num_waiting:
-            return
+        if sched.num_waiting and sched.num_running < sched.config.max_num_seqs:
+            return  # a waiting request may start in the next step: the scheduler decides
         live = [s for s in last.seqs if requests.get(s.request_id) is s]
         if len(live) != sched.num_running or not all(runs_ahead(s) for s in live):
             return  # another sequence runs (a prompt under way), or a token must be seen first

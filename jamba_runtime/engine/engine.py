@@ -272,6 +272,7 @@ class LLMEngine:
         self.scheduler.finish(seq)
         self._save_snapshot_as.pop(request_id, None)
         self._stats.left(request_id)
+        self._ahead.drop_ended(self.requests)
 
     def has_unfinished(self) -> bool:
         """Whether a request is queued or running, or a step's tokens are still to be read."""
@@ -396,6 +397,7 @@ class LLMEngine:
         outputs: list[StepOutput] = []
         self._take_tokens([s for _, s in live], [tokens[row] for row, _ in live], None, broken, outputs)
         self._ahead.sample_launched(self.requests)
+        self._ahead.drop_ended(self.requests)
         return outputs
 
     def _take_token(

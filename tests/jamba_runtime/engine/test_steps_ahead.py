@@ -114,6 +114,29 @@ def test_requests_that_must_be_read_every_step_run_beside_the_others(
     assert on.metrics().steps_ahead_total > before  # once the others ended, the first ran ahead
 
 
+def test_a_full_batch_runs_ahead_while_requests_wait(pair: tuple[LLMEngine, LLMEngine]) -> None:
+    """With every slot taken, waiting requests cannot start anyway: the running ones run ahead,
+    and each waiting one starts once a sequence ends, with the outputs of reading every step."""
+    on, off = pair
+    prompts = random_prompts(14, (3, 10), seed=41)
+    params = [
+        SamplingParams(max_tokens=6 + 3 * (i % 5), temperature=0.8 if i % 2 else 0.0, seed=i, ignore_eos=True)
+        for i in range(14)
+    ]
+    seqs = [
+        on.add_request(p, q, request_id=f"w{i}") for i, (p, q) in enumerate(zip(prompts, params, strict=True))
+    ]
+    ahead_while_waiting = 0
+    while on.has_unfinished():
+        waiting, before = on.metrics().waiting, on.metrics().steps_ahead_total
+        on.step()
+        on.check_cache()
+        ahead_while_waiting += waiting > 0 and on.metrics().steps_ahead_total > before
+    assert_clean(on)
+    assert ahead_while_waiting >= 3  # 8 slots for 14 requests
+    assert outcome(seqs) == outcome(run(off, prompts, params))
+
+
 def test_arrivals_and_aborts_between_steps_give_the_same_outputs(pair: tuple[LLMEngine, LLMEngine]) -> None:
     """Requests arrive while a step is in flight (the engine reads it, then schedules them) and
     one is aborted while its next step runs: the others' outputs are unchanged, the aborted one
