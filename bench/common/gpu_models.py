@@ -225,6 +225,13 @@ def decode_step_bytes(cfg: JambaConfig, acct: dict[str, Any], b: int, context: f
 
 
 # ---- the sides ------------------------------------------------------------------------------------
+def bench_async_scheduling() -> bool | None:
+    """`EngineConfig.async_scheduling` for a bench's engine: False under
+    `JAMBA_BENCH_ASYNC_SCHEDULING=off` (an A/B of the steps launched ahead in one run), else the
+    engine's own choice."""
+    return False if os.environ.get("JAMBA_BENCH_ASYNC_SCHEDULING") == "off" else None
+
+
 def make_llm(
     model: JambaForCausalLM,
     tokenizer_dir: Path,
@@ -259,7 +266,7 @@ def make_llm(
         block_size=block,
         cache_memory_gb=need * 1.25 / 2**30 + 0.01,
         num_snapshot_slots=4,
-        async_scheduling=False if os.environ.get("JAMBA_BENCH_ASYNC_SCHEDULING") == "off" else None,
+        async_scheduling=bench_async_scheduling(),
     )
 
     class SharedModelLLM(LLM):

@@ -42,7 +42,14 @@ from typing import Any
 
 import torch
 
-from bench.common.gpu_models import MINI_CONFIG, accounting, build_models, cut_config, make_llm
+from bench.common.gpu_models import (
+    MINI_CONFIG,
+    accounting,
+    bench_async_scheduling,
+    build_models,
+    cut_config,
+    make_llm,
+)
 from bench.common.gpu_timing import Clock, free_memory, log, measure_hardware, timed_generate
 from bench.common.paths import RESULTS, out_dir
 from bench.scale.plan import ScalePlan, scale_plan
@@ -150,7 +157,7 @@ def engine_config(
     return EngineConfig(
         max_num_seqs=max_batch, max_num_batched_tokens=chunk, block_size=block,
         cache_memory_gb=need * 1.25 / GIB + 0.01, num_snapshot_slots=4,
-        async_scheduling=False if os.environ.get("JAMBA_BENCH_ASYNC_SCHEDULING") == "off" else None,
+        async_scheduling=bench_async_scheduling(),
     )  # fmt: skip
 
 
